@@ -1,0 +1,109 @@
+//! The command line: run, check a config (like `nginx -t`), or start the demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Overrides};
+
+/// Exit code for a configuration that cannot be used.
+pub const EXIT_CONFIG: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "streamgate",
+    version,
+    about = "Edge proxy that caps concurrent streams per user"
+)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, short, default_value = "conf/streamgate.toml", global = true)]
+    pub config: PathBuf,
+    /// Validate the configuration and exit (0 when valid, 2 when not).
+    #[arg(long, short = 't')]
+    pub check: bool,
+    /// Listen address, instead of `server.listen` (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// Upstream address, instead of `upstream.addrs` (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub upstream: Vec<String>,
+    /// Streams per user, instead of `streams.limit`.
+    #[arg(long)]
+    pub limit: Option<u32>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy on :3001 in front of a built-in demo origin; no config file needed.
+    Demo {
+        /// Where the built-in origin listens.
+        #[arg(long, default_value = "127.0.0.1:3080")]
+        origin: String,
+    },
+}
+
+impl Cli {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            upstream: self.upstream.clone(),
+            limit: self.limit,
+        }
+    }
+}
+
+/// Run the command line; returns only on error (the server itself runs forever).
+pub fn run(cli: Cli) -> ExitCode {
+    let (config, demo_origin) = match &cli.command {
+        Some(Command::Demo { origin }) => {
+            let mut o = cli.overrides();
+            o.upstream = vec![origin.clone()];
+            let cfg = Config::from_toml("[upstream]\naddrs = [\"127.0.0.1:3080\"]\n")
+                .map(|c| c.with_overrides(&o))
+                .and_then(Config::validate);
+            match cfg {
+                Ok(c) => (c, Some(origin.clone())),
+                Err(e) => {
+                    eprintln!("streamgate: demo: {}: {}", e.key, e.message);
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+        }
+        None => match Config::load(&cli.config, &cli.overrides()) {
+            Ok(c) => (c, None),
+            Err(e) => {
+                eprintln!("streamgate: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
+    if cli.check {
+        println!(
+            "streamgate: {}: configuration is valid",
+            cli.config.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let server = match crate::server::build(
+        &config,
+        prometheus::default_registry(),
+        demo_origin.as_deref(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("streamgate: {}: {e}", cli.config.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    log::info!(
+        "streamgate listening on {:?}, upstream {:?}, limit {} per user",
+        config.server.listen,
+        config.upstream.addrs,
+        config.streams.limit
+    );
+    server.run_forever()
+}

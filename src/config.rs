@@ -1,0 +1,582 @@
+//! The one configuration file: its schema, how it is read, and what makes it valid.
+//!
+//! Reading happens in three steps (read the file, parse with `serde` and
+//! `deny_unknown_fields`, then [`Config::validate`]) so that every mistake in the file is
+//! reported as one line naming the file and the key, and never as a panic. The same file
+//! also yields Pingora's own [`ServerConf`], so there is no second config file to keep in
+//! step. Error messages never echo values, because a Redis URL may carry a password.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use pingora::server::configuration::ServerConf;
+use serde::Deserialize;
+
+/// Why a config file was refused. `Display` is one line: `FILE: KEY: what is wrong`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("{file}: cannot read file: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read but a key is missing, unknown, or has a bad value.
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// A problem with one key, before we know which file it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError {
+    pub key: String,
+    pub message: String,
+}
+
+impl KeyError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn in_file(self, file: &Path) -> ConfigError {
+        ConfigError::Invalid {
+            file: file.to_path_buf(),
+            key: self.key,
+            message: self.message,
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerSection,
+    pub upstream: UpstreamSection,
+    #[serde(default)]
+    pub identity: IdentitySection,
+    #[serde(default)]
+    pub streams: StreamsSection,
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// What to do with requests outside the watch routes (and outside `/health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtherPaths {
+    /// Forward them to the upstream without counting (an edge proxy for everything else).
+    Forward,
+    /// Answer them `404` JSON.
+    NotFound,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Addresses the proxy listens on.
+    pub listen: Vec<String>,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// Let idle worker threads steal tasks from busy ones.
+    pub work_stealing: bool,
+    /// What happens to paths that are neither `/health` nor a watch route.
+    pub other_paths: OtherPaths,
+    /// How long a client may take to accept response bytes before the request fails.
+    #[serde(with = "humantime_serde")]
+    pub downstream_write_timeout: Duration,
+    /// How long a client may take to send its request headers and body.
+    #[serde(with = "humantime_serde")]
+    pub downstream_read_timeout: Duration,
+    /// On SIGTERM: how long to keep accepting before starting to shut down.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// On SIGTERM: how long in-flight requests get to finish after the grace period.
+    #[serde(with = "humantime_serde")]
+    pub graceful_shutdown_timeout: Duration,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: vec!["0.0.0.0:3001".into()],
+            threads: 1,
+            work_stealing: true,
+            other_paths: OtherPaths::Forward,
+            downstream_write_timeout: Duration::from_secs(30),
+            downstream_read_timeout: Duration::from_secs(30),
+            grace_period: Duration::from_secs(5),
+            graceful_shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// Content servers (`host:port`), chosen round-robin; a refused connection tries the next.
+    pub addrs: Vec<String>,
+    #[serde(default = "d_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest silence while waiting for upstream response bytes.
+    #[serde(default = "d_io_timeout", with = "humantime_serde")]
+    pub read_timeout: Duration,
+    #[serde(default = "d_io_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// How long an idle upstream connection is kept for reuse.
+    #[serde(default = "d_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Idle upstream connections kept for reuse, per process.
+    #[serde(default = "d_keepalive_pool")]
+    pub keepalive_pool_size: usize,
+}
+
+fn d_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn d_io_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn d_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn d_keepalive_pool() -> usize {
+    256
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentitySection {
+    /// The request header that names the user.
+    pub header: String,
+    /// Longest accepted identity value, in bytes.
+    pub max_len: usize,
+}
+
+impl Default for IdentitySection {
+    fn default() -> Self {
+        Self {
+            header: "Session-Id".into(),
+            max_len: 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsSection {
+    /// Path prefixes that are watch routes: `/watch` covers `/watch` and `/watch/...`.
+    pub routes: Vec<String>,
+    /// Concurrent streams per user.
+    pub limit: u32,
+    /// How long a stream outlives its last request.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// The header that carries the stream id, both ways.
+    pub stream_id_header: String,
+}
+
+impl Default for StreamsSection {
+    fn default() -> Self {
+        Self {
+            routes: vec!["/watch".into()],
+            limit: 3,
+            lease_ttl: Duration::from_secs(60),
+            stream_id_header: "Stream-Id".into(),
+        }
+    }
+}
+
+/// Where active streams live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    /// In this process, in a moka cache: one instance, nothing to set up.
+    Memory,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    pub kind: StoreKind,
+    /// Memory store: most users with live streams at once. A new user past it gets `503`;
+    /// no live lease is ever evicted to make room.
+    pub max_users: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Memory,
+            max_users: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Where Prometheus scrapes `/metrics`; leave out to serve no metrics.
+    pub listen: Option<String>,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            listen: Some("127.0.0.1:9091".into()),
+        }
+    }
+}
+
+/// Command-line values that take precedence over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Vec<String>,
+    pub upstream: Vec<String>,
+    pub limit: Option<u32>,
+}
+
+impl Config {
+    /// Read, parse, apply overrides and validate the file at `path`.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text)
+            .map(|c| c.with_overrides(overrides))
+            .and_then(Config::validate)
+            .map_err(|e| e.in_file(path))
+    }
+
+    /// Parse TOML text into a config, without validating it. Errors name the key path.
+    pub fn parse(text: &str) -> Result<Config, KeyError> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().replace('\n', " ");
+            // serde names a missing key in the message, at its parent's path.
+            let missing = message
+                .strip_prefix("missing field `")
+                .and_then(|m| m.split('`').next())
+                .map(str::to_owned);
+            let key = if let Some(field) = missing {
+                if path.is_empty() || path == "." {
+                    field
+                } else {
+                    format!("{path}.{field}")
+                }
+            } else if path.is_empty() || path == "." {
+                match inner.span() {
+                    Some(span) => format!("line {}", line_of(text, span.start)),
+                    None => "(top level)".into(),
+                }
+            } else {
+                path
+            };
+            KeyError::new(key, message)
+        })
+    }
+
+    /// Parse and validate TOML text (what tests and `--check` use).
+    pub fn from_toml(text: &str) -> Result<Config, KeyError> {
+        Self::parse(text)?.validate()
+    }
+
+    pub fn with_overrides(mut self, o: &Overrides) -> Config {
+        if !o.listen.is_empty() {
+            self.server.listen = o.listen.clone();
+        }
+        if !o.upstream.is_empty() {
+            self.upstream.addrs = o.upstream.clone();
+        }
+        if let Some(limit) = o.limit {
+            self.streams.limit = limit;
+        }
+        self
+    }
+
+    /// Check everything serde cannot: addresses, ranges, header names, routes.
+    pub fn validate(self) -> Result<Config, KeyError> {
+        let s = &self.server;
+        if s.listen.is_empty() {
+            return Err(KeyError::new("server.listen", "needs at least one address"));
+        }
+        for a in &s.listen {
+            check_socket_addr("server.listen", a)?;
+        }
+        if s.threads == 0 {
+            return Err(KeyError::new("server.threads", "must be at least 1"));
+        }
+        for (key, d) in [
+            (
+                "server.downstream_write_timeout",
+                s.downstream_write_timeout,
+            ),
+            ("server.downstream_read_timeout", s.downstream_read_timeout),
+        ] {
+            check_positive(key, d)?;
+        }
+
+        let u = &self.upstream;
+        if u.addrs.is_empty() {
+            return Err(KeyError::new(
+                "upstream.addrs",
+                "needs at least one address",
+            ));
+        }
+        for a in &u.addrs {
+            check_resolvable("upstream.addrs", a)?;
+        }
+        for (key, d) in [
+            ("upstream.connect_timeout", u.connect_timeout),
+            ("upstream.read_timeout", u.read_timeout),
+            ("upstream.write_timeout", u.write_timeout),
+            ("upstream.idle_timeout", u.idle_timeout),
+        ] {
+            check_positive(key, d)?;
+        }
+
+        check_header_name("identity.header", &self.identity.header)?;
+        if self.identity.max_len == 0 || self.identity.max_len > 4096 {
+            return Err(KeyError::new(
+                "identity.max_len",
+                "must be between 1 and 4096",
+            ));
+        }
+
+        let st = &self.streams;
+        if st.limit == 0 {
+            return Err(KeyError::new("streams.limit", "must be at least 1"));
+        }
+        if st.lease_ttl < Duration::from_millis(100) {
+            return Err(KeyError::new("streams.lease_ttl", "must be at least 100ms"));
+        }
+        check_header_name("streams.stream_id_header", &st.stream_id_header)?;
+        if st
+            .stream_id_header
+            .eq_ignore_ascii_case(&self.identity.header)
+        {
+            return Err(KeyError::new(
+                "streams.stream_id_header",
+                "must differ from identity.header",
+            ));
+        }
+        if st.routes.is_empty() {
+            return Err(KeyError::new("streams.routes", "needs at least one route"));
+        }
+        for r in &st.routes {
+            if !r.starts_with('/') || r.contains(['?', '#', ' ']) {
+                return Err(KeyError::new(
+                    "streams.routes",
+                    "each route must be a path starting with '/'",
+                ));
+            }
+            if crate::routing::is_reserved(r) {
+                return Err(KeyError::new(
+                    "streams.routes",
+                    "a route may not cover /health or /ready",
+                ));
+            }
+        }
+
+        if self.store.max_users == 0 {
+            return Err(KeyError::new("store.max_users", "must be at least 1"));
+        }
+
+        if let Some(m) = &self.metrics.listen {
+            check_socket_addr("metrics.listen", m)?;
+            if self.server.listen.iter().any(|l| l == m) {
+                return Err(KeyError::new(
+                    "metrics.listen",
+                    "must differ from server.listen",
+                ));
+            }
+        }
+        Ok(self)
+    }
+
+    /// Pingora's own server settings, built from this file.
+    pub fn pingora_server_conf(&self) -> ServerConf {
+        ServerConf {
+            threads: self.server.threads,
+            work_stealing: self.server.work_stealing,
+            upstream_keepalive_pool_size: self.upstream.keepalive_pool_size,
+            grace_period_seconds: Some(self.server.grace_period.as_secs()),
+            graceful_shutdown_timeout_seconds: Some(
+                self.server.graceful_shutdown_timeout.as_secs(),
+            ),
+            ..ServerConf::default()
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map(|t| t.matches('\n').count() + 1)
+        .unwrap_or(1)
+}
+
+fn check_socket_addr(key: &str, addr: &str) -> Result<(), KeyError> {
+    addr.parse::<SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| KeyError::new(key, "not an IP:port address"))
+}
+
+fn check_resolvable(key: &str, addr: &str) -> Result<(), KeyError> {
+    let resolved = addr.to_socket_addrs().map(|mut it| it.next().is_some());
+    match resolved {
+        Ok(true) => Ok(()),
+        _ => Err(KeyError::new(key, "not a resolvable host:port address")),
+    }
+}
+
+fn check_positive(key: &str, d: Duration) -> Result<(), KeyError> {
+    if d.is_zero() {
+        Err(KeyError::new(key, "must be longer than 0s"))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_header_name(key: &str, name: &str) -> Result<(), KeyError> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map(|_| ())
+        .map_err(|_| KeyError::new(key, "not a valid HTTP header name"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[upstream]\naddrs = [\"127.0.0.1:8080\"]\n";
+
+    fn err(text: &str) -> KeyError {
+        Config::from_toml(text).expect_err("config should be refused")
+    }
+
+    #[test]
+    fn minimal_file_gets_documented_defaults() {
+        let c = Config::from_toml(MINIMAL).expect("valid");
+        assert_eq!(c.server.listen, vec!["0.0.0.0:3001"]);
+        assert_eq!(c.identity.header, "Session-Id");
+        assert_eq!(c.streams.routes, vec!["/watch"]);
+        assert_eq!(c.streams.limit, 3);
+        assert_eq!(c.streams.lease_ttl, Duration::from_secs(60));
+        assert_eq!(c.streams.stream_id_header, "Stream-Id");
+        assert_eq!(c.store.kind, StoreKind::Memory);
+        assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9091"));
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let text = include_str!("../conf/streamgate.toml");
+        Config::from_toml(text).expect("conf/streamgate.toml must validate");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err("[upstream]\naddrs = [\"127.0.0.1:1\"]\n[streams]\nlimt = 3\n");
+        assert_eq!(e.key, "streams.limt");
+        assert!(e.message.contains("unknown field"), "{}", e.message);
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let e = err(&format!("{MINIMAL}[streams]\nlease_ttl = \"soon\"\n"));
+        assert_eq!(e.key, "streams.lease_ttl");
+    }
+
+    #[test]
+    fn zero_limit_is_refused() {
+        assert_eq!(
+            err(&format!("{MINIMAL}[streams]\nlimit = 0\n")).key,
+            "streams.limit"
+        );
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = err(&format!("{MINIMAL}[streams]\nlimit = \"three\"\n"));
+        assert_eq!(e.key, "streams.limit");
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let e = err("[upstream]\naddrs = [\"127.0.0.1:8080\"\n");
+        assert!(e.key.starts_with("line "), "{e:?}");
+    }
+
+    #[test]
+    fn missing_upstream_is_refused() {
+        assert_eq!(err("[streams]\nlimit = 2\n").key, "upstream");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (text, key) in [
+            ("[server]\nlisten = [\"nowhere\"]\n", "server.listen"),
+            ("[server]\nthreads = 0\n", "server.threads"),
+            ("[identity]\nheader = \"bad header\"\n", "identity.header"),
+            ("[streams]\nroutes = [\"watch\"]\n", "streams.routes"),
+            ("[streams]\nroutes = [\"/\"]\n", "streams.routes"),
+            ("[streams]\nlease_ttl = \"1ms\"\n", "streams.lease_ttl"),
+            (
+                "[streams]\nstream_id_header = \"session-id\"\n",
+                "streams.stream_id_header",
+            ),
+            ("[store]\nkind = \"disk\"\n", "store.kind"),
+            ("[metrics]\nlisten = \"0.0.0.0:3001\"\n", "metrics.listen"),
+            (
+                "[upstream]\nconnect_timeout = \"0s\"\n",
+                "upstream.connect_timeout",
+            ),
+        ] {
+            let full = if text.starts_with("[upstream]") {
+                format!("{text}addrs = [\"127.0.0.1:8080\"]\n")
+            } else {
+                format!("{MINIMAL}{text}")
+            };
+            assert_eq!(err(&full).key, key, "for {text:?}");
+        }
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let o = Overrides {
+            listen: vec!["127.0.0.1:4000".into()],
+            upstream: vec!["127.0.0.1:9000".into()],
+            limit: Some(5),
+        };
+        let c = Config::parse(MINIMAL)
+            .unwrap()
+            .with_overrides(&o)
+            .validate()
+            .unwrap();
+        assert_eq!(c.server.listen, vec!["127.0.0.1:4000"]);
+        assert_eq!(c.upstream.addrs, vec!["127.0.0.1:9000"]);
+        assert_eq!(c.streams.limit, 5);
+    }
+
+    #[test]
+    fn error_display_is_one_line_with_file_and_key() {
+        let e = KeyError::new("streams.limit", "must be at least 1").in_file(Path::new("x.toml"));
+        let s = e.to_string();
+        assert_eq!(s, "x.toml: streams.limit: must be at least 1");
+        assert!(!s.contains('\n'));
+    }
+}

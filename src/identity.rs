@@ -1,0 +1,199 @@
+//! Who is asking, and for which stream: the two request headers the limit is keyed on.
+//!
+//! Both are parsed strictly, because a sloppy parse is a way around the limit: a user id
+//! is 1..=`max_len` bytes of visible ASCII, sent once; a stream id is a UUID, sent once.
+//! Everything here is pure and unit-tested; the proxy turns an [`IdentityError`] into a
+//! JSON `400`.
+
+use http::{HeaderMap, HeaderName};
+use uuid::Uuid;
+
+/// Why the identity headers of a request were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("the {0} header is required on this route")]
+    SessionIdRequired(String),
+    #[error("the {header} header {reason}")]
+    InvalidSessionId {
+        header: String,
+        reason: &'static str,
+    },
+    #[error("the {0} header is required to end a stream")]
+    StreamIdRequired(String),
+    #[error("the {header} header {reason}")]
+    InvalidStreamId {
+        header: String,
+        reason: &'static str,
+    },
+}
+
+impl IdentityError {
+    /// The stable, machine-readable error code in the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IdentityError::SessionIdRequired(_) => "session_id_required",
+            IdentityError::InvalidSessionId { .. } => "invalid_session_id",
+            IdentityError::StreamIdRequired(_) => "stream_id_required",
+            IdentityError::InvalidStreamId { .. } => "invalid_stream_id",
+        }
+    }
+}
+
+/// A stream's id: a UUID the proxy issued.
+pub type StreamId = Uuid;
+
+/// The parsing rules, built once from config.
+#[derive(Debug, Clone)]
+pub struct IdentityRules {
+    pub session_header: HeaderName,
+    pub stream_header: HeaderName,
+    pub max_len: usize,
+}
+
+/// Exactly one value of `name`: `Ok(None)` when absent, `Err(())` when sent twice.
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a [u8]>, ()> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(());
+    }
+    Ok(first.map(|v| v.as_bytes()))
+}
+
+impl IdentityRules {
+    /// The user a request belongs to.
+    pub fn session_id<'a>(&self, headers: &'a HeaderMap) -> Result<&'a str, IdentityError> {
+        let invalid = |reason| IdentityError::InvalidSessionId {
+            header: self.session_header.to_string(),
+            reason,
+        };
+        let raw = single(headers, &self.session_header)
+            .map_err(|_| invalid("must be sent only once"))?
+            .unwrap_or_default();
+        if raw.is_empty() {
+            return Err(IdentityError::SessionIdRequired(
+                self.session_header.to_string(),
+            ));
+        }
+        if raw.len() > self.max_len {
+            return Err(invalid("is too long"));
+        }
+        if !raw.iter().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid("must be visible ASCII characters only"));
+        }
+        // All bytes are ASCII, so this cannot fail; map it anyway rather than unwrap.
+        std::str::from_utf8(raw).map_err(|_| invalid("must be visible ASCII characters only"))
+    }
+
+    /// The stream a request continues, if it names one.
+    pub fn stream_id(&self, headers: &HeaderMap) -> Result<Option<StreamId>, IdentityError> {
+        let invalid = |reason| IdentityError::InvalidStreamId {
+            header: self.stream_header.to_string(),
+            reason,
+        };
+        let Some(raw) =
+            single(headers, &self.stream_header).map_err(|_| invalid("must be sent only once"))?
+        else {
+            return Ok(None);
+        };
+        // Only the hyphenated form the proxy issues: one spelling per stream.
+        if raw.len() != 36 {
+            return Err(invalid("must be a UUID as issued by the proxy"));
+        }
+        Uuid::try_parse_ascii(raw)
+            .map(Some)
+            .map_err(|_| invalid("must be a UUID as issued by the proxy"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn rules() -> IdentityRules {
+        IdentityRules {
+            session_header: HeaderName::from_static("session-id"),
+            stream_header: HeaderName::from_static("stream-id"),
+            max_len: 128,
+        }
+    }
+
+    fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn session_id_accepts_visible_ascii() {
+        let h = headers(&[("Session-Id", b"abc-123_~!")]);
+        assert_eq!(rules().session_id(&h), Ok("abc-123_~!"));
+    }
+
+    #[test]
+    fn session_id_missing_or_empty_is_required() {
+        let r = rules();
+        for h in [headers(&[]), headers(&[("Session-Id", b"")])] {
+            assert_eq!(r.session_id(&h).unwrap_err().code(), "session_id_required");
+        }
+    }
+
+    #[test]
+    fn session_id_bad_values_are_invalid() {
+        let r = rules();
+        let long = vec![b'a'; 129];
+        let cases: Vec<&[u8]> = vec![&long, b"a b", b"caf\xc3\xa9", b"a\tb", b"\x80"];
+        for v in cases {
+            let h = headers(&[("Session-Id", v)]);
+            assert_eq!(
+                r.session_id(&h).unwrap_err().code(),
+                "invalid_session_id",
+                "{v:?}"
+            );
+        }
+        let exactly_max = vec![b'a'; 128];
+        assert!(r
+            .session_id(&headers(&[("Session-Id", &exactly_max)]))
+            .is_ok());
+    }
+
+    #[test]
+    fn session_id_sent_twice_is_invalid() {
+        let h = headers(&[("Session-Id", b"a"), ("session-id", b"b")]);
+        assert_eq!(
+            rules().session_id(&h).unwrap_err().code(),
+            "invalid_session_id"
+        );
+    }
+
+    #[test]
+    fn stream_id_absent_is_none_and_uuid_parses() {
+        let r = rules();
+        assert_eq!(r.stream_id(&headers(&[])), Ok(None));
+        let id = Uuid::new_v4();
+        let h = headers(&[("Stream-Id", id.to_string().as_bytes())]);
+        assert_eq!(r.stream_id(&h), Ok(Some(id)));
+    }
+
+    #[test]
+    fn stream_id_malformed_or_twice_is_invalid() {
+        let r = rules();
+        let id = Uuid::new_v4().to_string();
+        let simple = Uuid::new_v4().simple().to_string();
+        for h in [
+            headers(&[("Stream-Id", b"")]),
+            headers(&[("Stream-Id", b"not-a-uuid")]),
+            headers(&[("Stream-Id", simple.as_bytes())]),
+            headers(&[("Stream-Id", b"zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz")]),
+            headers(&[("Stream-Id", id.as_bytes()), ("Stream-Id", id.as_bytes())]),
+        ] {
+            assert_eq!(r.stream_id(&h).unwrap_err().code(), "invalid_stream_id");
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The hold a request has on its stream, as a value that cannot be forgotten.
+//!
+//! A [`LeaseHold`] lives in the request context from admission to `logging`, where it is
+//! released with the request's outcome. If a request never reaches `logging` (a panicking
+//! filter), `Drop` releases it instead, so a slot cannot leak through any path of Pingora's
+//! lifecycle; a crashed process is covered by the lease TTL. For stores that cannot see
+//! in-flight requests (Redis), the hold also keeps the lease fresh while the request runs.
+
+use std::sync::Arc;
+
+use log::warn;
+use prometheus::IntGauge;
+use tokio::task::JoinHandle;
+
+use crate::identity::StreamId;
+use crate::store::StreamStore;
+
+/// How a request came to hold its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldKind {
+    /// The request opened the stream; if it fails, the stream is given back at once.
+    Opened,
+    /// The request continues a live stream.
+    Renewed,
+}
+
+pub struct LeaseHold {
+    store: Arc<dyn StreamStore>,
+    user: String,
+    id: StreamId,
+    kind: HoldKind,
+    inflight: IntGauge,
+    refresher: Option<JoinHandle<()>>,
+    released: bool,
+}
+
+impl LeaseHold {
+    /// Take ownership of a hold the store has already granted.
+    pub fn new(
+        store: Arc<dyn StreamStore>,
+        user: String,
+        id: StreamId,
+        kind: HoldKind,
+        inflight: IntGauge,
+    ) -> Self {
+        inflight.inc();
+        let refresher = store.hold_refresh_interval().and_then(|every| {
+            let handle = tokio::runtime::Handle::try_current().ok()?;
+            let (store, user) = (store.clone(), user.clone());
+            Some(handle.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await; // the first tick is immediate; the lease is fresh
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = store.refresh(&user, id).await {
+                        warn!("could not refresh held stream {id}: {e}");
+                    }
+                }
+            }))
+        });
+        Self {
+            store,
+            user,
+            id,
+            kind,
+            inflight,
+            refresher,
+            released: false,
+        }
+    }
+
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+
+    pub fn kind(&self) -> HoldKind {
+        self.kind
+    }
+
+    fn settle(&mut self) {
+        self.released = true;
+        self.inflight.dec();
+        if let Some(r) = self.refresher.take() {
+            r.abort();
+        }
+    }
+
+    /// Release the hold. `failed` gives an opened stream back at once; a renewed stream
+    /// always keeps its lease for the TTL.
+    pub async fn release(mut self, failed: bool) {
+        self.settle();
+        let keep = !(failed && self.kind == HoldKind::Opened);
+        if let Err(e) = self.store.release(&self.user, self.id, keep).await {
+            warn!(
+                "could not release stream {} of {}: {e}; its lease will expire",
+                self.id, self.user
+            );
+        }
+    }
+}
+
+impl Drop for LeaseHold {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        self.settle();
+        // Dropped without `release`: the request ended abnormally, so count it as failed.
+        let keep = self.kind == HoldKind::Renewed;
+        let (store, user, id) = (self.store.clone(), std::mem::take(&mut self.user), self.id);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    let _ = store.release(&user, id, keep).await;
+                });
+            }
+            Err(_) => warn!("stream {id} dropped outside a runtime; its lease will expire"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{LeaseCounters, MemoryStore, Opened};
+    use prometheus::IntCounter;
+    use std::time::Duration;
+
+    fn setup() -> (Arc<MemoryStore>, IntGauge) {
+        let counters = LeaseCounters {
+            active: IntGauge::new("a", "a").unwrap(),
+            expired: IntCounter::new("e", "e").unwrap(),
+        };
+        let store = Arc::new(MemoryStore::new(Duration::from_secs(60), 10, counters));
+        (store, IntGauge::new("i", "i").unwrap())
+    }
+
+    async fn open(store: &Arc<MemoryStore>) -> StreamId {
+        match store.open("u", 1).await.unwrap() {
+            Opened::Admitted(id) => id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn dropping_an_opened_hold_gives_the_slot_back() {
+        let (store, inflight) = setup();
+        let id = open(&store).await;
+        let hold = LeaseHold::new(
+            store.clone(),
+            "u".into(),
+            id,
+            HoldKind::Opened,
+            inflight.clone(),
+        );
+        assert_eq!(inflight.get(), 1);
+        drop(hold);
+        assert_eq!(inflight.get(), 0);
+        // The release runs on a spawned task; wait for it by yielding until it has.
+        for _ in 0..100 {
+            if store.list("u").await.unwrap().is_empty() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("dropped hold was not released");
+    }
+
+    #[tokio::test]
+    async fn released_hold_keeps_lease_unless_failed_open() {
+        let (store, inflight) = setup();
+        let id = open(&store).await;
+        LeaseHold::new(
+            store.clone(),
+            "u".into(),
+            id,
+            HoldKind::Opened,
+            inflight.clone(),
+        )
+        .release(false)
+        .await;
+        assert_eq!(store.list("u").await.unwrap().len(), 1);
+        assert!(store.renew("u", id).await.unwrap());
+        // A failed renewal does not end the stream.
+        LeaseHold::new(
+            store.clone(),
+            "u".into(),
+            id,
+            HoldKind::Renewed,
+            inflight.clone(),
+        )
+        .release(true)
+        .await;
+        assert_eq!(store.list("u").await.unwrap().len(), 1);
+        assert_eq!(inflight.get(), 0);
+    }
+}

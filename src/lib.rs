@@ -1,0 +1,17 @@
+//! streamgate: an edge reverse proxy on Pingora that caps concurrent video streams per user.
+//!
+//! The binary (`src/main.rs`) only parses the command line; everything else lives here so
+//! that integration tests build and run the very same server. The modules are named after
+//! what they decide; see the README's file map.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod identity;
+pub mod lease;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod store;

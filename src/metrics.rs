@@ -1,0 +1,249 @@
+//! What the proxy reports to Prometheus, as one struct of handles.
+//!
+//! Handles are registered against a [`Registry`] passed in (the process registry in
+//! production, a fresh one per server in tests), never as statics, so two proxies in one
+//! test binary do not share counters. [`MetricsApp`] serves the registry as Prometheus
+//! text on the metrics listener.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::store::LeaseCounters;
+
+/// Stream decisions, the label values of `streamgate_stream_decisions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Admitted,
+    Renewed,
+    Rejected,
+    Ended,
+    /// Admitted although the store failed (`on_store_error = "allow"`).
+    FailOpen,
+}
+
+impl Decision {
+    pub fn label(self) -> &'static str {
+        match self {
+            Decision::Admitted => "admitted",
+            Decision::Renewed => "renewed",
+            Decision::Rejected => "rejected",
+            Decision::Ended => "ended",
+            Decision::FailOpen => "fail_open",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    /// Live stream leases in the store (this instance's view).
+    pub active_streams: IntGauge,
+    /// Requests of a stream currently in flight through this instance.
+    pub inflight_requests: IntGauge,
+    /// Stream decisions by outcome (`admitted`, `renewed`, `rejected`, `ended`, `expired`, `fail_open`).
+    pub decisions: IntCounterVec,
+    /// Leases that ended by expiry (also counted as `decisions{outcome="expired"}`).
+    pub expired: IntCounter,
+    /// Requests by route (`watch`, `health`, `ready`, `other`) and status class (`2xx`...).
+    pub requests: IntCounterVec,
+    /// Request duration from request header to the end of the response, by route.
+    pub request_duration: HistogramVec,
+    /// Failures talking to the upstream, by kind (`connect`, `timeout`, `closed`, `status_5xx`...).
+    pub upstream_errors: IntCounterVec,
+    /// Store operation latency, by operation.
+    pub store_latency: HistogramVec,
+    /// Store failures, by kind (`timeout`, `unavailable`, `full`, `protocol`).
+    pub store_errors: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "streamgate_stream_decisions_total",
+                "Stream decisions by outcome.",
+            ),
+            &["outcome"],
+        )?;
+        let expired = decisions.with_label_values(&["expired"]);
+        let m = Metrics {
+            active_streams: IntGauge::new(
+                "streamgate_active_streams",
+                "Live stream leases in the store, as seen by this instance.",
+            )?,
+            inflight_requests: IntGauge::new(
+                "streamgate_inflight_requests",
+                "Stream requests in flight through this instance.",
+            )?,
+            decisions,
+            expired,
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "streamgate_requests_total",
+                    "Requests by route and status class.",
+                ),
+                &["route", "status"],
+            )?,
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "streamgate_request_duration_seconds",
+                    "Time from request to end of response, by route.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, 60.0,
+                ]),
+                &["route"],
+            )?,
+            upstream_errors: IntCounterVec::new(
+                Opts::new(
+                    "streamgate_upstream_errors_total",
+                    "Upstream failures by kind.",
+                ),
+                &["kind"],
+            )?,
+            store_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "streamgate_store_operation_duration_seconds",
+                    "Store operation latency, by operation.",
+                )
+                .buckets(vec![
+                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25,
+                ]),
+                &["op"],
+            )?,
+            store_errors: IntCounterVec::new(
+                Opts::new("streamgate_store_errors_total", "Store failures by kind."),
+                &["kind"],
+            )?,
+        };
+        registry.register(Box::new(m.active_streams.clone()))?;
+        registry.register(Box::new(m.inflight_requests.clone()))?;
+        registry.register(Box::new(m.decisions.clone()))?;
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.request_duration.clone()))?;
+        registry.register(Box::new(m.upstream_errors.clone()))?;
+        registry.register(Box::new(m.store_latency.clone()))?;
+        registry.register(Box::new(m.store_errors.clone()))?;
+        Ok(m)
+    }
+
+    /// The handles a store updates itself.
+    pub fn lease_counters(&self) -> LeaseCounters {
+        LeaseCounters {
+            active: self.active_streams.clone(),
+            expired: self.expired.clone(),
+        }
+    }
+
+    pub fn decision(&self, d: Decision) {
+        self.decisions.with_label_values(&[d.label()]).inc();
+    }
+
+    pub fn request_done(&self, route: &str, status: u16, elapsed: Duration) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "none",
+        };
+        self.requests.with_label_values(&[route, class]).inc();
+        self.request_duration
+            .with_label_values(&[route])
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Serves `GET /metrics` in Prometheus text format; everything else is `404`.
+pub struct MetricsApp {
+    registry: Registry,
+}
+
+impl MetricsApp {
+    pub fn new(registry: Registry) -> Self {
+        Self { registry }
+    }
+
+    fn render(&self) -> Result<Vec<u8>, prometheus::Error> {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        Ok(buf)
+    }
+}
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path();
+        let (status, ctype, body) = if path != "/metrics" {
+            (
+                StatusCode::NOT_FOUND,
+                "application/json",
+                br#"{"error":"not_found","message":"metrics are served at /metrics"}"#.to_vec(),
+            )
+        } else {
+            match self.render() {
+                Ok(body) => (StatusCode::OK, "text/plain; version=0.0.4", body),
+                Err(_) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "application/json",
+                    br#"{"error":"internal_error","message":"metrics could not be encoded"}"#
+                        .to_vec(),
+                ),
+            }
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        let len = resp.body().len();
+        let headers = resp.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(ctype),
+        );
+        headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_register_on_a_fresh_registry_with_conventional_names() {
+        let reg = Registry::new();
+        let m = Metrics::new(&reg).unwrap();
+        m.decision(Decision::Admitted);
+        m.expired.inc();
+        m.request_done("watch", 401, Duration::from_millis(3));
+        m.upstream_errors.with_label_values(&["connect"]).inc();
+        m.store_latency.with_label_values(&["open"]).observe(0.001);
+        m.store_errors.with_label_values(&["timeout"]).inc();
+        let text = String::from_utf8(MetricsApp::new(reg.clone()).render().unwrap()).unwrap();
+        for needle in [
+            "streamgate_active_streams 0",
+            "streamgate_stream_decisions_total{outcome=\"admitted\"} 1",
+            "streamgate_stream_decisions_total{outcome=\"expired\"} 1",
+            "streamgate_requests_total{route=\"watch\",status=\"4xx\"} 1",
+            "streamgate_request_duration_seconds_bucket",
+            "streamgate_upstream_errors_total{kind=\"connect\"} 1",
+            "streamgate_store_operation_duration_seconds_bucket",
+            "streamgate_store_errors_total{kind=\"timeout\"} 1",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        // A second server on its own registry does not collide.
+        Metrics::new(&Registry::new()).unwrap();
+        assert!(Metrics::new(&reg).is_err());
+    }
+}

@@ -1,0 +1,438 @@
+//! The Pingora proxy phases: where each request is answered, admitted, or forwarded.
+//!
+//! `request_filter` is a short dispatcher that returns `Ok(true)` exactly when it has
+//! written the response (health, readiness, refusals); admitted requests carry a
+//! [`LeaseHold`] in their context that `logging`, which Pingora runs for every request,
+//! releases with the request's outcome. Shared state (store, policy, metrics) lives in
+//! [`StreamGate`]; per-request state in [`RequestCtx`].
+
+pub mod failure;
+pub mod respond;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use http::{HeaderName, Method};
+use log::{info, warn};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::lb::{selection::RoundRobin, LoadBalancer};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::ErrorSource;
+use serde_json::json;
+
+use crate::config::{Config, OtherPaths};
+use crate::identity::{IdentityError, IdentityRules, StreamId};
+use crate::lease::{HoldKind, LeaseHold};
+use crate::metrics::{Decision, Metrics};
+use crate::policy::Policy;
+use crate::routing::{Route, Routes};
+use crate::store::{retry_after_secs, Opened, StoreError, StreamStore};
+
+/// Upstream connection settings, applied to every peer.
+#[derive(Debug, Clone)]
+struct UpstreamTimeouts {
+    connect: Duration,
+    read: Duration,
+    write: Duration,
+    idle: Duration,
+}
+
+/// The proxy: everything shared by all requests.
+pub struct StreamGate {
+    routes: Routes,
+    identity: IdentityRules,
+    policy: Policy,
+    store: Arc<dyn StreamStore>,
+    metrics: Metrics,
+    upstreams: LoadBalancer<RoundRobin>,
+    upstream_count: usize,
+    timeouts: UpstreamTimeouts,
+    other_paths: OtherPaths,
+    downstream_read_timeout: Duration,
+    downstream_write_timeout: Duration,
+}
+
+/// Per-request state, from `new_ctx` to `logging`.
+pub struct RequestCtx {
+    start: Instant,
+    route: Route,
+    user: Option<String>,
+    stream_id: Option<StreamId>,
+    decision: Option<Decision>,
+    hold: Option<LeaseHold>,
+    upstream_status: Option<u16>,
+    /// Upstream connection attempts so far (for trying the next upstream).
+    tries: usize,
+}
+
+impl StreamGate {
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn StreamStore>,
+        metrics: Metrics,
+    ) -> std::io::Result<Self> {
+        let header = |name: &str| {
+            HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        };
+        let upstreams =
+            LoadBalancer::try_from_iter(config.upstream.addrs.iter().map(String::as_str))?;
+        Ok(Self {
+            routes: Routes::new(&config.streams.routes),
+            identity: IdentityRules {
+                session_header: header(&config.identity.header)?,
+                stream_header: header(&config.streams.stream_id_header)?,
+                max_len: config.identity.max_len,
+            },
+            policy: Policy::new(config.streams.limit),
+            store,
+            metrics,
+            upstreams,
+            upstream_count: config.upstream.addrs.len(),
+            timeouts: UpstreamTimeouts {
+                connect: config.upstream.connect_timeout,
+                read: config.upstream.read_timeout,
+                write: config.upstream.write_timeout,
+                idle: config.upstream.idle_timeout,
+            },
+            other_paths: config.server.other_paths,
+            downstream_read_timeout: config.server.downstream_read_timeout,
+            downstream_write_timeout: config.server.downstream_write_timeout,
+        })
+    }
+
+    async fn refuse_identity(&self, session: &mut Session, e: IdentityError) -> Result<bool> {
+        respond::error(session, 400, e.code(), &e.to_string(), &[]).await?;
+        Ok(true)
+    }
+
+    async fn store_failed(&self, session: &mut Session, e: StoreError) -> Result<bool> {
+        self.metrics
+            .store_errors
+            .with_label_values(&[e.kind()])
+            .inc();
+        warn!("stream store failed: {e}");
+        let code = match e {
+            StoreError::Full => "store_full",
+            _ => "store_unavailable",
+        };
+        respond::error(session, 503, code, &e.to_string(), &[]).await?;
+        Ok(true)
+    }
+
+    /// Time a store call into the store-latency histogram.
+    async fn timed<T>(
+        &self,
+        op: &str,
+        fut: impl std::future::Future<Output = std::result::Result<T, StoreError>>,
+    ) -> std::result::Result<T, StoreError> {
+        let t = Instant::now();
+        let out = fut.await;
+        self.metrics
+            .store_latency
+            .with_label_values(&[op])
+            .observe(t.elapsed().as_secs_f64());
+        out
+    }
+
+    fn hold(&self, ctx: &mut RequestCtx, user: &str, id: StreamId, kind: HoldKind) {
+        ctx.stream_id = Some(id);
+        ctx.hold = Some(LeaseHold::new(
+            self.store.clone(),
+            user.to_owned(),
+            id,
+            kind,
+            self.metrics.inflight_requests.clone(),
+        ));
+    }
+
+    /// A watch-route request: identify, then end, continue, open or refuse its stream.
+    async fn watch(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let headers = &session.req_header().headers;
+        let user = match self.identity.session_id(headers) {
+            Ok(u) => u.to_owned(),
+            Err(e) => return self.refuse_identity(session, e).await,
+        };
+        let stream = match self.identity.stream_id(headers) {
+            Ok(s) => s,
+            Err(e) => return self.refuse_identity(session, e).await,
+        };
+        ctx.user = Some(user.clone());
+
+        if session.req_header().method == Method::DELETE {
+            return self.end_stream(session, ctx, &user, stream).await;
+        }
+
+        if let Some(id) = stream {
+            match self.timed("renew", self.store.renew(&user, id)).await {
+                Ok(true) => {
+                    self.hold(ctx, &user, id, HoldKind::Renewed);
+                    ctx.decision = Some(Decision::Renewed);
+                    self.metrics.decision(Decision::Renewed);
+                    return Ok(false);
+                }
+                // Unknown, expired or another user's: treat as a new stream.
+                Ok(false) => {}
+                Err(e) => return self.store_failed(session, e).await,
+            }
+        }
+
+        let limit = self.policy.limit_for(&user);
+        match self.timed("open", self.store.open(&user, limit)).await {
+            Ok(Opened::Admitted(id)) => {
+                self.hold(ctx, &user, id, HoldKind::Opened);
+                ctx.decision = Some(Decision::Admitted);
+                self.metrics.decision(Decision::Admitted);
+                Ok(false)
+            }
+            Ok(Opened::Rejected {
+                active,
+                retry_after,
+            }) => {
+                ctx.decision = Some(Decision::Rejected);
+                self.metrics.decision(Decision::Rejected);
+                let body = respond::error_body(
+                    "stream_limit_exceeded",
+                    &format!("this user already has {active} active streams; the limit is {limit}"),
+                    &[("limit", json!(limit)), ("active", json!(active))],
+                );
+                let retry = retry_after_secs(retry_after).to_string();
+                respond::json(session, 401, body, &[("retry-after", retry)]).await?;
+                Ok(true)
+            }
+            Err(e) => self.store_failed(session, e).await,
+        }
+    }
+
+    /// `DELETE` on a watch route: end the named stream now.
+    async fn end_stream(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        user: &str,
+        stream: Option<StreamId>,
+    ) -> Result<bool> {
+        let Some(id) = stream else {
+            let e = IdentityError::StreamIdRequired(self.identity.stream_header.to_string());
+            return self.refuse_identity(session, e).await;
+        };
+        ctx.stream_id = Some(id);
+        match self.timed("end", self.store.end(user, id)).await {
+            Ok(true) => {
+                ctx.decision = Some(Decision::Ended);
+                self.metrics.decision(Decision::Ended);
+                respond::json(session, 204, bytes::Bytes::new(), &[]).await?;
+            }
+            Ok(false) => {
+                respond::error(
+                    session,
+                    404,
+                    "stream_not_found",
+                    "no active stream with this id for this user",
+                    &[],
+                )
+                .await?;
+            }
+            Err(e) => return self.store_failed(session, e).await,
+        }
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for StreamGate {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            route: Route::Other,
+            user: None,
+            stream_id: None,
+            decision: None,
+            hold: None,
+            upstream_status: None,
+            tries: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        session.set_read_timeout(Some(self.downstream_read_timeout));
+        session.set_write_timeout(Some(self.downstream_write_timeout));
+        ctx.route = self.routes.classify(session.req_header().uri.path());
+        match ctx.route {
+            Route::Health => {
+                let body = bytes::Bytes::from_static(respond::HEALTH_BODY);
+                respond::json(session, 200, body, &[]).await?;
+                Ok(true)
+            }
+            Route::Ready => {
+                match self.timed("ping", self.store.ping()).await {
+                    Ok(()) => {
+                        let body = bytes::Bytes::from_static(respond::READY_BODY);
+                        respond::json(session, 200, body, &[]).await?;
+                    }
+                    Err(e) => {
+                        self.metrics
+                            .store_errors
+                            .with_label_values(&[e.kind()])
+                            .inc();
+                        respond::error(session, 503, "store_unavailable", &e.to_string(), &[])
+                            .await?;
+                    }
+                }
+                Ok(true)
+            }
+            Route::Watch => self.watch(session, ctx).await,
+            Route::Other => match self.other_paths {
+                OtherPaths::Forward => Ok(false),
+                OtherPaths::NotFound => {
+                    respond::error(session, 404, "not_found", "no route for this path", &[])
+                        .await?;
+                    Ok(true)
+                }
+            },
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        ctx.tries += 1;
+        let backend = self
+            .upstreams
+            .select(b"", 256)
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no upstream available"))?;
+        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.timeouts.connect);
+        o.total_connection_timeout = Some(self.timeouts.connect);
+        o.read_timeout = Some(self.timeouts.read);
+        o.write_timeout = Some(self.timeouts.write);
+        o.idle_timeout = Some(self.timeouts.idle);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Like nginx's proxy_next_upstream error: try each upstream once before failing.
+        if ctx.tries < self.upstream_count {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(id) = ctx.stream_id {
+            upstream_request.insert_header(self.identity.stream_header.clone(), id.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if !upstream_response.status.is_informational() {
+            ctx.upstream_status = Some(status);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(user), Some(id)) = (&ctx.user, ctx.stream_id) {
+            response.insert_header(self.identity.session_header.clone(), user.as_str())?;
+            response.insert_header(self.identity.stream_header.clone(), id.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let f = failure::classify(e.etype(), e.esource());
+        // Once the response header is out, the only honest signal left is closing.
+        let can_write = session.response_written().is_none() && f.status != 0;
+        if can_write {
+            if let Err(we) = respond::error(session, f.status, f.code, f.message, &[]).await {
+                warn!("could not send the {} error response: {we}", f.status);
+            }
+        }
+        FailToProxy {
+            error_code: f.status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        if let Some(err) = e {
+            if let Some(kind) = failure::upstream_error_kind(err.etype(), err.esource()) {
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&[kind])
+                    .inc();
+            }
+        }
+        if ctx.upstream_status.is_some_and(|s| s >= 500) {
+            self.metrics
+                .upstream_errors
+                .with_label_values(&["status_5xx"])
+                .inc();
+        }
+        if let Some(hold) = ctx.hold.take() {
+            // A client that went away keeps its lease (the TTL frees it); any other failure
+            // of the upstream or of the proxy gives an opened stream back at once.
+            let client_gone = e.is_some_and(|e| *e.esource() == ErrorSource::Downstream);
+            let upstream_failed = ctx.upstream_status.is_none_or(|s| s >= 500);
+            let failed = !client_gone && (e.is_some() || upstream_failed);
+            hold.release(failed).await;
+        }
+        let elapsed = ctx.start.elapsed();
+        self.metrics
+            .request_done(ctx.route.label(), status, elapsed);
+        let req = session.req_header();
+        info!(
+            target: "streamgate::access",
+            "method={} path={} status={} route={} user={} stream={} decision={} upstream_status={} duration_ms={:.3}{}",
+            req.method,
+            req.uri.path(),
+            status,
+            ctx.route.label(),
+            ctx.user.as_deref().unwrap_or("-"),
+            ctx.stream_id.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+            ctx.decision.map(Decision::label).unwrap_or("-"),
+            ctx.upstream_status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+            elapsed.as_secs_f64() * 1000.0,
+            e.map(|e| format!(" error=\"{}\"", e.etype().as_str())).unwrap_or_default(),
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! Assembling the Pingora server from a validated [`Config`]: the one function that both
+//! `main` and the integration tests use, so tests run exactly what ships.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use prometheus::Registry;
+
+use crate::config::{Config, StoreKind};
+use crate::demo::DemoOrigin;
+use crate::metrics::{Metrics, MetricsApp};
+use crate::proxy::StreamGate;
+use crate::store::{MemoryStore, StreamStore};
+
+/// Why a server could not be assembled from a valid config.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("upstream.addrs: {0}")]
+    Upstream(std::io::Error),
+}
+
+/// Build the store the config asks for.
+pub fn build_store(config: &Config, metrics: &Metrics) -> Arc<dyn StreamStore> {
+    match config.store.kind {
+        StoreKind::Memory => Arc::new(MemoryStore::new(
+            config.streams.lease_ttl,
+            config.store.max_users,
+            metrics.lease_counters(),
+        )),
+    }
+}
+
+/// Build the whole server: the proxy on `server.listen`, metrics on `metrics.listen`, and
+/// store housekeeping. With `demo_origin`, also a small built-in content server there.
+pub fn build(
+    config: &Config,
+    registry: &Registry,
+    demo_origin: Option<&str>,
+) -> Result<Server, BuildError> {
+    let metrics = Metrics::new(registry)?;
+    let store = build_store(config, &metrics);
+
+    let mut server = Server::new_with_opt_and_conf(None, config.pingora_server_conf());
+    server.bootstrap();
+
+    let gate = StreamGate::new(config, store.clone(), metrics).map_err(BuildError::Upstream)?;
+    let mut proxy =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, gate, "streamgate");
+    for addr in &config.server.listen {
+        proxy.add_tcp(addr);
+    }
+    server.add_service(proxy);
+
+    if let Some(addr) = &config.metrics.listen {
+        let mut svc = Service::new("metrics".into(), MetricsApp::new(registry.clone()));
+        svc.add_tcp(addr);
+        server.add_service(svc);
+    }
+
+    // Expired users are evicted lazily by moka; a tick keeps gauges and memory settled.
+    let every =
+        (config.streams.lease_ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    server.add_service(background_service(
+        "store housekeeping",
+        Housekeeping { store, every },
+    ));
+
+    if let Some(addr) = demo_origin {
+        let mut svc = Service::new("demo origin".into(), DemoOrigin);
+        svc.add_tcp(addr);
+        server.add_service(svc);
+    }
+    Ok(server)
+}
+
+struct Housekeeping {
+    store: Arc<dyn StreamStore>,
+    every: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for Housekeeping {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(self.every);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => self.store.maintain(),
+            }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Where active streams (leases) live, behind one trait so the proxy never knows which.
+//!
+//! A user's leases are decided atomically per user: each operation is one indivisible step
+//! in the store (a per-key compute in moka, one Lua script in Redis), so 200 concurrent
+//! opens for one user admit exactly the limit. Every store answers the same contract
+//! (`tests/store_contract.rs`).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use prometheus::{IntCounter, IntGauge};
+
+use crate::identity::StreamId;
+
+pub mod memory;
+
+pub use memory::MemoryStore;
+
+/// The outcome of asking to open a new stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// A new lease was created and is held by the calling request.
+    Admitted(StreamId),
+    /// The user already has `active` live leases, which is the limit.
+    Rejected {
+        active: u32,
+        /// Time until the earliest of the user's leases could expire.
+        retry_after: Duration,
+    },
+}
+
+/// One live lease, as listed for a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub id: StreamId,
+    /// `None` while a request of the stream is in flight (it cannot expire then).
+    pub expires_in: Option<Duration>,
+}
+
+/// Why a store could not decide.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store holds its maximum number of users")]
+    Full,
+    #[error("the store did not answer in time")]
+    Timeout,
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the store answered something unexpected: {0}")]
+    Protocol(String),
+}
+
+impl StoreError {
+    /// Label for the `kind` of the store-errors metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Full => "full",
+            StoreError::Timeout => "timeout",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+/// Metric handles a store updates for events only it sees (leases that time out).
+#[derive(Clone)]
+pub struct LeaseCounters {
+    /// Live leases this store knows of.
+    pub active: IntGauge,
+    /// Leases that ended by expiry.
+    pub expired: IntCounter,
+}
+
+/// The stream-lease store. All operations on one user are atomic with respect to each other.
+#[async_trait]
+pub trait StreamStore: Send + Sync + 'static {
+    /// Open a new stream for `user` if it holds fewer than `limit` live leases. The new
+    /// lease starts held (one request in flight).
+    async fn open(&self, user: &str, limit: u32) -> Result<Opened, StoreError>;
+
+    /// Continue a live stream of `user`: take one more hold on it. `false` when the stream
+    /// is unknown, expired, or belongs to another user.
+    async fn renew(&self, user: &str, id: StreamId) -> Result<bool, StoreError>;
+
+    /// Drop one hold taken by `open` or `renew`. With `keep` the lease then lives for the
+    /// TTL; without it (a failed open) the lease is removed at once.
+    async fn release(&self, user: &str, id: StreamId, keep: bool) -> Result<(), StoreError>;
+
+    /// End a stream now, whatever holds it has. `false` when it was not live.
+    async fn end(&self, user: &str, id: StreamId) -> Result<bool, StoreError>;
+
+    /// The user's live leases.
+    async fn list(&self, user: &str) -> Result<Vec<LeaseInfo>, StoreError>;
+
+    /// Whether the store answers (for `/ready`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// How often a held lease must be refreshed while its request runs, for stores that
+    /// cannot see in-flight requests themselves. `None`: holds never expire.
+    fn hold_refresh_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Push a held lease's expiry out by one TTL (see [`Self::hold_refresh_interval`]).
+    async fn refresh(&self, _user: &str, _id: StreamId) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Periodic housekeeping (evict expired users, settle gauges).
+    fn maintain(&self) {}
+}
+
+/// Whole seconds for a `Retry-After` header: rounded up, at least 1.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1000)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(60)), 60);
+    }
+}
