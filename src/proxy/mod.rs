@@ -43,6 +43,9 @@ struct UpstreamTimeouts {
 pub struct StreamGate {
     routes: Routes,
     identity: IdentityRules,
+    /// Header names as configured, so responses keep the operator's spelling.
+    session_header_case: bytes::Bytes,
+    stream_header_case: bytes::Bytes,
     policy: Policy,
     store: Arc<dyn StreamStore>,
     metrics: Metrics,
@@ -86,6 +89,8 @@ impl StreamGate {
                 stream_header: header(&config.streams.stream_id_header)?,
                 max_len: config.identity.max_len,
             },
+            session_header_case: bytes::Bytes::from(config.identity.header.clone()),
+            stream_header_case: bytes::Bytes::from(config.streams.stream_id_header.clone()),
             policy: Policy::new(config.streams.limit),
             store,
             metrics,
@@ -363,8 +368,8 @@ impl ProxyHttp for StreamGate {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let (Some(user), Some(id)) = (&ctx.user, ctx.stream_id) {
-            response.insert_header(self.identity.session_header.clone(), user.as_str())?;
-            response.insert_header(self.identity.stream_header.clone(), id.to_string())?;
+            response.insert_header(self.session_header_case.clone(), user.as_str())?;
+            response.insert_header(self.stream_header_case.clone(), id.to_string())?;
         }
         Ok(())
     }

@@ -36,7 +36,10 @@ pub async fn json(
     if !body.is_empty() {
         h.insert_header("content-type", "application/json")?;
     }
-    h.insert_header("content-length", body.len().to_string())?;
+    // A 204 carries no body and, by RFC 9110, no content-length either.
+    if status != 204 {
+        h.insert_header("content-length", body.len().to_string())?;
+    }
     h.insert_header("cache-control", "no-store")?;
     for (k, v) in headers {
         h.insert_header(*k, v.as_str())?;

@@ -1,0 +1,527 @@
+//! Test harness: the real proxy (built by the library's own `server::build`) on free
+//! loopback ports, in front of a real HTTP/1.1 origin written here on raw tokio sockets so
+//! that tests can make it slow, gated, failing, resetting or hanging.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+/// A port that was free a moment ago (Pingora binds by address, so we must pick one).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+// ---------------------------------------------------------------------------------------
+// Origin
+// ---------------------------------------------------------------------------------------
+
+/// One request as the origin saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+}
+
+struct OriginState {
+    seen: Mutex<Vec<Seen>>,
+    /// Gated requests wait for a permit here before finishing their body.
+    gate: Semaphore,
+    /// Gated requests that have sent their first chunk and are waiting.
+    gated: watch::Sender<usize>,
+    /// Per user, stream ids whose request is being served right now, and the most ever.
+    live: Mutex<HashMap<String, HashMap<String, usize>>>,
+    max_live_per_user: Mutex<HashMap<String, usize>>,
+    served: AtomicUsize,
+}
+
+/// The content server behind the proxy. Paths choose behaviour:
+/// - `.../fail`: `500`;
+/// - `.../gate`: `200` chunked, sends `first`, waits for [`Origin::open_gate`], sends `last`;
+/// - `.../slow?chunks=N&ms=M`: `200` chunked, N chunks M ms apart;
+/// - `.../reset`: promises 100000 bytes, sends 10, closes;
+/// - `.../hang`: reads the request and never answers;
+/// - `.../big?bytes=N`: `200` with an N-byte body;
+/// - anything else: `200` `ok <path>`.
+pub struct Origin {
+    pub addr: SocketAddr,
+    state: Arc<OriginState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Origin {
+    pub async fn start() -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let addr = listener.local_addr().expect("origin addr");
+        let state = Arc::new(OriginState {
+            seen: Mutex::default(),
+            gate: Semaphore::new(0),
+            gated: watch::channel(0).0,
+            live: Mutex::default(),
+            max_live_per_user: Mutex::default(),
+            served: AtomicUsize::new(0),
+        });
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let _ = serve_conn(sock, st).await;
+                });
+            }
+        });
+        Origin { addr, state, task }
+    }
+
+    /// Every request the origin has received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    /// Let `n` gated requests finish.
+    pub fn open_gate(&self, n: usize) {
+        self.state.gate.add_permits(n);
+    }
+
+    /// Wait until `n` gated requests are waiting at the gate (bounded: 10 s).
+    pub async fn wait_gated(&self, n: usize) {
+        let mut rx = self.state.gated.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| *v >= n))
+            .await
+            .expect("gated requests did not arrive in 10 s")
+            .expect("origin gone");
+    }
+
+    /// The most streams of one user the origin ever served at the same moment.
+    pub fn max_concurrent(&self, user: &str) -> usize {
+        self.state
+            .max_live_per_user
+            .lock()
+            .unwrap()
+            .get(user)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn max_concurrent_any(&self) -> usize {
+        self.state
+            .max_live_per_user
+            .lock()
+            .unwrap()
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn served(&self) -> usize {
+        self.state.served.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Marks one request of (user, stream) as being served, for the concurrency view.
+struct LiveMark {
+    state: Arc<OriginState>,
+    user: String,
+    stream: String,
+}
+
+impl LiveMark {
+    fn new(state: &Arc<OriginState>, seen: &Seen) -> Option<LiveMark> {
+        let user = seen.headers.get("session-id")?.clone();
+        let stream = seen.headers.get("stream-id")?.clone();
+        let mut live = state.live.lock().unwrap();
+        let streams = live.entry(user.clone()).or_default();
+        *streams.entry(stream.clone()).or_default() += 1;
+        let n = streams.len();
+        let mut max = state.max_live_per_user.lock().unwrap();
+        let m = max.entry(user.clone()).or_default();
+        *m = (*m).max(n);
+        Some(LiveMark {
+            state: state.clone(),
+            user,
+            stream,
+        })
+    }
+}
+
+impl Drop for LiveMark {
+    fn drop(&mut self) {
+        let mut live = self.state.live.lock().unwrap();
+        if let Some(streams) = live.get_mut(&self.user) {
+            if let Some(c) = streams.get_mut(&self.stream) {
+                *c -= 1;
+                if *c == 0 {
+                    streams.remove(&self.stream);
+                }
+            }
+        }
+    }
+}
+
+fn query(path: &str, key: &str) -> Option<u64> {
+    let q = path.split_once('?')?.1;
+    q.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+async fn serve_conn(sock: TcpStream, st: Arc<OriginState>) -> std::io::Result<()> {
+    let mut reader = BufReader::new(sock);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        let mut headers = HashMap::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).await? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        if let Some(len) = headers
+            .get("content-length")
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            let mut body = vec![0u8; len as usize];
+            reader.read_exact(&mut body).await?;
+        }
+        let seen = Seen {
+            method,
+            path: path.clone(),
+            headers,
+        };
+        st.seen.lock().unwrap().push(seen.clone());
+        st.served.fetch_add(1, Ordering::SeqCst);
+        let _mark = LiveMark::new(&st, &seen);
+        let sock = reader.get_mut();
+        let bare = path.split('?').next().unwrap_or("");
+        if bare.ends_with("/fail") {
+            let body = "origin failure";
+            let resp = format!(
+                "HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            sock.write_all(resp.as_bytes()).await?;
+        } else if bare.ends_with("/gate") {
+            sock.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+                .await?;
+            sock.flush().await?;
+            st.gated.send_modify(|v| *v += 1);
+            let permit = st.gate.acquire().await.map_err(std::io::Error::other)?;
+            permit.forget();
+            sock.write_all(b"4\r\nlast\r\n0\r\n\r\n").await?;
+        } else if bare.ends_with("/slow") {
+            let chunks = query(&path, "chunks").unwrap_or(5);
+            let ms = query(&path, "ms").unwrap_or(50);
+            sock.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .await?;
+            for i in 0..chunks {
+                let c = format!("chunk{i};");
+                sock.write_all(format!("{:x}\r\n{c}\r\n", c.len()).as_bytes())
+                    .await?;
+                sock.flush().await?;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            sock.write_all(b"0\r\n\r\n").await?;
+        } else if bare.ends_with("/reset") {
+            sock.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n0123456789")
+                .await?;
+            sock.flush().await?;
+            return Ok(());
+        } else if bare.ends_with("/hang") {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            return Ok(());
+        } else if bare.ends_with("/big") {
+            let n = query(&path, "bytes").unwrap_or(1 << 20) as usize;
+            sock.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n").as_bytes())
+                .await?;
+            let chunk = vec![b'v'; 64 * 1024];
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(chunk.len());
+                sock.write_all(&chunk[..k]).await?;
+                left -= k;
+            }
+        } else {
+            let body = format!("ok {bare}");
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Origin: test\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            sock.write_all(resp.as_bytes()).await?;
+        }
+        sock.flush().await?;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Proxy
+// ---------------------------------------------------------------------------------------
+
+/// Knobs for a test proxy's config file.
+#[derive(Clone)]
+pub struct TestConfig {
+    pub upstreams: Vec<String>,
+    pub limit: u32,
+    pub lease_ttl: &'static str,
+    pub read_timeout: &'static str,
+    pub connect_timeout: &'static str,
+    pub other_paths: &'static str,
+    /// Extra lines for the `[store]` table.
+    pub store: String,
+    pub max_users: u64,
+}
+
+impl TestConfig {
+    pub fn new(origin: &Origin) -> Self {
+        Self {
+            upstreams: vec![origin.addr.to_string()],
+            limit: 3,
+            lease_ttl: "60s",
+            read_timeout: "5s",
+            connect_timeout: "1s",
+            other_paths: "forward",
+            store: "kind = \"memory\"".into(),
+            max_users: 100_000,
+        }
+    }
+
+    pub fn limit(mut self, n: u32) -> Self {
+        self.limit = n;
+        self
+    }
+
+    pub fn ttl(mut self, t: &'static str) -> Self {
+        self.lease_ttl = t;
+        self
+    }
+
+    pub fn toml(&self, listen: &str, metrics: &str) -> String {
+        let ups: Vec<String> = self.upstreams.iter().map(|u| format!("\"{u}\"")).collect();
+        format!(
+            r#"
+[server]
+listen = ["{listen}"]
+threads = 2
+other_paths = "{other}"
+grace_period = "0s"
+graceful_shutdown_timeout = "1s"
+
+[upstream]
+addrs = [{ups}]
+connect_timeout = "{connect}"
+read_timeout = "{read}"
+
+[streams]
+limit = {limit}
+lease_ttl = "{ttl}"
+
+[store]
+{store}
+max_users = {max_users}
+
+[metrics]
+listen = "{metrics}"
+"#,
+            other = self.other_paths,
+            ups = ups.join(", "),
+            connect = self.connect_timeout,
+            read = self.read_timeout,
+            limit = self.limit,
+            ttl = self.lease_ttl,
+            store = self.store,
+            max_users = self.max_users,
+        )
+    }
+}
+
+struct TestSignal(watch::Receiver<bool>);
+
+#[async_trait]
+impl ShutdownSignalWatch for TestSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// A running streamgate, stopped (by its own shutdown signal) when dropped.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+    pub client: reqwest::Client,
+}
+
+impl Proxy {
+    pub async fn start(cfg: &TestConfig) -> Proxy {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let text = cfg.toml(&addr.to_string(), &metrics_addr.to_string());
+        let config = streamgate::config::Config::from_toml(&text).expect("test config is valid");
+        let registry = prometheus::Registry::new();
+        let server = streamgate::server::build(&config, &registry, None).expect("server builds");
+        let (stop, rx) = watch::channel(false);
+        let thread = std::thread::spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(TestSignal(rx)),
+            });
+        });
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let proxy = Proxy {
+            addr,
+            metrics_addr,
+            stop,
+            thread: Some(thread),
+            client,
+        };
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(r) = self.client.get(self.url("/health")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "proxy did not come up in 15 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// GET `path` as `user`, optionally continuing `stream`.
+    pub async fn watch(&self, path: &str, user: &str, stream: Option<&str>) -> reqwest::Response {
+        let mut req = self.client.get(self.url(path)).header("Session-Id", user);
+        if let Some(s) = stream {
+            req = req.header("Stream-Id", s);
+        }
+        req.send().await.expect("request failed")
+    }
+
+    pub async fn delete(&self, user: &str, stream: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url("/watch"))
+            .header("Session-Id", user)
+            .header("Stream-Id", stream)
+            .send()
+            .await
+            .expect("request failed")
+    }
+
+    /// The metrics page.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("http://{}/metrics", self.metrics_addr))
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// One sample's value from the metrics page (exact series text, e.g. `a{b="c"}`).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Poll until `check` holds, bounded by `within`.
+    pub async fn eventually<F, Fut>(&self, within: Duration, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + within;
+        while !check().await {
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The `Stream-Id` a response carries.
+pub fn stream_id(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("stream-id")
+        .expect("response has a Stream-Id")
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The JSON body of a response the proxy answered itself, checking its content type.
+pub async fn json_body(r: reqwest::Response) -> serde_json::Value {
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    assert_eq!(ct, "application/json", "proxy answers are JSON");
+    let text = r.text().await.expect("body");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Send raw bytes and read whatever comes back until the peer closes or `within` passes.
+pub async fn raw(addr: SocketAddr, request: &[u8], within: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(within, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,273 @@
+//! The HTTP contract, line by line, against a running proxy and a real origin.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_answered_by_the_proxy_exactly() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin)).await;
+    let served_before = origin.served();
+    let r = proxy.client.get(proxy.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(r.text().await.unwrap(), r#"{"status":"UP"}"#);
+    assert_eq!(
+        origin.served(),
+        served_before,
+        "/health must not be forwarded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_answers_when_the_store_does() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin)).await;
+    let r = proxy.client.get(proxy.url("/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), r#"{"status":"READY"}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_streams_then_401_with_json_and_retry_after() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin)).await;
+    for _ in 0..3 {
+        let r = proxy.watch("/watch", "abc", None).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "ok /watch");
+    }
+    let r = proxy.watch("/watch", "abc", None).await;
+    assert_eq!(r.status(), 401);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The leases were released just now with a 60 s TTL.
+    assert!((58..=60).contains(&retry), "retry-after {retry}");
+    let body = json_body(r).await;
+    assert_eq!(body["error"], "stream_limit_exceeded");
+    assert_eq!(body["limit"], 3);
+    assert_eq!(body["active"], 3);
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    // Another user is unaffected.
+    assert_eq!(proxy.watch("/watch", "xyz", None).await.status(), 200);
+    assert_eq!(
+        origin.served(),
+        4,
+        "the refused request never reached the origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_empty_or_bad_session_id_is_400_json() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin)).await;
+
+    let r = proxy.client.get(proxy.url("/watch")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(json_body(r).await["error"], "session_id_required");
+
+    let r = proxy.watch("/watch/x", "", None).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(json_body(r).await["error"], "session_id_required");
+
+    let long = "a".repeat(129);
+    let r = proxy.watch("/watch", &long, None).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(json_body(r).await["error"], "invalid_session_id");
+
+    let r = proxy
+        .client
+        .get(proxy.url("/watch"))
+        .header(
+            "Session-Id",
+            reqwest::header::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(json_body(r).await["error"], "invalid_session_id");
+
+    let r = proxy.watch("/watch", "a b", None).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(json_body(r).await["error"], "invalid_session_id");
+
+    assert_eq!(origin.served(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_requests_are_forwarded_unchanged_with_ids_both_ways() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin)).await;
+    let r = proxy.watch("/watch/movie/seg1.ts?q=1", "abc", None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["session-id"], "abc");
+    assert_eq!(
+        r.headers()["x-origin"],
+        "test",
+        "upstream headers pass through"
+    );
+    assert_eq!(r.headers()["content-type"], "text/plain");
+    let id = stream_id(&r);
+    assert!(uuid::Uuid::parse_str(&id).is_ok());
+    assert_eq!(r.text().await.unwrap(), "ok /watch/movie/seg1.ts");
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/watch/movie/seg1.ts?q=1");
+    assert_eq!(seen[0].headers.get("stream-id"), Some(&id));
+    assert_eq!(
+        seen[0].headers.get("session-id").map(String::as_str),
+        Some("abc")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_statuses_pass_through() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin)).await;
+    let r = proxy.watch("/watch/fail", "abc", None).await;
+    assert_eq!(r.status(), 500);
+    assert_eq!(r.text().await.unwrap(), "origin failure");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_body_streams_through_without_buffering() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin)).await;
+    let mut r = proxy.watch("/watch/gate", "abc", None).await;
+    assert_eq!(r.status(), 200);
+    // The origin is holding the rest of the body at its gate: the first chunk can only
+    // arrive here if the proxy streams.
+    let first = tokio::time::timeout(Duration::from_secs(10), r.chunk())
+        .await
+        .expect("first chunk was buffered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first[..], b"first");
+    origin.open_gate(1);
+    let mut rest = Vec::new();
+    while let Some(c) = r.chunk().await.unwrap() {
+        rest.extend_from_slice(&c);
+    }
+    assert_eq!(rest, b"last");
+
+    let r = proxy
+        .watch("/watch/slow?chunks=10&ms=20", "abc", None)
+        .await;
+    let body = r.text().await.unwrap();
+    assert_eq!(
+        body,
+        (0..10).map(|i| format!("chunk{i};")).collect::<String>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_paths_are_forwarded_without_counting() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1)).await;
+    for _ in 0..5 {
+        let r = proxy
+            .client
+            .get(proxy.url("/catalog"))
+            .header("Session-Id", "abc")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().get("stream-id").is_none());
+    }
+    // Even /watchlist is not a watch route.
+    let r = proxy
+        .client
+        .get(proxy.url("/watchlist"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_paths_can_be_refused_with_404_json() {
+    let origin = Origin::start().await;
+    let mut cfg = TestConfig::new(&origin);
+    cfg.other_paths = "not_found";
+    let proxy = Proxy::start(&cfg).await;
+    let r = proxy
+        .client
+        .get(proxy.url("/catalog"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(json_body(r).await["error"], "not_found");
+    assert_eq!(origin.served(), 0);
+    assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_upstream_is_502_json() {
+    let origin = Origin::start().await;
+    let mut cfg = TestConfig::new(&origin);
+    cfg.upstreams = vec![format!("127.0.0.1:{}", free_port())];
+    let proxy = Proxy::start(&cfg).await;
+    let r = proxy.watch("/watch", "abc", None).await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(json_body(r).await["error"], "upstream_unavailable");
+    let r = proxy
+        .client
+        .get(proxy.url("/anything"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(json_body(r).await["error"], "upstream_unavailable");
+    assert!(
+        proxy
+            .metric("streamgate_upstream_errors_total{kind=\"connect\"}")
+            .await
+            >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upstream_is_skipped_for_the_next_one() {
+    let origin = Origin::start().await;
+    let mut cfg = TestConfig::new(&origin);
+    cfg.upstreams = vec![
+        format!("127.0.0.1:{}", free_port()),
+        origin.addr.to_string(),
+    ];
+    let proxy = Proxy::start(&cfg).await;
+    for i in 0..4 {
+        let r = proxy.watch("/watch", &format!("u{i}"), None).await;
+        assert_eq!(r.status(), 200, "request {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_upstream_is_504_json() {
+    let origin = Origin::start().await;
+    let mut cfg = TestConfig::new(&origin);
+    cfg.read_timeout = "300ms";
+    let proxy = Proxy::start(&cfg).await;
+    let r = proxy.watch("/watch/hang", "abc", None).await;
+    assert_eq!(r.status(), 504);
+    assert_eq!(json_body(r).await["error"], "upstream_timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_request_gets_a_4xx_not_a_5xx() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin)).await;
+    let out = raw(proxy.addr, b"GARBAGE\r\n\r\n", Duration::from_secs(3)).await;
+    assert!(out.is_empty() || out.starts_with("HTTP/1.1 4"), "{out}");
+    // The proxy still serves afterwards.
+    assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 200);
+}
