@@ -24,14 +24,17 @@ pub struct Cli {
     #[arg(long, short = 't')]
     pub check: bool,
     /// Listen address, instead of `server.listen` (repeatable).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", global = true)]
     pub listen: Vec<String>,
     /// Upstream address, instead of `upstream.addrs` (repeatable).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", global = true)]
     pub upstream: Vec<String>,
     /// Streams per user, instead of `streams.limit`.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub limit: Option<u32>,
+    /// Metrics listen address, instead of `metrics.listen`.
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub metrics: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -52,6 +55,7 @@ impl Cli {
             listen: self.listen.clone(),
             upstream: self.upstream.clone(),
             limit: self.limit,
+            metrics: self.metrics.clone(),
         }
     }
 }

@@ -247,6 +247,7 @@ pub struct Overrides {
     pub listen: Vec<String>,
     pub upstream: Vec<String>,
     pub limit: Option<u32>,
+    pub metrics: Option<String>,
 }
 
 impl Config {
@@ -306,6 +307,9 @@ impl Config {
         }
         if let Some(limit) = o.limit {
             self.streams.limit = limit;
+        }
+        if let Some(m) = &o.metrics {
+            self.metrics.listen = Some(m.clone());
         }
         self
     }
@@ -561,6 +565,7 @@ mod tests {
             listen: vec!["127.0.0.1:4000".into()],
             upstream: vec!["127.0.0.1:9000".into()],
             limit: Some(5),
+            metrics: Some("127.0.0.1:9999".into()),
         };
         let c = Config::parse(MINIMAL)
             .unwrap()
@@ -570,6 +575,7 @@ mod tests {
         assert_eq!(c.server.listen, vec!["127.0.0.1:4000"]);
         assert_eq!(c.upstream.addrs, vec!["127.0.0.1:9000"]);
         assert_eq!(c.streams.limit, 5);
+        assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9999"));
     }
 
     #[test]

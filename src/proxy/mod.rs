@@ -384,6 +384,9 @@ impl ProxyHttp for StreamGate {
         // Once the response header is out, the only honest signal left is closing.
         let can_write = session.response_written().is_none() && f.status != 0;
         if can_write {
+            // The connection is not reused after a failure: say so, or a keep-alive client
+            // sends its next request into a closing socket.
+            session.set_keepalive(None);
             if let Err(we) = respond::error(session, f.status, f.code, f.message, &[]).await {
                 warn!("could not send the {} error response: {we}", f.status);
             }

@@ -1,0 +1,300 @@
+//! Streams are leases: issued, renewed, held while in flight, expired, ended, given back.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SETTLE: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_carrying_the_stream_id_renew_without_counting() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1)).await;
+    let r = proxy.watch("/watch", "abc", None).await;
+    assert_eq!(r.status(), 200);
+    let id = stream_id(&r);
+    for i in 0..5 {
+        let r = proxy.watch(&format!("/watch/seg{i}.ts"), "abc", Some(&id)).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(stream_id(&r), id, "the same stream continues");
+    }
+    assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 401);
+    assert_eq!(
+        proxy
+            .metric("streamgate_stream_decisions_total{outcome=\"renewed\"}")
+            .await,
+        5.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_users_stream_id_never_renews_their_lease() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1).ttl("1s")).await;
+    let a = stream_id(&proxy.watch("/watch", "alice", None).await);
+    // Bob presenting Alice's id opens a stream of his own.
+    let r = proxy.watch("/watch", "bob", Some(&a)).await;
+    assert_eq!(r.status(), 200);
+    let b = stream_id(&r);
+    assert_ne!(a, b);
+    // ...and Bob is now at his limit, Alice still at hers.
+    assert_eq!(proxy.watch("/watch", "bob", None).await.status(), 401);
+    assert_eq!(proxy.watch("/watch", "alice", None).await.status(), 401);
+    // Bob keeps presenting Alice's id; Alice's lease must still run out.
+    proxy
+        .eventually(SETTLE, "alice's lease expires", || async {
+            let _ = proxy.watch("/watch", "bob", Some(&a)).await;
+            proxy.watch("/watch", "alice", None).await.status() == 200
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_stream_id_opens_a_new_stream_and_malformed_is_400() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1)).await;
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let r = proxy.watch("/watch", "abc", Some(&unknown)).await;
+    assert_eq!(r.status(), 200);
+    let issued = stream_id(&r);
+    assert_ne!(issued, unknown);
+    assert_eq!(origin.seen()[0].headers.get("stream-id"), Some(&issued));
+    // An unknown id is an admission like any other.
+    let r = proxy.watch("/watch", "abc", Some(&uuid::Uuid::new_v4().to_string())).await;
+    assert_eq!(r.status(), 401);
+
+    for bad in ["nope", "", "12345678-1234-1234-1234-12345678901g"] {
+        let r = proxy.watch("/watch", "abc", Some(bad)).await;
+        assert_eq!(r.status(), 400, "{bad:?}");
+        assert_eq!(json_body(r).await["error"], "invalid_stream_id");
+    }
+    let r = proxy
+        .client
+        .get(proxy.url("/watch"))
+        .header("Session-Id", "abc")
+        .header("Stream-Id", &issued)
+        .header("Stream-Id", &issued)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_expires_after_ttl_of_silence() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1).ttl("500ms")).await;
+    let id = stream_id(&proxy.watch("/watch", "abc", None).await);
+    let r = proxy.watch("/watch", "abc", None).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["retry-after"], "1");
+    proxy
+        .eventually(SETTLE, "the lease expires", || async {
+            proxy.watch("/watch", "abc", None).await.status() == 200
+        })
+        .await;
+    // The expired id no longer continues anything.
+    let r = proxy.watch("/watch", "abc", Some(&id)).await;
+    assert_eq!(r.status(), 401);
+    proxy
+        .eventually(SETTLE, "expiry is counted", || async {
+            proxy
+                .metric("streamgate_stream_decisions_total{outcome=\"expired\"}")
+                .await
+                >= 1.0
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_in_flight_never_expires() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1).ttl("300ms")).await;
+    let mut held = proxy.watch("/watch/gate", "abc", None).await;
+    assert_eq!(held.status(), 200);
+    origin.wait_gated(1).await;
+    // Well past the TTL, the in-flight stream still holds the slot.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 401);
+    assert_eq!(proxy.metric("streamgate_inflight_requests").await, 1.0);
+    origin.open_gate(1);
+    while held.chunk().await.unwrap().is_some() {}
+    // Then the TTL runs from the end of the last request.
+    proxy
+        .eventually(SETTLE, "the lease expires after the request ends", || async {
+            proxy.watch("/watch", "abc", None).await.status() == 200
+        })
+        .await;
+    assert_eq!(proxy.metric("streamgate_inflight_requests").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_ends_a_stream_at_once() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1)).await;
+    let id = stream_id(&proxy.watch("/watch", "abc", None).await);
+    assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 401);
+
+    // Another user cannot end it.
+    let r = proxy.delete("mallory", &id).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(json_body(r).await["error"], "stream_not_found");
+
+    let r = proxy.delete("abc", &id).await;
+    assert_eq!(r.status(), 204);
+    assert!(r.headers().get("content-length").is_none());
+    assert_eq!(r.bytes().await.unwrap().len(), 0);
+    assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 200);
+
+    let r = proxy.delete("abc", &id).await;
+    assert_eq!(r.status(), 404);
+
+    let r = proxy
+        .client
+        .delete(proxy.url("/watch"))
+        .header("Session-Id", "abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(json_body(r).await["error"], "stream_id_required");
+
+    let r = proxy
+        .client
+        .delete(proxy.url("/watch"))
+        .header("Stream-Id", &id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(json_body(r).await["error"], "session_id_required");
+    assert!(origin.seen().iter().all(|s| s.method == "GET"), "DELETE is never forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_open_gives_the_slot_back() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1)).await;
+    // Upstream 5xx.
+    assert_eq!(proxy.watch("/watch/fail", "abc", None).await.status(), 500);
+    // Upstream closes mid-body.
+    let r = proxy.watch("/watch/reset", "abc", None).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.is_err(), "a truncated body is an error for the client");
+    proxy
+        .eventually(SETTLE, "the reset stream is given back", || async {
+            proxy.metric("streamgate_active_streams").await == 0.0
+        })
+        .await;
+    // The slot is free at once: a working stream is admitted.
+    let r = proxy.watch("/watch", "abc", None).await;
+    assert_eq!(r.status(), 200);
+    // A failed renewal does not end a working stream.
+    let id = stream_id(&r);
+    assert_eq!(proxy.watch("/watch/fail", "abc", Some(&id)).await.status(), 500);
+    assert_eq!(proxy.watch("/watch", "abc", Some(&id)).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_never_blocks_the_user() {
+    let origin = Origin::start().await;
+    let mut cfg = TestConfig::new(&origin).limit(1);
+    cfg.upstreams = vec![format!("127.0.0.1:{}", free_port())];
+    let proxy = Proxy::start(&cfg).await;
+    for _ in 0..3 {
+        assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 502);
+    }
+    assert_eq!(proxy.metric("streamgate_active_streams").await, 0.0);
+    assert_eq!(proxy.metric("streamgate_inflight_requests").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_abort_ends_the_hold_and_the_ttl_frees_the_slot() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1).ttl("500ms")).await;
+    let mut sock = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    sock.write_all(b"GET /watch/gate HTTP/1.1\r\nHost: x\r\nSession-Id: abc\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    origin.wait_gated(1).await;
+    drop(sock); // the viewer closes the tab mid-body
+    origin.open_gate(1);
+    proxy
+        .eventually(SETTLE, "the aborted request releases its hold", || async {
+            proxy.metric("streamgate_inflight_requests").await == 0.0
+        })
+        .await;
+    proxy
+        .eventually(SETTLE, "the TTL frees the slot", || async {
+            proxy.watch("/watch", "abc", None).await.status() == 200
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_opens_admit_exactly_the_limit() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin)).await;
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let client = proxy.client.clone();
+            let url = proxy.url("/watch/slow?chunks=2&ms=10");
+            tokio::spawn(async move {
+                let r = client.get(url).header("Session-Id", "crowd").send().await.unwrap();
+                let status = r.status().as_u16();
+                let _ = r.bytes().await;
+                status
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            401 => refused += 1,
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!((ok, refused), (3, 197));
+    assert!(origin.max_concurrent("crowd") <= 3);
+    assert_eq!(proxy.metric("streamgate_active_streams").await, 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_decisions_requests_and_durations() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1)).await;
+    let id = stream_id(&proxy.watch("/watch", "abc", None).await);
+    proxy.watch("/watch", "abc", Some(&id)).await;
+    proxy.watch("/watch", "abc", None).await;
+    proxy.delete("abc", &id).await;
+    let text = proxy.metrics().await;
+    for line in [
+        "streamgate_stream_decisions_total{outcome=\"admitted\"} 1",
+        "streamgate_stream_decisions_total{outcome=\"renewed\"} 1",
+        "streamgate_stream_decisions_total{outcome=\"rejected\"} 1",
+        "streamgate_stream_decisions_total{outcome=\"ended\"} 1",
+        "streamgate_requests_total{route=\"watch\",status=\"2xx\"} 3",
+        "streamgate_requests_total{route=\"watch\",status=\"4xx\"} 1",
+        "streamgate_requests_total{route=\"health\",status=\"2xx\"}",
+        "streamgate_request_duration_seconds_count{route=\"watch\"} 4",
+        "streamgate_active_streams 0",
+        "streamgate_inflight_requests 0",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    let r = proxy
+        .client
+        .get(format!("http://{}/nope", proxy.metrics_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
