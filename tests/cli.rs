@@ -52,7 +52,10 @@ fn check_accepts_the_shipped_config() {
 fn bad_files_give_one_line_naming_file_and_key_and_exit_2() {
     for (text, key) in [
         (format!("{VALID}[streams]\nlimt = 3\n"), "streams.limt"),
-        (format!("{VALID}[streams]\nlease_ttl = \"forever\"\n"), "streams.lease_ttl"),
+        (
+            format!("{VALID}[streams]\nlease_ttl = \"forever\"\n"),
+            "streams.lease_ttl",
+        ),
         (format!("{VALID}[streams]\nlimit = 0\n"), "streams.limit"),
         (format!("{VALID}[streams]\nlimit = -1\n"), "streams.limit"),
         ("[streams]\nlimit = 2\n".to_string(), "upstream"),
@@ -71,10 +74,7 @@ fn bad_files_give_one_line_naming_file_and_key_and_exit_2() {
 
 #[test]
 fn bad_values_are_not_echoed() {
-    let (code, _, stderr, _) = check(
-        "[upstream]\naddrs = [\"s3cret-host-name:notaport\"]\n",
-        &[],
-    );
+    let (code, _, stderr, _) = check("[upstream]\naddrs = [\"s3cret-host-name:notaport\"]\n", &[]);
     assert_eq!(code, 2);
     assert!(stderr.contains("upstream.addrs"));
     assert!(!stderr.contains("s3cret"), "{stderr}");
@@ -121,7 +121,15 @@ async fn demo_runs_the_readme_sequence() {
     let metrics = format!("127.0.0.1:{}", free_port());
     let _child = Running(
         streamgate()
-            .args(["demo", "--listen", &listen, "--origin", &origin, "--metrics", &metrics])
+            .args([
+                "demo",
+                "--listen",
+                &listen,
+                "--origin",
+                &origin,
+                "--metrics",
+                &metrics,
+            ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -131,13 +139,23 @@ async fn demo_runs_the_readme_sequence() {
     let client = reqwest::Client::new();
     let url = format!("http://{listen}/watch");
     let deadline = Instant::now() + Duration::from_secs(15);
-    while client.get(format!("http://{listen}/health")).send().await.is_err() {
+    while client
+        .get(format!("http://{listen}/health"))
+        .send()
+        .await
+        .is_err()
+    {
         assert!(Instant::now() < deadline, "demo did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        let r = client.get(&url).header("Session-Id", "abc").send().await.unwrap();
+        let r = client
+            .get(&url)
+            .header("Session-Id", "abc")
+            .send()
+            .await
+            .unwrap();
         statuses.push(r.status().as_u16());
     }
     assert_eq!(statuses, vec![200, 200, 200, 401]);

@@ -17,7 +17,9 @@ async fn requests_carrying_the_stream_id_renew_without_counting() {
     assert_eq!(r.status(), 200);
     let id = stream_id(&r);
     for i in 0..5 {
-        let r = proxy.watch(&format!("/watch/seg{i}.ts"), "abc", Some(&id)).await;
+        let r = proxy
+            .watch(&format!("/watch/seg{i}.ts"), "abc", Some(&id))
+            .await;
         assert_eq!(r.status(), 200);
         assert_eq!(stream_id(&r), id, "the same stream continues");
     }
@@ -63,7 +65,9 @@ async fn unknown_stream_id_opens_a_new_stream_and_malformed_is_400() {
     assert_ne!(issued, unknown);
     assert_eq!(origin.seen()[0].headers.get("stream-id"), Some(&issued));
     // An unknown id is an admission like any other.
-    let r = proxy.watch("/watch", "abc", Some(&uuid::Uuid::new_v4().to_string())).await;
+    let r = proxy
+        .watch("/watch", "abc", Some(&uuid::Uuid::new_v4().to_string()))
+        .await;
     assert_eq!(r.status(), 401);
 
     for bad in ["nope", "", "12345678-1234-1234-1234-12345678901g"] {
@@ -124,9 +128,11 @@ async fn a_stream_in_flight_never_expires() {
     while held.chunk().await.unwrap().is_some() {}
     // Then the TTL runs from the end of the last request.
     proxy
-        .eventually(SETTLE, "the lease expires after the request ends", || async {
-            proxy.watch("/watch", "abc", None).await.status() == 200
-        })
+        .eventually(
+            SETTLE,
+            "the lease expires after the request ends",
+            || async { proxy.watch("/watch", "abc", None).await.status() == 200 },
+        )
         .await;
     assert_eq!(proxy.metric("streamgate_inflight_requests").await, 0.0);
 }
@@ -171,7 +177,10 @@ async fn delete_ends_a_stream_at_once() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(json_body(r).await["error"], "session_id_required");
-    assert!(origin.seen().iter().all(|s| s.method == "GET"), "DELETE is never forwarded");
+    assert!(
+        origin.seen().iter().all(|s| s.method == "GET"),
+        "DELETE is never forwarded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +192,10 @@ async fn a_failed_open_gives_the_slot_back() {
     // Upstream closes mid-body.
     let r = proxy.watch("/watch/reset", "abc", None).await;
     assert_eq!(r.status(), 200);
-    assert!(r.bytes().await.is_err(), "a truncated body is an error for the client");
+    assert!(
+        r.bytes().await.is_err(),
+        "a truncated body is an error for the client"
+    );
     proxy
         .eventually(SETTLE, "the reset stream is given back", || async {
             proxy.metric("streamgate_active_streams").await == 0.0
@@ -194,7 +206,10 @@ async fn a_failed_open_gives_the_slot_back() {
     assert_eq!(r.status(), 200);
     // A failed renewal does not end a working stream.
     let id = stream_id(&r);
-    assert_eq!(proxy.watch("/watch/fail", "abc", Some(&id)).await.status(), 500);
+    assert_eq!(
+        proxy.watch("/watch/fail", "abc", Some(&id)).await.status(),
+        500
+    );
     assert_eq!(proxy.watch("/watch", "abc", Some(&id)).await.status(), 200);
 }
 
@@ -246,7 +261,12 @@ async fn two_hundred_concurrent_opens_admit_exactly_the_limit() {
             let client = proxy.client.clone();
             let url = proxy.url("/watch/slow?chunks=2&ms=10");
             tokio::spawn(async move {
-                let r = client.get(url).header("Session-Id", "crowd").send().await.unwrap();
+                let r = client
+                    .get(url)
+                    .header("Session-Id", "crowd")
+                    .send()
+                    .await
+                    .unwrap();
                 let status = r.status().as_u16();
                 let _ = r.bytes().await;
                 status
