@@ -206,15 +206,53 @@ impl Default for StreamsSection {
 pub enum StoreKind {
     /// In this process, in a moka cache: one instance, nothing to set up.
     Memory,
+    /// One Redis or Valkey server (or a primary behind a proxy), shared by all instances.
+    Redis,
+    /// A Redis Cluster, reached through its seed nodes.
+    RedisCluster,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// What a decision does when the store fails or times out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Refuse with `503 store_unavailable` (fail closed).
+    Deny,
+    /// Admit without a lease, and count it as `fail_open` (fail open).
+    Allow,
+}
+
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
     pub kind: StoreKind,
     /// Memory store: most users with live streams at once. A new user past it gets `503`;
     /// no live lease is ever evicted to make room.
     pub max_users: u64,
+    /// `kind = "redis"`: `redis://[:password@]host:port[/db]`, or `rediss://` for TLS.
+    pub url: Option<String>,
+    /// `kind = "redis-cluster"`: seed node URLs.
+    pub nodes: Vec<String>,
+    /// Key prefix, so several deployments can share one Redis: keys are
+    /// `<prefix>:{<user>}:streams`.
+    pub prefix: String,
+    /// Longest wait for any one store call.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub on_store_error: OnStoreError,
+}
+
+/// Never print the store section: its URLs may carry a password.
+impl std::fmt::Debug for StoreSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSection")
+            .field("kind", &self.kind)
+            .field("max_users", &self.max_users)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("on_store_error", &self.on_store_error)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for StoreSection {
@@ -222,6 +260,11 @@ impl Default for StoreSection {
         Self {
             kind: StoreKind::Memory,
             max_users: 1_000_000,
+            url: None,
+            nodes: Vec::new(),
+            prefix: "sg".into(),
+            timeout: Duration::from_millis(100),
+            on_store_error: OnStoreError::Deny,
         }
     }
 }
@@ -398,8 +441,34 @@ impl Config {
             }
         }
 
-        if self.store.max_users == 0 {
+        let store = &self.store;
+        if store.max_users == 0 {
             return Err(KeyError::new("store.max_users", "must be at least 1"));
+        }
+        check_positive("store.timeout", store.timeout)?;
+        if store.prefix.is_empty() || store.prefix.contains(['{', '}']) {
+            return Err(KeyError::new(
+                "store.prefix",
+                "must be non-empty and contain no braces",
+            ));
+        }
+        match store.kind {
+            StoreKind::Memory => {}
+            StoreKind::Redis => match &store.url {
+                None => return Err(KeyError::new("store.url", "required with kind = \"redis\"")),
+                Some(u) => check_redis_url("store.url", u)?,
+            },
+            StoreKind::RedisCluster => {
+                if store.nodes.is_empty() {
+                    return Err(KeyError::new(
+                        "store.nodes",
+                        "required with kind = \"redis-cluster\"",
+                    ));
+                }
+                for n in &store.nodes {
+                    check_redis_url("store.nodes", n)?;
+                }
+            }
         }
 
         if let Some(m) = &self.metrics.listen {
@@ -447,6 +516,14 @@ fn check_resolvable(key: &str, addr: &str) -> Result<(), KeyError> {
         Ok(true) => Ok(()),
         _ => Err(KeyError::new(key, "not a resolvable host:port address")),
     }
+}
+
+fn check_redis_url(key: &str, url: &str) -> Result<(), KeyError> {
+    use redis::IntoConnectionInfo;
+    // The message never includes the URL: it may carry a password.
+    url.into_connection_info()
+        .map(|_| ())
+        .map_err(|_| KeyError::new(key, "not a valid redis:// or rediss:// URL"))
 }
 
 fn check_positive(key: &str, d: Duration) -> Result<(), KeyError> {
@@ -544,6 +621,18 @@ mod tests {
                 "streams.stream_id_header",
             ),
             ("[store]\nkind = \"disk\"\n", "store.kind"),
+            ("[store]\nkind = \"redis\"\n", "store.url"),
+            (
+                "[store]\nkind = \"redis\"\nurl = \"http://x\"\n",
+                "store.url",
+            ),
+            ("[store]\nkind = \"redis-cluster\"\n", "store.nodes"),
+            ("[store]\nprefix = \"a{b\"\n", "store.prefix"),
+            ("[store]\ntimeout = \"0s\"\n", "store.timeout"),
+            (
+                "[store]\non_store_error = \"maybe\"\n",
+                "store.on_store_error",
+            ),
             ("[metrics]\nlisten = \"0.0.0.0:3001\"\n", "metrics.listen"),
             (
                 "[upstream]\nconnect_timeout = \"0s\"\n",
@@ -557,6 +646,22 @@ mod tests {
             };
             assert_eq!(err(&full).key, key, "for {text:?}");
         }
+    }
+
+    #[test]
+    fn redis_store_parses_and_never_prints_its_url() {
+        let c = Config::from_toml(&format!(
+            "{MINIMAL}[store]\nkind = \"redis\"\nurl = \"redis://:hunter2@127.0.0.1:6379/0\"\ntimeout = \"50ms\"\non_store_error = \"allow\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.store.kind, StoreKind::Redis);
+        assert_eq!(c.store.timeout, Duration::from_millis(50));
+        assert_eq!(c.store.on_store_error, OnStoreError::Allow);
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let e = err(&format!(
+            "{MINIMAL}[store]\nkind = \"redis\"\nurl = \"redis://:hunter2@[bad\"\n"
+        ));
+        assert!(!e.message.contains("hunter2"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::config::{Config, StoreKind};
 use crate::demo::DemoOrigin;
 use crate::metrics::{Metrics, MetricsApp};
 use crate::proxy::StreamGate;
-use crate::store::{MemoryStore, StreamStore};
+use crate::store::{MemoryStore, RedisStore, StreamStore, Target};
 
 /// Why a server could not be assembled from a valid config.
 #[derive(Debug, thiserror::Error)]
@@ -27,12 +27,25 @@ pub enum BuildError {
 
 /// Build the store the config asks for.
 pub fn build_store(config: &Config, metrics: &Metrics) -> Arc<dyn StreamStore> {
-    match config.store.kind {
+    let st = &config.store;
+    let redis = |target| {
+        Arc::new(RedisStore::new(
+            target,
+            &st.prefix,
+            config.streams.lease_ttl,
+            st.timeout,
+            metrics.lease_counters(),
+        ))
+    };
+    match st.kind {
         StoreKind::Memory => Arc::new(MemoryStore::new(
             config.streams.lease_ttl,
-            config.store.max_users,
+            st.max_users,
             metrics.lease_counters(),
         )),
+        // `validate` guarantees the URL (or the nodes) for these kinds.
+        StoreKind::Redis => redis(Target::Single(st.url.clone().unwrap_or_default())),
+        StoreKind::RedisCluster => redis(Target::Cluster(st.nodes.clone())),
     }
 }
 

@@ -91,7 +91,7 @@ impl StreamGate {
             },
             session_header_case: bytes::Bytes::from(config.identity.header.clone()),
             stream_header_case: bytes::Bytes::from(config.streams.stream_id_header.clone()),
-            policy: Policy::new(config.streams.limit),
+            policy: Policy::new(config.streams.limit, config.store.on_store_error),
             store,
             metrics,
             upstreams,
@@ -111,6 +111,28 @@ impl StreamGate {
     async fn refuse_identity(&self, session: &mut Session, e: IdentityError) -> Result<bool> {
         respond::error(session, 400, e.code(), &e.to_string(), &[]).await?;
         Ok(true)
+    }
+
+    /// The store failed while admitting a watch request: fail open (forward without a
+    /// lease, under a fresh stream id) or closed, as the policy says.
+    async fn admission_failed(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        e: StoreError,
+    ) -> Result<bool> {
+        if self.policy.fail_open() && !matches!(e, StoreError::Full) {
+            self.metrics
+                .store_errors
+                .with_label_values(&[e.kind()])
+                .inc();
+            warn!("stream store failed, admitting without a lease: {e}");
+            ctx.stream_id = Some(uuid::Uuid::new_v4());
+            ctx.decision = Some(Decision::FailOpen);
+            self.metrics.decision(Decision::FailOpen);
+            return Ok(false);
+        }
+        self.store_failed(session, e).await
     }
 
     async fn store_failed(&self, session: &mut Session, e: StoreError) -> Result<bool> {
@@ -180,7 +202,7 @@ impl StreamGate {
                 }
                 // Unknown, expired or another user's: treat as a new stream.
                 Ok(false) => {}
-                Err(e) => return self.store_failed(session, e).await,
+                Err(e) => return self.admission_failed(session, ctx, e).await,
             }
         }
 
@@ -207,7 +229,7 @@ impl StreamGate {
                 respond::json(session, 401, body, &[("retry-after", retry)]).await?;
                 Ok(true)
             }
-            Err(e) => self.store_failed(session, e).await,
+            Err(e) => self.admission_failed(session, ctx, e).await,
         }
     }
 

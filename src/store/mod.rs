@@ -13,7 +13,9 @@ use prometheus::{IntCounter, IntGauge};
 use crate::identity::StreamId;
 
 pub mod memory;
+pub mod redis;
 
+pub use self::redis::{RedisStore, Target};
 pub use memory::MemoryStore;
 
 /// The outcome of asking to open a new stream.

@@ -3,6 +3,8 @@
 //! that tests can make it slow, gated, failing, resetting or hanging.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -325,6 +327,24 @@ impl TestConfig {
 
     pub fn ttl(mut self, t: &'static str) -> Self {
         self.lease_ttl = t;
+        self
+    }
+
+    /// Use a shared Redis store at `url` with this key prefix.
+    pub fn redis(mut self, url: &str, prefix: &str, on_error: &str) -> Self {
+        self.store = format!(
+            "kind = \"redis\"\nurl = \"{url}\"\nprefix = \"{prefix}\"\non_store_error = \"{on_error}\"\ntimeout = \"200ms\""
+        );
+        self
+    }
+
+    /// Use a Redis Cluster through these seed nodes.
+    pub fn redis_cluster(mut self, nodes: &[String], prefix: &str) -> Self {
+        let nodes: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
+        self.store = format!(
+            "kind = \"redis-cluster\"\nnodes = [{}]\nprefix = \"{prefix}\"\ntimeout = \"500ms\"",
+            nodes.join(", ")
+        );
         self
     }
 

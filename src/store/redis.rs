@@ -1,0 +1,334 @@
+//! The shared store: leases in Redis/Valkey, so many proxy instances enforce one exact limit.
+//!
+//! Each user's leases are one sorted set, `<prefix>:{<user>}:streams` (member = stream id,
+//! score = expiry in Redis milliseconds). The `{<user>}` hash tag puts a user on one Redis
+//! Cluster shard, and every operation is **one Lua script, one round trip** (`EVALSHA`,
+//! loaded again on `NOSCRIPT` by the `redis` crate), atomic in Redis: prune what has run out,
+//! count, admit or refuse, and set the key's own expiry so idle users cost nothing.
+//!
+//! Time comes from Redis (`TIME` inside the script), never from the proxy, so instances
+//! with skewed clocks agree. Redis cannot see in-flight requests, so a held lease is
+//! refreshed every third of the TTL while its request runs ([`LeaseHold`] does it); if the
+//! instance dies, the TTL alone frees the slot.
+//!
+//! Every call is bounded by `store.timeout`; the connection reconnects by itself when Redis
+//! comes back, and a call made while Redis is down fails fast instead of hanging.
+//!
+//! [`LeaseHold`]: crate::lease::LeaseHold
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{RedisError, Script, ScriptInvocation};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use super::{LeaseCounters, LeaseInfo, Opened, StoreError, StreamStore};
+use crate::identity::StreamId;
+
+/// Common preamble: Redis time in ms, and prune leases that have run out.
+const PRELUDE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local function touch()
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  if last[2] then
+    redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(last[2])) + 1000)
+  end
+end
+"#;
+
+/// ARGV: limit, ttl_ms, new id. Returns {admitted 0|1, active, retry_after_ms, expired}.
+const OPEN: &str = r#"
+local n = redis.call('ZCARD', KEYS[1])
+if n >= tonumber(ARGV[1]) then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {0, n, math.floor(tonumber(first[2])) - now, expired}
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+touch()
+return {1, n + 1, 0, expired}
+"#;
+
+/// ARGV: id, ttl_ms. Pushes a live lease's expiry out. Returns {renewed 0|1, expired}.
+const RENEW: &str = r#"
+local ok = redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[2]), ARGV[1])
+if ok == 1 then touch() end
+return {ok, expired}
+"#;
+
+/// ARGV: id. Removes a lease. Returns {removed 0|1, expired}.
+const END: &str = r#"
+local ok = redis.call('ZREM', KEYS[1], ARGV[1])
+return {ok, expired}
+"#;
+
+/// Returns {expired, now, id1, expiry1, id2, expiry2, ...}.
+const LIST: &str = r#"
+local out = {expired, now}
+local all = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #all do out[#out + 1] = all[i] end
+return out
+"#;
+
+/// Where the store connects.
+#[derive(Clone)]
+pub enum Target {
+    /// One server (`redis://` or `rediss://` URL).
+    Single(String),
+    /// A cluster, through its seed nodes.
+    Cluster(Vec<String>),
+}
+
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+struct Scripts {
+    open: Script,
+    renew: Script,
+    end: Script,
+    list: Script,
+}
+
+pub struct RedisStore {
+    target: Target,
+    conn: OnceCell<Conn>,
+    scripts: Scripts,
+    prefix: String,
+    ttl_ms: u64,
+    timeout: Duration,
+    counters: LeaseCounters,
+}
+
+fn unavailable(e: RedisError) -> StoreError {
+    // Redis errors can quote the URL; keep only the kind and the server's own words.
+    let detail = match e.detail() {
+        Some(d) => format!("{:?}: {d}", e.kind()),
+        None => format!("{:?}", e.kind()),
+    };
+    if e.is_timeout() {
+        StoreError::Timeout
+    } else {
+        StoreError::Unavailable(detail)
+    }
+}
+
+impl RedisStore {
+    pub fn new(
+        target: Target,
+        prefix: &str,
+        lease_ttl: Duration,
+        timeout: Duration,
+        counters: LeaseCounters,
+    ) -> Self {
+        let script = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        Self {
+            target,
+            conn: OnceCell::new(),
+            scripts: Scripts {
+                open: script(OPEN),
+                renew: script(RENEW),
+                end: script(END),
+                list: script(LIST),
+            },
+            prefix: prefix.to_owned(),
+            ttl_ms: u64::try_from(lease_ttl.as_millis()).unwrap_or(u64::MAX / 4),
+            timeout,
+            counters,
+        }
+    }
+
+    /// The one key holding a user's leases; the braces make it a Cluster hash tag.
+    pub fn key(&self, user: &str) -> String {
+        format!("{}:{{{}}}:streams", self.prefix, user)
+    }
+
+    /// Connect on first use (and after a failed first attempt), inside the proxy's runtime.
+    async fn connect(&self) -> Result<&Conn, RedisError> {
+        self.conn
+            .get_or_try_init(|| async {
+                match &self.target {
+                    Target::Single(url) => {
+                        let client = redis::Client::open(url.as_str())?;
+                        let config = ConnectionManagerConfig::new()
+                            .set_connection_timeout(self.timeout)
+                            .set_response_timeout(self.timeout)
+                            .set_number_of_retries(1)
+                            .set_max_delay(1000);
+                        Ok(Conn::Single(
+                            client.get_connection_manager_with_config(config).await?,
+                        ))
+                    }
+                    Target::Cluster(nodes) => {
+                        let client = ClusterClient::builder(nodes.clone())
+                            .connection_timeout(self.timeout)
+                            .response_timeout(self.timeout)
+                            .retries(1)
+                            .build()?;
+                        Ok(Conn::Cluster(client.get_async_connection().await?))
+                    }
+                }
+            })
+            .await
+    }
+
+    /// Run one script invocation, bounded by the store timeout.
+    async fn invoke<T: redis::FromRedisValue + Send>(
+        &self,
+        inv: ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.bounded(async {
+            match self.connect().await? {
+                Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
+                Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
+            }
+        })
+        .await
+    }
+
+    async fn bounded<T>(
+        &self,
+        fut: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    fn count_expired(&self, n: i64) {
+        if n > 0 {
+            self.counters.expired.inc_by(n as u64);
+        }
+    }
+
+    async fn renew_lease(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
+        let mut inv = self.scripts.renew.prepare_invoke();
+        inv.key(self.key(user)).arg(id.to_string()).arg(self.ttl_ms);
+        let (ok, expired): (i64, i64) = self.invoke(inv).await?;
+        self.count_expired(expired);
+        Ok(ok == 1)
+    }
+
+    async fn remove(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
+        let mut inv = self.scripts.end.prepare_invoke();
+        inv.key(self.key(user)).arg(id.to_string());
+        let (ok, expired): (i64, i64) = self.invoke(inv).await?;
+        self.count_expired(expired);
+        Ok(ok == 1)
+    }
+}
+
+#[async_trait]
+impl StreamStore for RedisStore {
+    async fn open(&self, user: &str, limit: u32) -> Result<Opened, StoreError> {
+        let id = Uuid::new_v4();
+        let mut inv = self.scripts.open.prepare_invoke();
+        inv.key(self.key(user))
+            .arg(limit)
+            .arg(self.ttl_ms)
+            .arg(id.to_string());
+        let (admitted, active, retry_ms, expired): (i64, i64, i64, i64) = self.invoke(inv).await?;
+        self.count_expired(expired);
+        if admitted == 1 {
+            Ok(Opened::Admitted(id))
+        } else {
+            Ok(Opened::Rejected {
+                active: u32::try_from(active).unwrap_or(u32::MAX),
+                retry_after: Duration::from_millis(u64::try_from(retry_ms).unwrap_or(0)),
+            })
+        }
+    }
+
+    async fn renew(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
+        self.renew_lease(user, id).await
+    }
+
+    async fn release(&self, user: &str, id: StreamId, keep: bool) -> Result<(), StoreError> {
+        if keep {
+            self.renew_lease(user, id).await.map(|_| ())
+        } else {
+            self.remove(user, id).await.map(|_| ())
+        }
+    }
+
+    async fn end(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
+        self.remove(user, id).await
+    }
+
+    async fn list(&self, user: &str) -> Result<Vec<LeaseInfo>, StoreError> {
+        let mut inv = self.scripts.list.prepare_invoke();
+        inv.key(self.key(user));
+        let raw: Vec<String> = self.invoke(inv).await?;
+        let num = |s: &String| {
+            s.parse::<f64>()
+                .map_err(|_| StoreError::Protocol(format!("not a number: {s}")))
+        };
+        let (head, rest) = raw.split_at(raw.len().min(2));
+        let [expired, now] = head else {
+            return Err(StoreError::Protocol("short LIST reply".into()));
+        };
+        self.count_expired(num(expired)? as i64);
+        let now = num(now)?;
+        rest.chunks(2)
+            .map(|pair| match pair {
+                [id, score] => Ok(LeaseInfo {
+                    id: Uuid::parse_str(id)
+                        .map_err(|_| StoreError::Protocol(format!("bad stream id {id}")))?,
+                    expires_in: Some(Duration::from_millis((num(score)? - now).max(0.0) as u64)),
+                }),
+                _ => Err(StoreError::Protocol("odd LIST reply".into())),
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(async {
+            let cmd = redis::cmd("PING");
+            match self.connect().await? {
+                Conn::Single(c) => cmd.query_async::<String>(&mut c.clone()).await,
+                Conn::Cluster(c) => cmd.query_async::<String>(&mut c.clone()).await,
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    fn hold_refresh_interval(&self) -> Option<Duration> {
+        Some(Duration::from_millis((self.ttl_ms / 3).max(10)))
+    }
+
+    async fn refresh(&self, user: &str, id: StreamId) -> Result<(), StoreError> {
+        self.renew_lease(user, id).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::{IntCounter, IntGauge};
+
+    #[test]
+    fn keys_are_prefixed_and_hash_tagged_by_user() {
+        let s = RedisStore::new(
+            Target::Single("redis://127.0.0.1:1".into()),
+            "sg",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            LeaseCounters {
+                active: IntGauge::new("a", "a").unwrap(),
+                expired: IntCounter::new("e", "e").unwrap(),
+            },
+        );
+        assert_eq!(s.key("abc"), "sg:{abc}:streams");
+        assert_eq!(s.hold_refresh_interval(), Some(Duration::from_secs(20)));
+    }
+}

@@ -1,0 +1,204 @@
+//! One contract, every store: the memory store, Redis, and Redis Cluster must all answer it.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::redis_server::{RedisCluster, RedisServer};
+use prometheus::{IntCounter, IntGauge};
+use streamgate::store::{LeaseCounters, MemoryStore, Opened, RedisStore, StreamStore, Target};
+use uuid::Uuid;
+
+fn counters() -> LeaseCounters {
+    LeaseCounters {
+        active: IntGauge::new("a", "a").unwrap(),
+        expired: IntCounter::new("e", "e").unwrap(),
+    }
+}
+
+type Factory = Box<dyn Fn(Duration) -> Arc<dyn StreamStore>>;
+
+fn memory() -> Factory {
+    Box::new(|ttl| Arc::new(MemoryStore::new(ttl, 100_000, counters())))
+}
+
+fn redis(target: Target) -> Factory {
+    Box::new(move |ttl| {
+        // A fresh prefix per store keeps each check's keys apart in one server.
+        let prefix = format!("t{}", Uuid::new_v4().simple());
+        Arc::new(RedisStore::new(
+            target.clone(),
+            &prefix,
+            ttl,
+            Duration::from_millis(500),
+            counters(),
+        ))
+    })
+}
+
+async fn admitted(s: &Arc<dyn StreamStore>, user: &str, limit: u32) -> Uuid {
+    match s.open(user, limit).await.expect("store answers") {
+        Opened::Admitted(id) => id,
+        other => panic!("expected admission, got {other:?}"),
+    }
+}
+
+async fn refused(s: &Arc<dyn StreamStore>, user: &str, limit: u32) -> (u32, Duration) {
+    match s.open(user, limit).await.expect("store answers") {
+        Opened::Rejected {
+            active,
+            retry_after,
+        } => (active, retry_after),
+        other => panic!("expected rejection, got {other:?}"),
+    }
+}
+
+/// Poll `open` until it admits (bounded: 10 s).
+async fn admitted_eventually(s: &Arc<dyn StreamStore>, user: &str, limit: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Opened::Admitted(_) = s.open(user, limit).await.unwrap() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "lease never expired");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn contract(make: Factory) {
+    let ttl = Duration::from_secs(60);
+
+    // Admission up to the limit, then refusal with the active count and a retry time.
+    let s = make(ttl);
+    s.ping().await.unwrap();
+    let a = admitted(&s, "u", 2).await;
+    let b = admitted(&s, "u", 2).await;
+    assert_ne!(a, b);
+    let (active, retry) = refused(&s, "u", 2).await;
+    assert_eq!(active, 2);
+    assert!(retry <= ttl && retry > Duration::from_secs(50), "{retry:?}");
+    admitted(&s, "other-user", 2).await;
+    let mut listed: Vec<Uuid> = s
+        .list("u")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    listed.sort();
+    let mut want = vec![a, b];
+    want.sort();
+    assert_eq!(listed, want);
+
+    // Renewal: only the owner, only live streams.
+    assert!(s.renew("u", a).await.unwrap());
+    assert!(!s.renew("other-user", a).await.unwrap());
+    assert!(!s.renew("u", Uuid::new_v4()).await.unwrap());
+    s.release("u", a, true).await.unwrap();
+
+    // End: only the owner; then the slot is free at once.
+    assert!(!s.end("other-user", b).await.unwrap());
+    assert!(s.end("u", b).await.unwrap());
+    assert!(!s.end("u", b).await.unwrap());
+    admitted(&s, "u", 2).await;
+
+    // A failed open gives its slot back at once.
+    let s = make(ttl);
+    let c = admitted(&s, "f", 1).await;
+    s.release("f", c, false).await.unwrap();
+    assert!(s.list("f").await.unwrap().is_empty());
+    admitted(&s, "f", 1).await;
+
+    // A released lease lives for the TTL, then expires.
+    let s = make(Duration::from_millis(300));
+    let d = admitted(&s, "e", 1).await;
+    s.release("e", d, true).await.unwrap();
+    refused(&s, "e", 1).await;
+    admitted_eventually(&s, "e", 1).await;
+    assert!(
+        !s.renew("e", d).await.unwrap(),
+        "an expired stream cannot be renewed"
+    );
+
+    // Concurrent opens for one user admit exactly the limit.
+    let s = make(ttl);
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { matches!(s.open("crowd", 3).await, Ok(Opened::Admitted(_))) })
+        })
+        .collect();
+    let mut n = 0;
+    for t in tasks {
+        n += usize::from(t.await.unwrap());
+    }
+    assert_eq!(n, 3);
+    assert_eq!(s.list("crowd").await.unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_keeps_the_contract() {
+    contract(memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_keeps_the_contract() {
+    let server = RedisServer::start();
+    contract(redis(Target::Single(server.url()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_store_keeps_the_contract() {
+    let cluster = RedisCluster::start();
+    contract(redis(Target::Cluster(cluster.urls()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_keys_are_hash_tagged_by_user_and_expire_when_idle() {
+    let server = RedisServer::start();
+    let store = RedisStore::new(
+        Target::Single(server.url()),
+        "deploy1",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        counters(),
+    );
+    let id = match store.open("alice", 3).await.unwrap() {
+        Opened::Admitted(id) => id,
+        other => panic!("{other:?}"),
+    };
+    let mut conn = server.connection();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    assert_eq!(keys, vec!["deploy1:{alice}:streams".to_string()]);
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(&keys[0])
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(members, vec![id.to_string()]);
+    // The key itself expires, so an idle user costs nothing.
+    let pttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query(&mut conn).unwrap();
+    assert!(pttl > 55_000 && pttl <= 61_000, "{pttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_fails_fast_when_redis_is_down() {
+    let port = common::free_port();
+    let store = RedisStore::new(
+        Target::Single(format!("redis://127.0.0.1:{port}")),
+        "sg",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        counters(),
+    );
+    let t = Instant::now();
+    assert!(store.open("u", 3).await.is_err());
+    assert!(store.ping().await.is_err());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+}
