@@ -229,7 +229,7 @@ pub struct StoreSection {
     /// Memory store: most users with live streams at once. A new user past it gets `503`;
     /// no live lease is ever evicted to make room.
     pub max_users: u64,
-    /// `kind = "redis"`: `redis://[:password@]host:port[/db]`, or `rediss://` for TLS.
+    /// `kind = "redis"`: `redis://[[user]:password@]host:port[/db]` (no TLS support built in).
     pub url: Option<String>,
     /// `kind = "redis-cluster"`: seed node URLs.
     pub nodes: Vec<String>,
@@ -521,9 +521,12 @@ fn check_resolvable(key: &str, addr: &str) -> Result<(), KeyError> {
 fn check_redis_url(key: &str, url: &str) -> Result<(), KeyError> {
     use redis::IntoConnectionInfo;
     // The message never includes the URL: it may carry a password.
-    url.into_connection_info()
-        .map(|_| ())
-        .map_err(|_| KeyError::new(key, "not a valid redis:// or rediss:// URL"))
+    url.into_connection_info().map(|_| ()).map_err(|_| {
+        KeyError::new(
+            key,
+            "not a valid redis:// URL (rediss:// TLS is not built in)",
+        )
+    })
 }
 
 fn check_positive(key: &str, d: Duration) -> Result<(), KeyError> {

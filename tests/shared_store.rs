@@ -1,0 +1,255 @@
+//! Several proxy instances, one exact limit: the Redis store end to end.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::redis_server::{RedisCluster, RedisServer};
+use common::*;
+
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// 200 concurrent opens for one user, alternating between the proxies: (admitted, refused).
+async fn crowd(proxies: &[&Proxy], user: &str) -> (usize, usize) {
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let p = proxies[i % proxies.len()];
+            let client = p.client.clone();
+            let url = p.url("/watch/slow?chunks=2&ms=10");
+            let user = user.to_string();
+            tokio::spawn(async move {
+                let r = client
+                    .get(url)
+                    .header("Session-Id", user)
+                    .send()
+                    .await
+                    .unwrap();
+                let s = r.status().as_u16();
+                let _ = r.bytes().await;
+                s
+            })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            401 => refused += 1,
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    (ok, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_redis_admit_exactly_the_limit() {
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let cfg = TestConfig::new(&origin).redis(&redis.url(), "sg", "deny");
+    let a = Proxy::start(&cfg).await;
+    let b = Proxy::start(&cfg).await;
+    assert_eq!(crowd(&[&a, &b], "crowd").await, (3, 197));
+    assert!(origin.max_concurrent("crowd") <= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_opened_on_one_instance_renews_and_ends_on_the_other() {
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let cfg = TestConfig::new(&origin)
+        .limit(1)
+        .redis(&redis.url(), "sg", "deny");
+    let a = Proxy::start(&cfg).await;
+    let b = Proxy::start(&cfg).await;
+    let id = stream_id(&a.watch("/watch", "abc", None).await);
+    let r = b.watch("/watch/seg1", "abc", Some(&id)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(stream_id(&r), id, "renewed, not reopened");
+    assert_eq!(b.watch("/watch", "abc", None).await.status(), 401);
+    assert_eq!(b.delete("abc", &id).await.status(), 204);
+    assert_eq!(a.watch("/watch", "abc", None).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_in_flight_on_one_instance_does_not_expire_for_the_other() {
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let cfg = TestConfig::new(&origin)
+        .limit(1)
+        .ttl("400ms")
+        .redis(&redis.url(), "sg", "deny");
+    let a = Proxy::start(&cfg).await;
+    let b = Proxy::start(&cfg).await;
+    let mut held = a.watch("/watch/gate", "abc", None).await;
+    assert_eq!(held.status(), 200);
+    origin.wait_gated(1).await;
+    // Three TTLs pass while the request is in flight on A: A keeps the lease fresh.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(b.watch("/watch", "abc", None).await.status(), 401);
+    origin.open_gate(1);
+    while held.chunk().await.unwrap().is_some() {}
+    b.eventually(
+        SETTLE,
+        "the lease expires once the request ended",
+        || async { b.watch("/watch", "abc", None).await.status() == 200 },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_denies_fast_then_recovers_exactly() {
+    let mut redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let cfg = TestConfig::new(&origin)
+        .limit(1)
+        .redis(&redis.url(), "sg", "deny");
+    let proxy = Proxy::start(&cfg).await;
+    assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 200);
+    redis.stop();
+
+    let t = Instant::now();
+    let r = proxy.watch("/watch", "abc", None).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(json_body(r).await["error"], "store_unavailable");
+    // Bounded by the 200 ms store timeout (with room for a slow machine).
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
+    let r = proxy.client.get(proxy.url("/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(json_body(r).await["error"], "store_unavailable");
+    // /health stays exactly as it is.
+    let r = proxy.client.get(proxy.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        proxy
+            .metric("streamgate_store_errors_total{kind=\"unavailable\"}")
+            .await
+            + proxy
+                .metric("streamgate_store_errors_total{kind=\"timeout\"}")
+                .await
+            >= 2.0
+    );
+
+    // Redis comes back (empty: no persistence); the proxy reconnects by itself.
+    redis.restart();
+    proxy
+        .eventually(SETTLE, "the proxy reconnects", || async {
+            proxy
+                .client
+                .get(proxy.url("/ready"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 200
+        })
+        .await;
+    assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 200);
+    assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_with_allow_admits_and_counts_fail_open() {
+    let mut redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let cfg = TestConfig::new(&origin)
+        .limit(1)
+        .redis(&redis.url(), "sg", "allow");
+    let proxy = Proxy::start(&cfg).await;
+    redis.stop();
+    for _ in 0..3 {
+        let r = proxy.watch("/watch", "abc", None).await;
+        assert_eq!(r.status(), 200);
+        assert!(uuid::Uuid::parse_str(&stream_id(&r)).is_ok());
+    }
+    assert_eq!(
+        proxy
+            .metric("streamgate_stream_decisions_total{outcome=\"fail_open\"}")
+            .await,
+        3.0
+    );
+    // DELETE cannot be honoured without the store: it is never faked.
+    let id = uuid::Uuid::new_v4().to_string();
+    assert_eq!(proxy.delete("abc", &id).await.status(), 503);
+    redis.restart();
+    proxy
+        .eventually(SETTLE, "decisions are exact again", || async {
+            proxy.watch("/watch", "abc", None).await.status() == 401
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_keeps_the_limit_exact() {
+    let cluster = RedisCluster::start();
+    let origin = Origin::start().await;
+    let cfg = TestConfig::new(&origin).redis_cluster(&cluster.urls(), "sg");
+    let a = Proxy::start(&cfg).await;
+    let b = Proxy::start(&cfg).await;
+    for user in ["crowd-1", "crowd-2", "crowd-3"] {
+        assert_eq!(crowd(&[&a, &b], user).await, (3, 197), "{user}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_judged_by_redis_time_not_the_proxys() {
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let cfg = TestConfig::new(&origin)
+        .limit(1)
+        .redis(&redis.url(), "sg", "deny");
+    let proxy = Proxy::start(&cfg).await;
+    let id = stream_id(&proxy.watch("/watch", "abc", None).await);
+    let mut conn = redis.connection();
+    let key = "sg:{abc}:streams";
+    let redis_now_ms = || {
+        let (s, us): (i64, i64) = redis::cmd("TIME").query(&mut redis.connection()).unwrap();
+        s * 1000 + us / 1000
+    };
+    // The lease's expiry is Redis's clock plus the TTL.
+    let score: f64 = redis::cmd("ZSCORE")
+        .arg(key)
+        .arg(&id)
+        .query(&mut conn)
+        .unwrap();
+    let expected = (redis_now_ms() + 60_000) as f64;
+    assert!(
+        (score - expected).abs() < 5_000.0,
+        "score {score} vs {expected}"
+    );
+
+    // Move the lease to "already expired" by Redis's clock: the proxy, whose own clock says
+    // the lease has almost a minute left, must follow Redis and admit.
+    let past = redis_now_ms() - 1;
+    let _: i64 = redis::cmd("ZADD")
+        .arg(key)
+        .arg("XX")
+        .arg(past)
+        .arg(&id)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 200);
+
+    // And the other way: a lease that Redis says runs for an hour blocks, whatever the TTL.
+    let r = proxy.watch("/watch", "bob", None).await;
+    let bob = stream_id(&r);
+    let future = redis_now_ms() + 3_600_000;
+    let _: i64 = redis::cmd("ZADD")
+        .arg("sg:{bob}:streams")
+        .arg("XX")
+        .arg(future)
+        .arg(&bob)
+        .query(&mut conn)
+        .unwrap();
+    let r = proxy.watch("/watch", "bob", None).await;
+    assert_eq!(r.status(), 401);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 3_500, "Retry-After follows Redis's expiry: {retry}");
+}
