@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod framing;
 pub mod identity;
 pub mod lease;
 pub mod metrics;

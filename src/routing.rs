@@ -3,6 +3,13 @@
 //! The proxy answers `/health` and `/ready` itself, counts streams on the watch routes, and
 //! forwards (or refuses) everything else. Keeping the decision here, pure and unit-tested,
 //! keeps `request_filter` a short dispatcher.
+//!
+//! The path is classified the way an origin would read it, or refused: percent-escapes of
+//! unreserved characters are decoded (`/%77atch` is `/watch`), and paths an origin could
+//! resolve differently from us (`/x/../watch`, `//watch`, `/watch%2F1`, backslashes) are
+//! rejected, so no spelling of a watch route can slip past the limit uncounted.
+
+use std::borrow::Cow;
 
 /// Paths the proxy always answers itself; no watch route may cover them.
 pub const HEALTH: &str = "/health";
@@ -67,6 +74,76 @@ impl Routes {
     }
 }
 
+/// Why a path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AmbiguousPath(pub &'static str);
+
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// The path as an origin would understand it, for classification only (the upstream still
+/// gets the request's own bytes). `*` (OPTIONS) is passed through.
+pub fn canonical(path: &str) -> Result<Cow<'_, str>, AmbiguousPath> {
+    if path == "*" {
+        return Ok(Cow::Borrowed(path));
+    }
+    if !path.starts_with('/') {
+        return Err(AmbiguousPath("the path must start with '/'"));
+    }
+    if path.contains('\\') {
+        return Err(AmbiguousPath("the path may not contain a backslash"));
+    }
+    let decoded: Cow<'_, str> = if path.contains('%') {
+        let bytes = path.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] != b'%' {
+                out.push(bytes[i]);
+                i += 1;
+                continue;
+            }
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(AmbiguousPath("the path has a malformed percent-escape"));
+            };
+            let c = h * 16 + l;
+            if unreserved(c) {
+                out.push(c);
+            } else if matches!(c, b'/' | b'\\' | 0) {
+                return Err(AmbiguousPath("the path may not encode '/', '\\' or NUL"));
+            } else {
+                out.extend_from_slice(&bytes[i..i + 3]);
+            }
+            i += 3;
+        }
+        // Only ASCII was decoded into ASCII, so this is still valid UTF-8.
+        Cow::Owned(String::from_utf8(out).map_err(|_| AmbiguousPath("the path is not UTF-8"))?)
+    } else {
+        Cow::Borrowed(path)
+    };
+    let segments: Vec<&str> = decoded[1..].split('/').collect();
+    let last = segments.len() - 1;
+    for (i, seg) in segments.iter().enumerate() {
+        if *seg == "." || *seg == ".." {
+            return Err(AmbiguousPath(
+                "the path may not contain '.' or '..' segments",
+            ));
+        }
+        if seg.is_empty() && i != last {
+            return Err(AmbiguousPath("the path may not contain '//'"));
+        }
+    }
+    Ok(decoded)
+}
+
 /// `/watch` covers `/watch` and `/watch/...`, but not `/watchlist`.
 fn covers(prefix: &str, path: &str) -> bool {
     if prefix == "/" {
@@ -112,6 +189,38 @@ mod tests {
         assert_eq!(r.classify("/health"), Route::Health);
         assert_eq!(r.classify("/ready"), Route::Ready);
         assert_eq!(r.classify("/health/x"), Route::Other);
+    }
+
+    #[test]
+    fn canonical_paths_decode_unreserved_escapes() {
+        assert_eq!(canonical("/watch/a.ts").unwrap(), "/watch/a.ts");
+        assert_eq!(canonical("/%77atch").unwrap(), "/watch");
+        assert_eq!(canonical("/watch/a%20b").unwrap(), "/watch/a%20b");
+        assert_eq!(canonical("/").unwrap(), "/");
+        assert_eq!(canonical("/watch/").unwrap(), "/watch/");
+        assert_eq!(canonical("*").unwrap(), "*");
+        assert!(matches!(canonical("/watch"), Ok(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        for p in [
+            "/health/../watch",
+            "/x/./watch",
+            "/x/%2e%2e/watch",
+            "/x/%2E./watch",
+            "//watch",
+            "/watch%2fx",
+            "/watch%5Cx",
+            "/watch\\x",
+            "/watch%00",
+            "/watch%zz",
+            "/watch%4",
+            "watch",
+            "/..",
+        ] {
+            assert!(canonical(p).is_err(), "{p:?} should be refused");
+        }
     }
 
     #[test]

@@ -23,12 +23,16 @@ use pingora::ErrorSource;
 use serde_json::json;
 
 use crate::config::{Config, OtherPaths};
+use crate::framing;
 use crate::identity::{IdentityError, IdentityRules, StreamId};
 use crate::lease::{HoldKind, LeaseHold};
 use crate::metrics::{Decision, Metrics};
 use crate::policy::Policy;
-use crate::routing::{Route, Routes};
+use crate::routing::{self, AmbiguousPath, Route, Routes};
 use crate::store::{retry_after_secs, Opened, StoreError, StreamStore};
+
+/// Methods a watch route serves: fetches, heartbeats, and `DELETE` to end a stream.
+const WATCH_METHODS: [Method; 4] = [Method::GET, Method::HEAD, Method::POST, Method::DELETE];
 
 /// Upstream connection settings, applied to every peer.
 #[derive(Debug, Clone)]
@@ -288,7 +292,34 @@ impl ProxyHttp for StreamGate {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         session.set_read_timeout(Some(self.downstream_read_timeout));
         session.set_write_timeout(Some(self.downstream_write_timeout));
-        ctx.route = self.routes.classify(session.req_header().uri.path());
+        let raw = || match session.as_downstream() {
+            pingora::protocols::http::ServerSession::H1(h1) => Some(h1.get_headers_raw_bytes()),
+            _ => None,
+        };
+        if let Some(r) = framing::check(session.req_header(), raw) {
+            // The body cannot be trusted to be read correctly: do not reuse the connection.
+            session.set_keepalive(None);
+            respond::error(session, r.status, r.code, r.message, &[]).await?;
+            return Ok(true);
+        }
+        let path = match routing::canonical(session.req_header().uri.path()) {
+            Ok(p) => p,
+            Err(AmbiguousPath(why)) => {
+                respond::error(session, 400, "invalid_path", why, &[]).await?;
+                return Ok(true);
+            }
+        };
+        ctx.route = self.routes.classify(&path);
+        if ctx.route == Route::Watch && !WATCH_METHODS.contains(&session.req_header().method) {
+            let allow = "GET, HEAD, POST, DELETE".to_string();
+            let body = respond::error_body(
+                "method_not_allowed",
+                "watch routes accept GET, HEAD, POST and DELETE",
+                &[],
+            );
+            respond::json(session, 405, body, &[("allow", allow)]).await?;
+            return Ok(true);
+        }
         match ctx.route {
             Route::Health => {
                 let body = bytes::Bytes::from_static(respond::HEALTH_BODY);

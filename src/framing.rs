@@ -1,0 +1,107 @@
+//! Requests refused before routing because a proxy must not pass them on: ambiguous message
+//! framing (the request-smuggling shape) and oversized header sections.
+//!
+//! Pingora already refuses what it cannot parse (a bare `400`, connection closed); these are
+//! the requests it parses but a careful edge proxy (nginx, HAProxy) still refuses.
+
+use pingora::http::RequestHeader;
+
+/// Largest header section accepted, in bytes of names and values (nginx's default
+/// `large_client_header_buffers` allows 4 x 8 KiB).
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Why a request's framing or size was refused: (status, error code, message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: &'static str,
+}
+
+/// Whether raw HTTP/1 header bytes carry a `Content-Length` field. Pingora drops
+/// `Content-Length` from the parsed head when `Transfer-Encoding` is present (RFC 9112
+/// 6.3), so the conflict is only visible in the raw bytes.
+pub fn raw_has_content_length(raw: &[u8]) -> bool {
+    const NAME: &[u8] = b"content-length:";
+    raw.split(|b| *b == b'\n')
+        .skip(1)
+        .any(|line| line.len() >= NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME))
+}
+
+/// Check a parsed request head; `None` means it may proceed. `raw` gives the raw header
+/// bytes when the session has them (HTTP/1); it is only called when `Transfer-Encoding`
+/// is present.
+pub fn check(req: &RequestHeader, raw: impl FnOnce() -> Option<bytes::Bytes>) -> Option<Refusal> {
+    let h = &req.headers;
+    let has_te = h.contains_key(http::header::TRANSFER_ENCODING);
+    if has_te
+        && (h.contains_key(http::header::CONTENT_LENGTH)
+            || raw().is_some_and(|r| raw_has_content_length(&r)))
+    {
+        return Some(Refusal {
+            status: 400,
+            code: "bad_request",
+            message: "Transfer-Encoding and Content-Length together are ambiguous",
+        });
+    }
+    let size: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if size > MAX_HEADER_BYTES {
+        return Some(Refusal {
+            status: 431,
+            code: "request_header_fields_too_large",
+            message: "the request headers are larger than 32 KiB",
+        });
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/watch", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn te_with_cl_is_refused() {
+        let none = || None;
+        let r = req(&[("Transfer-Encoding", "chunked"), ("Content-Length", "5")]);
+        assert_eq!(check(&r, none).map(|x| x.status), Some(400));
+        assert_eq!(check(&req(&[("Content-Length", "5")]), none), None);
+        let te = req(&[("Transfer-Encoding", "chunked")]);
+        assert_eq!(check(&te, none), None);
+        // Pingora removed Content-Length from the head, but the raw bytes still show it.
+        let raw = || {
+            Some(bytes::Bytes::from_static(
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-LENGTH: 5\r\n\r\n",
+            ))
+        };
+        assert_eq!(check(&te, raw).map(|x| x.status), Some(400));
+    }
+
+    #[test]
+    fn raw_content_length_is_found_only_as_a_field_name() {
+        assert!(raw_has_content_length(
+            b"GET / HTTP/1.1\r\nContent-Length: 1\r\n"
+        ));
+        assert!(!raw_has_content_length(
+            b"GET /content-length: HTTP/1.1\r\nX: content-length:\r\n"
+        ));
+    }
+
+    #[test]
+    fn oversized_headers_are_431() {
+        let big = "a".repeat(MAX_HEADER_BYTES);
+        assert_eq!(
+            check(&req(&[("X-Big", &big)]), || None).map(|x| x.status),
+            Some(431)
+        );
+        let fits = "a".repeat(MAX_HEADER_BYTES / 2);
+        assert_eq!(check(&req(&[("X-Big", &fits)]), || None), None);
+    }
+}

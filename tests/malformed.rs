@@ -1,0 +1,136 @@
+//! Bad requests, table-driven: each gets a clear 4xx, never a 5xx, a hang or a panic, and
+//! none of them reaches the origin or slips past the limit.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Send `request` on a fresh connection; return the response status line's code.
+async fn status_of(proxy: &Proxy, request: &[u8]) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    // Some bad requests are refused before they are fully sent: ignore write errors.
+    let _ = s.write_all(request).await;
+    let mut buf = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(2).any(|w| w == b"\r\n") {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the proxy hung instead of answering");
+    let line = String::from_utf8_lossy(&buf);
+    let code = line
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| line.strip_prefix("HTTP/1.0 "))
+        .and_then(|l| l.get(..3))
+        .and_then(|c| c.parse().ok());
+    code.unwrap_or_else(|| panic!("no status line in {line:?}"))
+}
+
+fn get(path: &str, headers: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\n{headers}\r\n").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_bad_request_gets_a_clear_4xx() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1)).await;
+    let stream = uuid::Uuid::new_v4().to_string();
+    let long_user = "u".repeat(200);
+    let huge_header = format!("X-Big: {}\r\n", "a".repeat(40 * 1024));
+    let many_headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let long_uri = format!("/watch/{}", "a".repeat(70 * 1024));
+
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("missing Session-Id", get("/watch", ""), 400),
+        ("empty Session-Id", get("/watch", "Session-Id: \r\n"), 400),
+        ("Session-Id over 128 bytes", get("/watch", &format!("Session-Id: {long_user}\r\n")), 400),
+        ("non-ASCII Session-Id", [&get("/watch", "")[..get("/watch", "").len() - 2], "Session-Id: caf\u{e9}\r\n\r\n".as_bytes()].concat(), 400),
+        ("control character in Session-Id", get("/watch", "Session-Id: a\x01b\r\n"), 400),
+        ("DEL in Session-Id", get("/watch", "Session-Id: a\x7fb\r\n"), 400),
+        ("Session-Id twice", get("/watch", "Session-Id: a\r\nSession-Id: b\r\n"), 400),
+        ("Stream-Id twice", get("/watch", &format!("Session-Id: a\r\nStream-Id: {stream}\r\nStream-Id: {stream}\r\n")), 400),
+        ("malformed Stream-Id", get("/watch", "Session-Id: a\r\nStream-Id: 42\r\n"), 400),
+        ("empty Stream-Id", get("/watch", "Session-Id: a\r\nStream-Id: \r\n"), 400),
+        ("TRACE on a watch route", b"TRACE /watch HTTP/1.1\r\nHost: t\r\nSession-Id: a\r\n\r\n".to_vec(), 405),
+        ("unknown method", b"BREW /watch HTTP/1.1\r\nHost: t\r\nSession-Id: a\r\n\r\n".to_vec(), 405),
+        ("CONNECT", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n".to_vec(), 405),
+        ("dot-dot path around the limit", get("/health/../watch", "Session-Id: a\r\n"), 400),
+        ("encoded dot-dot path", get("/x/%2e%2e/watch", "Session-Id: a\r\n"), 400),
+        ("double slash", get("//watch", "Session-Id: a\r\n"), 400),
+        ("encoded slash", get("/watch%2Fseg", "Session-Id: a\r\n"), 400),
+        ("HTTP/1.0 without Session-Id", b"GET /watch HTTP/1.0\r\n\r\n".to_vec(), 400),
+        ("absolute-form URI without Session-Id", b"GET http://evil.example/watch HTTP/1.1\r\nHost: evil.example\r\n\r\n".to_vec(), 400),
+        ("Transfer-Encoding with Content-Length", b"POST /watch HTTP/1.1\r\nHost: t\r\nSession-Id: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("non-numeric Content-Length", b"POST /watch HTTP/1.1\r\nHost: t\r\nSession-Id: a\r\nContent-Length: abc\r\n\r\n".to_vec(), 400),
+        ("conflicting Content-Lengths", b"POST /watch HTTP/1.1\r\nHost: t\r\nSession-Id: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".to_vec(), 400),
+        ("unknown Transfer-Encoding", b"POST /watch HTTP/1.1\r\nHost: t\r\nSession-Id: a\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 400),
+        ("oversized headers", get("/watch", &format!("Session-Id: a\r\n{huge_header}")), 431),
+        ("many headers", get("/watch", &many_headers), 400),
+        ("70 KiB URI", get(&long_uri, "Session-Id: a\r\n"), 400),
+        ("garbage request line", b"GARBAGE\r\n\r\n".to_vec(), 400),
+        ("header without colon", get("/watch", "SessionId\r\n"), 400),
+        ("space before colon", get("/watch", "Session-Id : a\r\n"), 400),
+        ("obsolete line folding", get("/watch", "Session-Id: a\r\n b\r\n"), 400),
+        ("HTTP/2 preface on the HTTP/1 port", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), 400),
+        ("DELETE without Stream-Id", b"DELETE /watch HTTP/1.1\r\nHost: t\r\nSession-Id: a\r\n\r\n".to_vec(), 400),
+    ];
+    assert!(cases.len() >= 20);
+    for (name, request, want) in &cases {
+        let got = status_of(&proxy, request).await;
+        assert_eq!(got, *want, "{name}");
+    }
+    assert_eq!(origin.served(), 0, "no bad request reached the origin");
+    // The limit is untouched and the proxy still serves.
+    assert_eq!(proxy.metric("streamgate_active_streams").await, 0.0);
+    assert_eq!(proxy.watch("/watch", "a", None).await.status(), 200);
+    assert_eq!(
+        proxy.watch("/%77atch", "a", None).await.status(),
+        401,
+        "an encoded spelling of /watch is still counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_on_watch_requests_are_forwarded_and_refused_ones_drained() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1)).await;
+    // A heartbeat POST with a body is forwarded like any watch request.
+    let r = proxy
+        .client
+        .post(proxy.url("/watch/heartbeat"))
+        .header("Session-Id", "a")
+        .body(vec![b'x'; 100_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A refused POST with a body still gets its 401, and the connection stays usable.
+    let r = proxy
+        .client
+        .post(proxy.url("/watch"))
+        .header("Session-Id", "a")
+        .body(vec![b'x'; 100_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        proxy
+            .client
+            .get(proxy.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
