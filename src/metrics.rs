@@ -16,7 +16,49 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::routing::Route;
 use crate::store::LeaseCounters;
+
+/// Store operations, the label values of the store-latency histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    Open,
+    Renew,
+    End,
+    Ping,
+}
+
+impl StoreOp {
+    const ALL: [StoreOp; 4] = [StoreOp::Open, StoreOp::Renew, StoreOp::End, StoreOp::Ping];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            StoreOp::Open => "open",
+            StoreOp::Renew => "renew",
+            StoreOp::End => "end",
+            StoreOp::Ping => "ping",
+        }
+    }
+}
+
+const ROUTES: [Route; 4] = [Route::Health, Route::Ready, Route::Watch, Route::Other];
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+const DECISIONS: [Decision; 5] = [
+    Decision::Admitted,
+    Decision::Renewed,
+    Decision::Rejected,
+    Decision::Ended,
+    Decision::FailOpen,
+];
+
+/// Label lookups hash and lock; the hot path uses handles resolved once, here.
+#[derive(Clone)]
+struct Handles {
+    decisions: Vec<IntCounter>,
+    requests: Vec<Vec<IntCounter>>,
+    durations: Vec<prometheus::Histogram>,
+    store_ops: Vec<prometheus::Histogram>,
+}
 
 /// Stream decisions, the label values of `streamgate_stream_decisions_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +103,7 @@ pub struct Metrics {
     pub store_latency: HistogramVec,
     /// Store failures, by kind (`timeout`, `unavailable`, `full`, `protocol`).
     pub store_errors: IntCounterVec,
+    handles: Handles,
 }
 
 impl Metrics {
@@ -124,6 +167,36 @@ impl Metrics {
                 Opts::new("streamgate_store_errors_total", "Store failures by kind."),
                 &["kind"],
             )?,
+            handles: Handles {
+                decisions: Vec::new(),
+                requests: Vec::new(),
+                durations: Vec::new(),
+                store_ops: Vec::new(),
+            },
+        };
+        let mut m = m;
+        m.handles = Handles {
+            decisions: DECISIONS
+                .iter()
+                .map(|d| m.decisions.with_label_values(&[d.label()]))
+                .collect(),
+            requests: ROUTES
+                .iter()
+                .map(|r| {
+                    STATUS_CLASSES
+                        .iter()
+                        .map(|c| m.requests.with_label_values(&[r.label(), c]))
+                        .collect()
+                })
+                .collect(),
+            durations: ROUTES
+                .iter()
+                .map(|r| m.request_duration.with_label_values(&[r.label()]))
+                .collect(),
+            store_ops: StoreOp::ALL
+                .iter()
+                .map(|o| m.store_latency.with_label_values(&[o.label()]))
+                .collect(),
         };
         registry.register(Box::new(m.active_streams.clone()))?;
         registry.register(Box::new(m.inflight_requests.clone()))?;
@@ -145,22 +218,27 @@ impl Metrics {
     }
 
     pub fn decision(&self, d: Decision) {
-        self.decisions.with_label_values(&[d.label()]).inc();
+        let i = DECISIONS.iter().position(|x| *x == d).unwrap_or(0);
+        self.handles.decisions[i].inc();
     }
 
-    pub fn request_done(&self, route: &str, status: u16, elapsed: Duration) {
+    pub fn request_done(&self, route: Route, status: u16, elapsed: Duration) {
         let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            500..=599 => "5xx",
-            _ => "none",
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            500..=599 => 4,
+            _ => 5,
         };
-        self.requests.with_label_values(&[route, class]).inc();
-        self.request_duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        let r = ROUTES.iter().position(|x| *x == route).unwrap_or(3);
+        self.handles.requests[r][class].inc();
+        self.handles.durations[r].observe(elapsed.as_secs_f64());
+    }
+
+    pub fn store_op(&self, op: StoreOp, elapsed: Duration) {
+        let i = StoreOp::ALL.iter().position(|x| *x == op).unwrap_or(0);
+        self.handles.store_ops[i].observe(elapsed.as_secs_f64());
     }
 }
 
@@ -225,9 +303,9 @@ mod tests {
         let m = Metrics::new(&reg).unwrap();
         m.decision(Decision::Admitted);
         m.expired.inc();
-        m.request_done("watch", 401, Duration::from_millis(3));
+        m.request_done(Route::Watch, 401, Duration::from_millis(3));
         m.upstream_errors.with_label_values(&["connect"]).inc();
-        m.store_latency.with_label_values(&["open"]).observe(0.001);
+        m.store_op(StoreOp::Open, Duration::from_millis(1));
         m.store_errors.with_label_values(&["timeout"]).inc();
         let text = String::from_utf8(MetricsApp::new(reg.clone()).render().unwrap()).unwrap();
         for needle in [

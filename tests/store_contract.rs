@@ -91,7 +91,12 @@ async fn contract(make: Factory) {
     want.sort();
     assert_eq!(listed, want);
 
-    // Renewal: only the owner, only live streams.
+    // Renewal: only the owner, only live streams; back-to-back renewals (same clock tick)
+    // all succeed.
+    for _ in 0..20 {
+        assert!(s.renew("u", a).await.unwrap());
+        s.release("u", a, true).await.unwrap();
+    }
     assert!(s.renew("u", a).await.unwrap());
     assert!(!s.renew("other-user", a).await.unwrap());
     assert!(!s.renew("u", Uuid::new_v4()).await.unwrap());

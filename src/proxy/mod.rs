@@ -26,7 +26,7 @@ use crate::config::{Config, OtherPaths};
 use crate::framing;
 use crate::identity::{IdentityError, IdentityRules, StreamId};
 use crate::lease::{HoldKind, LeaseHold};
-use crate::metrics::{Decision, Metrics};
+use crate::metrics::{Decision, Metrics, StoreOp};
 use crate::policy::Policy;
 use crate::routing::{self, AmbiguousPath, Route, Routes};
 use crate::store::{retry_after_secs, Opened, StoreError, StreamStore};
@@ -156,15 +156,12 @@ impl StreamGate {
     /// Time a store call into the store-latency histogram.
     async fn timed<T>(
         &self,
-        op: &str,
+        op: StoreOp,
         fut: impl std::future::Future<Output = std::result::Result<T, StoreError>>,
     ) -> std::result::Result<T, StoreError> {
         let t = Instant::now();
         let out = fut.await;
-        self.metrics
-            .store_latency
-            .with_label_values(&[op])
-            .observe(t.elapsed().as_secs_f64());
+        self.metrics.store_op(op, t.elapsed());
         out
     }
 
@@ -197,7 +194,10 @@ impl StreamGate {
         }
 
         if let Some(id) = stream {
-            match self.timed("renew", self.store.renew(&user, id)).await {
+            match self
+                .timed(StoreOp::Renew, self.store.renew(&user, id))
+                .await
+            {
                 Ok(true) => {
                     self.hold(ctx, &user, id, HoldKind::Renewed);
                     ctx.decision = Some(Decision::Renewed);
@@ -211,7 +211,10 @@ impl StreamGate {
         }
 
         let limit = self.policy.limit_for(&user);
-        match self.timed("open", self.store.open(&user, limit)).await {
+        match self
+            .timed(StoreOp::Open, self.store.open(&user, limit))
+            .await
+        {
             Ok(Opened::Admitted(id)) => {
                 self.hold(ctx, &user, id, HoldKind::Opened);
                 ctx.decision = Some(Decision::Admitted);
@@ -250,7 +253,7 @@ impl StreamGate {
             return self.refuse_identity(session, e).await;
         };
         ctx.stream_id = Some(id);
-        match self.timed("end", self.store.end(user, id)).await {
+        match self.timed(StoreOp::End, self.store.end(user, id)).await {
             Ok(true) => {
                 ctx.decision = Some(Decision::Ended);
                 self.metrics.decision(Decision::Ended);
@@ -327,7 +330,7 @@ impl ProxyHttp for StreamGate {
                 Ok(true)
             }
             Route::Ready => {
-                match self.timed("ping", self.store.ping()).await {
+                match self.timed(StoreOp::Ping, self.store.ping()).await {
                     Ok(()) => {
                         let body = bytes::Bytes::from_static(respond::READY_BODY);
                         respond::json(session, 200, body, &[]).await?;
@@ -478,8 +481,7 @@ impl ProxyHttp for StreamGate {
             hold.release(failed).await;
         }
         let elapsed = ctx.start.elapsed();
-        self.metrics
-            .request_done(ctx.route.label(), status, elapsed);
+        self.metrics.request_done(ctx.route, status, elapsed);
         let req = session.req_header();
         info!(
             target: "streamgate::access",

@@ -239,6 +239,9 @@ impl MemoryStore {
                 };
             }
             let id = Uuid::new_v4();
+            // Grow one lease at a time: most users hold one or two streams, and `push` would
+            // otherwise reserve room for four.
+            leases.reserve_exact(1);
             leases.push(Lease {
                 id,
                 expires_at: now + ttl,

@@ -57,9 +57,13 @@ return {1, n + 1, 0, expired}
 
 /// ARGV: id, ttl_ms. Pushes a live lease's expiry out. Returns {renewed 0|1, expired}.
 const RENEW: &str = r#"
-local ok = redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[2]), ARGV[1])
-if ok == 1 then touch() end
-return {ok, expired}
+-- Existence, not ZADD's change count: a renewal in the same millisecond changes nothing.
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return {0, expired}
+end
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+touch()
+return {1, expired}
 "#;
 
 /// ARGV: id. Removes a lease. Returns {removed 0|1, expired}.

@@ -1,0 +1,399 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: streamgate vs nginx doing the same job, in one run.
+
+Starts, on loopback only:
+  - an origin (nginx, pinned to the load core) serving small bodies, 1 MiB segments, and
+    slow (rate-limited) streams;
+  - each proxy under test, alone on its own core (`taskset -c 0`): streamgate (memory
+    store), streamgate with the limiter off (plain passthrough), streamgate on a Redis
+    store (when redis-server is installed), and an nginx peer configured for the same job
+    (limit_conn_zone $http_session_id, limit_conn 3, limit_conn_status 401, 400 without the
+    header, /health answered locally);
+  - wrk (pinned with the origin to the other core) with the same bounded load for each.
+
+Prints a table of medians (with min..max over rounds) and streamgate/nginx ratios, and
+writes it as Markdown to bench/results.md.
+
+    python3 bench/run.py                 # 3 rounds of 5 s per shape
+    python3 bench/run.py --rounds 5 --duration 10 --held 5000
+
+Needs: nginx, wrk (Debian packages), cargo; optional redis-server. Every process it starts
+is stopped by PID at the end; the load is bounded by --duration and --rounds.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROXY_CORE = "0"
+LOAD_CORE = "1"
+
+PORTS = {
+    "origin": 18080,
+    "streamgate": 18001,
+    "passthrough": 18003,
+    "redis-store": 18004,
+    "nginx": 18002,
+    "redis": 18379,
+}
+METRICS = {"streamgate": 19001, "passthrough": 19003, "redis-store": 19004}
+
+started = []
+
+
+def start(cmd, core, **kw):
+    p = subprocess.Popen(
+        ["taskset", "-c", core] + cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=kw.pop("stderr", subprocess.DEVNULL),
+        **kw,
+    )
+    started.append(p)
+    return p
+
+
+def stop_all():
+    for p in reversed(started):
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def wait_port(port, path="/health", timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                if path is None:
+                    return
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).read()
+                return
+        except Exception:
+            time.sleep(0.05)
+    sys.exit(f"port {port} did not come up")
+
+
+def rss_kib(pid):
+    """RSS of a process and its children (nginx's workers), in KiB."""
+    total = 0
+    pids = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+ORIGIN_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/origin.pid;
+error_log {dir}/origin-error.log warn;
+events {{ worker_connections 20000; }}
+worker_rlimit_nofile 40000;
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    root {dir}/www;
+    location = /watch {{ default_type text/plain; return 200 "ok\\n"; }}
+    location = /watch/seg {{ try_files /seg.bin =404; }}
+    location = /watch/slow {{ limit_rate 512; try_files /seg.bin =404; }}
+  }}
+}}
+"""
+
+NGINX_PEER_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/peer.pid;
+error_log {dir}/peer-error.log warn;
+events {{ worker_connections 20000; }}
+worker_rlimit_nofile 40000;
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  limit_conn_zone $http_session_id zone=streams:64m;
+  upstream origin {{ server 127.0.0.1:{origin}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    location = /health {{ default_type application/json; return 200 '{{"status":"UP"}}'; }}
+    location /watch {{
+      if ($http_session_id = "") {{
+        return 400 '{{"error":"session_id_required","message":"the Session-Id header is required"}}';
+      }}
+      limit_conn streams 3;
+      limit_conn_status 401;
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
+
+STREAMGATE_CONF = """
+[server]
+listen = ["127.0.0.1:{port}"]
+threads = {threads}
+work_stealing = {stealing}
+[upstream]
+addrs = ["127.0.0.1:{origin}"]
+keepalive_pool_size = 1024
+[streams]
+routes = [{routes}]
+limit = 3
+lease_ttl = "60s"
+[store]
+{store}
+[metrics]
+listen = "127.0.0.1:{metrics}"
+"""
+
+LUA_RANDOM_USERS = """
+math.randomseed(os.time() + tonumber(tostring({{}}):sub(8), 16))
+request = function()
+  return wrk.format("GET", "{path}", {{["Session-Id"] = "u" .. math.random(1, {users})}})
+end
+"""
+
+
+def wrk(port, path, users, conns, duration, threads=1):
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(LUA_RANDOM_USERS.format(path=path, users=users))
+        script = f.name
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CORE, "wrk", "--latency", "-t", str(threads), "-c", str(conns),
+         "-d", f"{duration}s", "--timeout", "10s", "-s", script, f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=duration + 60,
+    ).stdout
+    os.unlink(script)
+    return parse_wrk(out)
+
+
+def to_ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    n, unit = float(m.group(1)), m.group(2)
+    return n / 1000 if unit == "us" else n * 1000 if unit == "s" else n
+
+
+def to_mb(v):
+    m = re.match(r"([\d.]+)([KMG]?B)", v)
+    n, unit = float(m.group(1)), m.group(2)
+    return n * {"B": 1e-6, "KB": 1.024e-3, "MB": 1.048576, "GB": 1073.741824}[unit]
+
+
+def parse_wrk(out):
+    r = {"rps": 0.0, "p50": 0.0, "p99": 0.0, "mbs": 0.0, "non2xx": 0, "errors": 0, "requests": 0}
+    if m := re.search(r"Requests/sec:\s+([\d.]+)", out):
+        r["rps"] = float(m.group(1))
+    if m := re.search(r"Transfer/sec:\s+([\d.]+\w+)", out):
+        r["mbs"] = to_mb(m.group(1))
+    if m := re.search(r"\s50%\s+([\d.]+\w+)", out):
+        r["p50"] = to_ms(m.group(1))
+    if m := re.search(r"\s99%\s+([\d.]+\w+)", out):
+        r["p99"] = to_ms(m.group(1))
+    if m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out):
+        r["non2xx"] = int(m.group(1))
+    if m := re.search(r"(\d+) requests in", out):
+        r["requests"] = int(m.group(1))
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        r["errors"] = sum(int(x) for x in m.groups())
+    return r
+
+
+def held_streams(name, pid, port, n, duration):
+    """Hold n slow streams open; measure RSS per stream and /health latency meanwhile."""
+    before = rss_kib(pid)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(LUA_RANDOM_USERS.format(path="/watch/slow", users=1_000_000_000))
+        script = f.name
+    load = subprocess.Popen(
+        ["taskset", "-c", LOAD_CORE, "wrk", "-t", "1", "-c", str(n), "-d", f"{duration + 8}s",
+         "--timeout", "60s", "-s", script, f"http://127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    started.append(load)
+    time.sleep(min(6, duration))  # let every connection open its stream
+    during = rss_kib(pid)
+    health = wrk_health(port, duration=3)
+    load.send_signal(signal.SIGINT)
+    load.wait()
+    os.unlink(script)
+    return {"kib_per_stream": max(0, during - before) / n, "rss_mib": during / 1024,
+            "health_p99": health["p99"], "health_p50": health["p50"]}
+
+
+def wrk_health(port, duration):
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CORE, "wrk", "--latency", "-t", "1", "-c", "1", "-d", f"{duration}s",
+         f"http://127.0.0.1:{port}/health"],
+        capture_output=True, text=True, timeout=duration + 30,
+    ).stdout
+    return parse_wrk(out)
+
+
+def streamgate_conf(d, name, port, origin, store, routes, threads, stealing):
+    path = os.path.join(d, f"{name}.toml")
+    with open(path, "w") as f:
+        f.write(STREAMGATE_CONF.format(port=port, origin=origin, store=store, routes=routes,
+                                       metrics=METRICS[name], threads=threads,
+                                       stealing=str(stealing).lower()))
+    return path
+
+
+def med(xs):
+    return statistics.median(xs) if xs else 0.0
+
+
+def fmt_spread(xs, digits=0):
+    if not xs:
+        return "-"
+    return f"{med(xs):.{digits}f} ({min(xs):.{digits}f}..{max(xs):.{digits}f})"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5, help="seconds per load run")
+    ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--held", type=int, default=2000, help="held slow streams (shape 4)")
+    ap.add_argument("--threads", type=int, default=1, help="streamgate worker threads")
+    ap.add_argument("--no-stealing", action="store_true")
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/streamgate"))
+    ap.add_argument("--only", default="", help="comma-separated targets")
+    args = ap.parse_args()
+
+    if not os.path.exists(args.binary):
+        subprocess.run(["cargo", "build", "--release", "--bin", "streamgate"], cwd=ROOT, check=True)
+    for tool in ("nginx", "wrk", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is required (apt-get install -y nginx wrk util-linux)")
+
+    d = tempfile.mkdtemp(prefix="sgbench-")
+    os.chmod(d, 0o755)  # nginx workers run unprivileged and must read www/
+    os.makedirs(os.path.join(d, "www"))
+    with open(os.path.join(d, "www", "seg.bin"), "wb") as f:
+        f.write(os.urandom(1 << 20))
+
+    try:
+        with open(os.path.join(d, "origin.conf"), "w") as f:
+            f.write(ORIGIN_CONF.format(dir=d, port=PORTS["origin"]))
+        start(["nginx", "-p", d, "-c", os.path.join(d, "origin.conf")], LOAD_CORE)
+        wait_port(PORTS["origin"], "/watch")
+
+        targets = {}
+        with open(os.path.join(d, "peer.conf"), "w") as f:
+            f.write(NGINX_PEER_CONF.format(dir=d, port=PORTS["nginx"], origin=PORTS["origin"]))
+        targets["nginx"] = start(["nginx", "-p", d, "-c", os.path.join(d, "peer.conf")], PROXY_CORE)
+
+        stealing = not args.no_stealing
+        sg = [args.binary, "--config"]
+        env = dict(os.environ, RUST_LOG="error")
+        mem = 'kind = "memory"'
+        targets["streamgate"] = start(sg + [streamgate_conf(d, "streamgate", PORTS["streamgate"], PORTS["origin"], mem, '"/watch"', args.threads, stealing)], PROXY_CORE, env=env)
+        targets["passthrough"] = start(sg + [streamgate_conf(d, "passthrough", PORTS["passthrough"], PORTS["origin"], mem, '"/limiter-off"', args.threads, stealing)], PROXY_CORE, env=env)
+        if shutil.which("redis-server"):
+            start(["redis-server", "--port", str(PORTS["redis"]), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no"], LOAD_CORE)
+            wait_port(PORTS["redis"], None)
+            store = f'kind = "redis"\nurl = "redis://127.0.0.1:{PORTS["redis"]}"\ntimeout = "500ms"'
+            targets["redis-store"] = start(sg + [streamgate_conf(d, "redis-store", PORTS["redis-store"], PORTS["origin"], store, '"/watch"', args.threads, stealing)], PROXY_CORE, env=env)
+        if args.only:
+            keep = set(args.only.split(","))
+            targets = {k: v for k, v in targets.items() if k in keep}
+        for name in targets:
+            wait_port(PORTS[name])
+
+        shapes = [
+            ("small, random users", "/watch", 10_000_000),
+            ("small, 20 users (limit bites)", "/watch", 20),
+            ("1 MiB segments, random users", "/watch/seg", 10_000_000),
+        ]
+        results = {name: {s[0]: [] for s in shapes} for name in targets}
+        for rnd in range(args.rounds):
+            for shape, path, users in shapes:
+                conns = args.conns if "MiB" not in shape else 16
+                for name in targets:
+                    r = wrk(PORTS[name], path, users, conns, args.duration)
+                    results[name][shape].append(r)
+                    print(f"round {rnd + 1} {name:12} {shape:32} {r['rps']:9.0f} req/s "
+                          f"{r['mbs']:8.1f} MB/s p50 {r['p50']:.2f} ms p99 {r['p99']:.2f} ms "
+                          f"non-2xx {r['non2xx']} errors {r['errors']}", flush=True)
+        held = {name: [] for name in targets}
+        for rnd in range(args.rounds):
+            for name, proc in targets.items():
+                h = held_streams(name, proc.pid, PORTS[name], args.held, args.duration)
+                held[name].append(h)
+                print(f"round {rnd + 1} {name:12} held {args.held} streams: "
+                      f"{h['kib_per_stream']:.1f} KiB/stream, RSS {h['rss_mib']:.1f} MiB, "
+                      f"/health p99 {h['health_p99']:.2f} ms", flush=True)
+                time.sleep(2)
+        report(args, shapes, results, held)
+    finally:
+        stop_all()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def report(args, shapes, results, held):
+    lines = []
+    lines.append(f"rounds: {args.rounds} x {args.duration} s, {args.conns} connections "
+                 f"(16 for segments), streamgate threads {args.threads}; medians (min..max)\n")
+    lines.append("| shape | target | req/s | MB/s | p50 ms | p99 ms | non-2xx | errors | req/s vs nginx | p99 vs nginx |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for shape, _, _ in shapes:
+        base = results.get("nginx", {}).get(shape, [])
+        base_rps = med([r["rps"] for r in base])
+        base_p99 = med([r["p99"] for r in base])
+        for name in results:
+            rs = results[name][shape]
+            rps = [r["rps"] for r in rs]
+            p99 = [r["p99"] for r in rs]
+            ratio = f"{med(rps) / base_rps:.2f}x" if base_rps else "-"
+            pratio = f"{med(p99) / base_p99:.2f}x" if base_p99 else "-"
+            lines.append(f"| {shape} | {name} | {fmt_spread(rps)} | {fmt_spread([r['mbs'] for r in rs], 1)} | "
+                         f"{fmt_spread([r['p50'] for r in rs], 2)} | {fmt_spread(p99, 2)} | "
+                         f"{int(med([r['non2xx'] for r in rs]))} | {int(med([r['errors'] for r in rs]))} | {ratio} | {pratio} |")
+    lines.append("")
+    lines.append(f"Held streams ({args.held} concurrent slow streams, distinct users):\n")
+    lines.append("| target | KiB per held stream | RSS MiB | /health p50 ms | /health p99 ms | memory vs nginx |")
+    lines.append("|---|---|---|---|---|---|")
+    base_kib = med([h["kib_per_stream"] for h in held.get("nginx", [])])
+    for name, hs in held.items():
+        kib = [h["kib_per_stream"] for h in hs]
+        ratio = f"{med(kib) / base_kib:.2f}x" if base_kib else "-"
+        lines.append(f"| {name} | {fmt_spread(kib, 1)} | {fmt_spread([h['rss_mib'] for h in hs], 1)} | "
+                     f"{fmt_spread([h['health_p50'] for h in hs], 2)} | {fmt_spread([h['health_p99'] for h in hs], 2)} | {ratio} |")
+    text = "\n".join(lines)
+    print("\n" + text)
+    with open(os.path.join(ROOT, "bench", "results.md"), "w") as f:
+        f.write(f"<!-- written by bench/run.py on {time.strftime('%Y-%m-%d %H:%M:%S')} -->\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
