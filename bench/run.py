@@ -278,6 +278,8 @@ def fmt_spread(xs, digits=0):
 
 
 def main():
+    # Stopped from outside (SIGTERM, SIGINT): still stop everything we started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=5, help="seconds per load run")

@@ -6,7 +6,7 @@
 //! also yields Pingora's own [`ServerConf`], so there is no second config file to keep in
 //! step. Error messages never echo values, because a Redis URL may carry a password.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -387,7 +387,7 @@ impl Config {
             ));
         }
         for a in &u.addrs {
-            check_resolvable("upstream.addrs", a)?;
+            check_host_port("upstream.addrs", a)?;
         }
         for (key, d) in [
             ("upstream.connect_timeout", u.connect_timeout),
@@ -510,11 +510,24 @@ fn check_socket_addr(key: &str, addr: &str) -> Result<(), KeyError> {
         .map_err(|_| KeyError::new(key, "not an IP:port address"))
 }
 
-fn check_resolvable(key: &str, addr: &str) -> Result<(), KeyError> {
-    let resolved = addr.to_socket_addrs().map(|mut it| it.next().is_some());
-    match resolved {
-        Ok(true) => Ok(()),
-        _ => Err(KeyError::new(key, "not a resolvable host:port address")),
+/// `host:port` or `[v6]:port`, checked without resolving (no DNS at check time: the
+/// name is resolved when the server starts).
+fn check_host_port(key: &str, addr: &str) -> Result<(), KeyError> {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad = || KeyError::new(key, "not a host:port address");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let valid_host = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if valid_host {
+        Ok(())
+    } else {
+        Err(bad())
     }
 }
 
@@ -665,6 +678,18 @@ mod tests {
             "{MINIMAL}[store]\nkind = \"redis\"\nurl = \"redis://:hunter2@[bad\"\n"
         ));
         assert!(!e.message.contains("hunter2"));
+    }
+
+    #[test]
+    fn upstream_addresses_are_checked_without_dns() {
+        for ok in ["origin.internal:8080", "127.0.0.1:80", "[::1]:8080", "localhost:1"] {
+            let text = format!("[upstream]\naddrs = [\"{ok}\"]\n");
+            assert!(Config::from_toml(&text).is_ok(), "{ok}");
+        }
+        for bad in ["host:99999", "a b:80", ":80", "host", "host:", "[::1]"] {
+            let text = format!("[upstream]\naddrs = [\"{bad}\"]\n");
+            assert_eq!(err(&text).key, "upstream.addrs", "{bad}");
+        }
     }
 
     #[test]
