@@ -682,7 +682,12 @@ mod tests {
 
     #[test]
     fn upstream_addresses_are_checked_without_dns() {
-        for ok in ["origin.internal:8080", "127.0.0.1:80", "[::1]:8080", "localhost:1"] {
+        for ok in [
+            "origin.internal:8080",
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "localhost:1",
+        ] {
             let text = format!("[upstream]\naddrs = [\"{ok}\"]\n");
             assert!(Config::from_toml(&text).is_ok(), "{ok}");
         }
