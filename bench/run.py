@@ -183,9 +183,28 @@ end
 """
 
 
+LUA_PLAYERS = """
+-- One player per wrk thread: it opens a stream once, then fetches segments on it
+-- (the proxy renews the lease; nginx just forwards the extra header).
+math.randomseed(os.time() + tonumber(tostring({{}}):sub(8), 16))
+local user = "player" .. math.random(1, 1000000000)
+local sid = nil
+request = function()
+  local h = {{["Session-Id"] = user}}
+  if sid then h["Stream-Id"] = sid end
+  return wrk.format("GET", "{path}", h)
+end
+response = function(status, headers, body)
+  if not sid then sid = headers["Stream-Id"] or headers["stream-id"] end
+end
+"""
+
+
 def wrk(port, path, users, conns, duration, threads=1):
+    script_text = (LUA_PLAYERS.format(path=path) if users == 0
+                   else LUA_RANDOM_USERS.format(path=path, users=users))
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(LUA_RANDOM_USERS.format(path=path, users=users))
+        f.write(script_text)
         script = f.name
     out = subprocess.run(
         ["taskset", "-c", LOAD_CORE, "wrk", "--latency", "-t", str(threads), "-c", str(conns),
@@ -258,6 +277,25 @@ def wrk_health(port, duration):
     return parse_wrk(out)
 
 
+def store_latency(metrics_port):
+    """Mean and p99 (bucket bound) of each store operation, from a proxy's /metrics."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).read().decode()
+    except Exception:
+        return {}
+    out = {}
+    for op in ("open", "renew", "end"):
+        total = re.search(rf'streamgate_store_operation_duration_seconds_sum{{op="{op}"}} ([\d.e+-]+)', text)
+        count = re.search(rf'streamgate_store_operation_duration_seconds_count{{op="{op}"}} (\d+)', text)
+        if not (total and count) or int(count.group(1)) == 0:
+            continue
+        n = int(count.group(1))
+        buckets = re.findall(rf'streamgate_store_operation_duration_seconds_bucket{{op="{op}",le="([^"]+)"}} (\d+)', text)
+        p99 = next((float(le) for le, c in buckets if int(c) >= 0.99 * n and le != "+Inf"), float("inf"))
+        out[op] = {"count": n, "mean_us": float(total.group(1)) / n * 1e6, "p99_us": p99 * 1e6}
+    return out
+
+
 def streamgate_conf(d, name, port, origin, store, routes, threads, stealing):
     path = os.path.join(d, f"{name}.toml")
     with open(path, "w") as f:
@@ -289,6 +327,7 @@ def main():
     ap.add_argument("--no-stealing", action="store_true")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/streamgate"))
     ap.add_argument("--only", default="", help="comma-separated targets")
+    ap.add_argument("--shapes", default="", help="comma-separated shape numbers (1-4) to run")
     args = ap.parse_args()
 
     if not os.path.exists(args.binary):
@@ -309,34 +348,51 @@ def main():
         start(["nginx", "-p", d, "-c", os.path.join(d, "origin.conf")], LOAD_CORE)
         wait_port(PORTS["origin"], "/watch")
 
-        targets = {}
-        with open(os.path.join(d, "peer.conf"), "w") as f:
-            f.write(NGINX_PEER_CONF.format(dir=d, port=PORTS["nginx"], origin=PORTS["origin"]))
-        targets["nginx"] = start(["nginx", "-p", d, "-c", os.path.join(d, "peer.conf")], PROXY_CORE)
-
         stealing = not args.no_stealing
-        sg = [args.binary, "--config"]
         env = dict(os.environ, RUST_LOG="error")
         mem = 'kind = "memory"'
-        targets["streamgate"] = start(sg + [streamgate_conf(d, "streamgate", PORTS["streamgate"], PORTS["origin"], mem, '"/watch"', args.threads, stealing)], PROXY_CORE, env=env)
-        targets["passthrough"] = start(sg + [streamgate_conf(d, "passthrough", PORTS["passthrough"], PORTS["origin"], mem, '"/limiter-off"', args.threads, stealing)], PROXY_CORE, env=env)
+        commands = {}
+        with open(os.path.join(d, "peer.conf"), "w") as f:
+            f.write(NGINX_PEER_CONF.format(dir=d, port=PORTS["nginx"], origin=PORTS["origin"]))
+        commands["nginx"] = (["nginx", "-p", d, "-c", os.path.join(d, "peer.conf")], None)
+        sg = [args.binary, "--config"]
+        commands["streamgate"] = (sg + [streamgate_conf(d, "streamgate", PORTS["streamgate"], PORTS["origin"], mem, '"/watch"', args.threads, stealing)], env)
+        commands["passthrough"] = (sg + [streamgate_conf(d, "passthrough", PORTS["passthrough"], PORTS["origin"], mem, '"/limiter-off"', args.threads, stealing)], env)
         if shutil.which("redis-server"):
             start(["redis-server", "--port", str(PORTS["redis"]), "--bind", "127.0.0.1", "--save", "",
                    "--appendonly", "no"], LOAD_CORE)
             wait_port(PORTS["redis"], None)
             store = f'kind = "redis"\nurl = "redis://127.0.0.1:{PORTS["redis"]}"\ntimeout = "500ms"'
-            targets["redis-store"] = start(sg + [streamgate_conf(d, "redis-store", PORTS["redis-store"], PORTS["origin"], store, '"/watch"', args.threads, stealing)], PROXY_CORE, env=env)
+            commands["redis-store"] = (sg + [streamgate_conf(d, "redis-store", PORTS["redis-store"], PORTS["origin"], store, '"/watch"', args.threads, stealing)], env)
         if args.only:
             keep = set(args.only.split(","))
-            targets = {k: v for k, v in targets.items() if k in keep}
-        for name in targets:
+            commands = {k: v for k, v in commands.items() if k in keep}
+
+        def launch(name):
+            cmd, e = commands[name]
+            proc = start(cmd, PROXY_CORE, env=e) if e else start(cmd, PROXY_CORE)
             wait_port(PORTS[name])
+            return proc
+
+        def halt(proc):
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+        targets = {name: launch(name) for name in commands}
 
         shapes = [
             ("small, random users", "/watch", 10_000_000),
+            ("small, one stream renewed (players)", "/watch", 0),
             ("small, 20 users (limit bites)", "/watch", 20),
             ("1 MiB segments, random users", "/watch/seg", 10_000_000),
         ]
+        if args.shapes:
+            picked = {int(x) for x in args.shapes.split(",")}
+            shapes = [s for i, s in enumerate(shapes, 1) if i in picked]
         results = {name: {s[0]: [] for s in shapes} for name in targets}
         for rnd in range(args.rounds):
             for shape, path, users in shapes:
@@ -347,22 +403,29 @@ def main():
                     print(f"round {rnd + 1} {name:12} {shape:32} {r['rps']:9.0f} req/s "
                           f"{r['mbs']:8.1f} MB/s p50 {r['p50']:.2f} ms p99 {r['p99']:.2f} ms "
                           f"non-2xx {r['non2xx']} errors {r['errors']}", flush=True)
+        latency = {name: store_latency(METRICS[name]) for name in targets if name in METRICS}
+        for proc in targets.values():
+            halt(proc)
+        # Held streams: each target starts fresh, so the figure is the streams' own memory,
+        # not what the load shapes left behind.
         held = {name: [] for name in targets}
         for rnd in range(args.rounds):
-            for name, proc in targets.items():
+            for name in commands:
+                proc = launch(name)
+                time.sleep(1)
                 h = held_streams(name, proc.pid, PORTS[name], args.held, args.duration)
+                halt(proc)
                 held[name].append(h)
                 print(f"round {rnd + 1} {name:12} held {args.held} streams: "
                       f"{h['kib_per_stream']:.1f} KiB/stream, RSS {h['rss_mib']:.1f} MiB, "
                       f"/health p99 {h['health_p99']:.2f} ms", flush=True)
-                time.sleep(2)
-        report(args, shapes, results, held)
+        report(args, shapes, results, held, latency)
     finally:
         stop_all()
         shutil.rmtree(d, ignore_errors=True)
 
 
-def report(args, shapes, results, held):
+def report(args, shapes, results, held, latency):
     lines = []
     lines.append(f"rounds: {args.rounds} x {args.duration} s, {args.conns} connections "
                  f"(16 for segments), streamgate threads {args.threads}; medians (min..max)\n")
@@ -391,6 +454,13 @@ def report(args, shapes, results, held):
         ratio = f"{med(kib) / base_kib:.2f}x" if base_kib else "-"
         lines.append(f"| {name} | {fmt_spread(kib, 1)} | {fmt_spread([h['rss_mib'] for h in hs], 1)} | "
                      f"{fmt_spread([h['health_p50'] for h in hs], 2)} | {fmt_spread([h['health_p99'] for h in hs], 2)} | {ratio} |")
+    lines.append("")
+    lines.append("Store operation latency over the whole run, from each proxy's own histogram:\n")
+    lines.append("| target | op | count | mean us | p99 us (bucket bound) |")
+    lines.append("|---|---|---|---|---|")
+    for name, ops in latency.items():
+        for op, v in ops.items():
+            lines.append(f"| {name} | {op} | {v['count']} | {v['mean_us']:.1f} | <= {v['p99_us']:.0f} |")
     text = "\n".join(lines)
     print("\n" + text)
     with open(os.path.join(ROOT, "bench", "results.md"), "w") as f:
