@@ -399,7 +399,14 @@ impl ProxyHttp for StreamGate {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(id) = ctx.stream_id {
-            upstream_request.insert_header(self.identity.stream_header.clone(), id.to_string())?;
+            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let id = id.hyphenated().encode_lower(&mut buf);
+            // A renewal already carries exactly this id: leave the header map alone (an
+            // insert grows and copies it).
+            let sent = upstream_request.headers.get(&self.identity.stream_header);
+            if sent.is_none_or(|v| v.as_bytes() != id.as_bytes()) {
+                upstream_request.insert_header(self.stream_header_case.clone(), &*id)?;
+            }
         }
         Ok(())
     }
@@ -425,7 +432,9 @@ impl ProxyHttp for StreamGate {
     ) -> Result<()> {
         if let (Some(user), Some(id)) = (&ctx.user, ctx.stream_id) {
             response.insert_header(self.session_header_case.clone(), user.as_str())?;
-            response.insert_header(self.stream_header_case.clone(), id.to_string())?;
+            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let id = id.hyphenated().encode_lower(&mut buf);
+            response.insert_header(self.stream_header_case.clone(), &*id)?;
         }
         Ok(())
     }
