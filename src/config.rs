@@ -229,7 +229,7 @@ pub struct StoreSection {
     /// Memory store: most users with live streams at once. A new user past it gets `503`;
     /// no live lease is ever evicted to make room.
     pub max_users: u64,
-    /// `kind = "redis"`: `redis://[[user]:password@]host:port[/db]` (no TLS support built in).
+    /// `kind = "redis"`: `redis://[[user]:password@]host:port[/db]`, `rediss://` for TLS.
     pub url: Option<String>,
     /// `kind = "redis-cluster"`: seed node URLs.
     pub nodes: Vec<String>,
@@ -240,6 +240,8 @@ pub struct StoreSection {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub on_store_error: OnStoreError,
+    /// `rediss://` only: a PEM file of the CA(s) to trust instead of the system roots.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// Never print the store section: its URLs may carry a password.
@@ -251,6 +253,7 @@ impl std::fmt::Debug for StoreSection {
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("on_store_error", &self.on_store_error)
+            .field("tls_ca_file", &self.tls_ca_file)
             .finish_non_exhaustive()
     }
 }
@@ -265,6 +268,7 @@ impl Default for StoreSection {
             prefix: "sg".into(),
             timeout: Duration::from_millis(100),
             on_store_error: OnStoreError::Deny,
+            tls_ca_file: None,
         }
     }
 }
@@ -452,6 +456,16 @@ impl Config {
                 "must be non-empty and contain no braces",
             ));
         }
+        if let Some(ca) = &store.tls_ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| KeyError::new("store.tls_ca_file", format!("cannot read it: {e}")))?;
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                return Err(KeyError::new(
+                    "store.tls_ca_file",
+                    "holds no PEM certificate",
+                ));
+            }
+        }
         match store.kind {
             StoreKind::Memory => {}
             StoreKind::Redis => match &store.url {
@@ -534,12 +548,9 @@ fn check_host_port(key: &str, addr: &str) -> Result<(), KeyError> {
 fn check_redis_url(key: &str, url: &str) -> Result<(), KeyError> {
     use redis::IntoConnectionInfo;
     // The message never includes the URL: it may carry a password.
-    url.into_connection_info().map(|_| ()).map_err(|_| {
-        KeyError::new(
-            key,
-            "not a valid redis:// URL (rediss:// TLS is not built in)",
-        )
-    })
+    url.into_connection_info()
+        .map(|_| ())
+        .map_err(|_| KeyError::new(key, "not a valid redis:// or rediss:// URL"))
 }
 
 fn check_positive(key: &str, d: Duration) -> Result<(), KeyError> {

@@ -23,26 +23,35 @@ pub enum BuildError {
     Metrics(#[from] prometheus::Error),
     #[error("upstream.addrs: {0}")]
     Upstream(std::io::Error),
+    #[error("store.tls_ca_file: {0}")]
+    TlsCa(std::io::Error),
 }
 
 /// Build the store the config asks for.
-pub fn build_store(config: &Config, metrics: &Metrics) -> Arc<dyn StreamStore> {
+pub fn build_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn StreamStore>, BuildError> {
     let st = &config.store;
     let redis = |target| {
-        Arc::new(RedisStore::new(
+        let store = RedisStore::new(
             target,
             &st.prefix,
             config.streams.lease_ttl,
             st.timeout,
             metrics.lease_counters(),
-        ))
+        );
+        let store: Arc<dyn StreamStore> = match &st.tls_ca_file {
+            Some(file) => {
+                Arc::new(store.with_tls_ca(std::fs::read(file).map_err(BuildError::TlsCa)?))
+            }
+            None => Arc::new(store),
+        };
+        Ok(store)
     };
     match st.kind {
-        StoreKind::Memory => Arc::new(MemoryStore::new(
+        StoreKind::Memory => Ok(Arc::new(MemoryStore::new(
             config.streams.lease_ttl,
             st.max_users,
             metrics.lease_counters(),
-        )),
+        ))),
         // `validate` guarantees the URL (or the nodes) for these kinds.
         StoreKind::Redis => redis(Target::Single(st.url.clone().unwrap_or_default())),
         StoreKind::RedisCluster => redis(Target::Cluster(st.nodes.clone())),
@@ -57,7 +66,7 @@ pub fn build(
     demo_origin: Option<&str>,
 ) -> Result<Server, BuildError> {
     let metrics = Metrics::new(registry)?;
-    let store = build_store(config, &metrics);
+    let store = build_store(config, &metrics)?;
 
     let mut server = Server::new_with_opt_and_conf(None, config.pingora_server_conf());
     server.bootstrap();

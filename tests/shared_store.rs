@@ -253,3 +253,49 @@ async fn leases_are_judged_by_redis_time_not_the_proxys() {
         .unwrap();
     assert!(retry > 3_500, "Retry-After follows Redis's expiry: {retry}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_password_and_database_come_from_the_url() {
+    let redis = RedisServer::start_tls("s3cret");
+    let origin = Origin::start().await;
+    let ca = redis.tls().unwrap().ca_file.display().to_string();
+    let mut cfg = TestConfig::new(&origin).limit(1);
+    cfg.store = format!(
+        "kind = \"redis\"\nurl = \"{}\"\ntls_ca_file = \"{ca}\"\ntimeout = \"1s\"",
+        redis.url_db(3)
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let r = proxy.client.get(proxy.url("/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 200);
+    assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 401);
+    // Over TLS, authenticated, in database 3 and nowhere else.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query(&mut redis.connection_db(3))
+        .unwrap();
+    assert_eq!(keys, vec!["sg:{abc}:streams".to_string()]);
+    let keys0: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query(&mut redis.connection_db(0))
+        .unwrap();
+    assert!(keys0.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_an_untrusted_server_is_refused() {
+    let redis = RedisServer::start_tls("s3cret");
+    let origin = Origin::start().await;
+    let mut cfg = TestConfig::new(&origin).limit(1);
+    // No tls_ca_file: the system roots do not trust the test CA.
+    cfg.store = format!(
+        "kind = \"redis\"\nurl = \"{}\"\ntimeout = \"500ms\"",
+        redis.url()
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let r = proxy.client.get(proxy.url("/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let r = proxy.watch("/watch", "abc", None).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(json_body(r).await["error"], "store_unavailable");
+}

@@ -103,6 +103,8 @@ struct Scripts {
 
 pub struct RedisStore {
     target: Target,
+    /// PEM CA bundle to trust for `rediss://` instead of the system roots.
+    tls_ca: Option<Vec<u8>>,
     conn: OnceCell<Conn>,
     scripts: Scripts,
     prefix: String,
@@ -133,8 +135,11 @@ impl RedisStore {
         counters: LeaseCounters,
     ) -> Self {
         let script = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        // rustls needs one process-wide crypto provider; a second install is a no-op error.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
             target,
+            tls_ca: None,
             conn: OnceCell::new(),
             scripts: Scripts {
                 open: script(OPEN),
@@ -149,6 +154,19 @@ impl RedisStore {
         }
     }
 
+    /// Trust this PEM CA bundle (instead of the system roots) for `rediss://`.
+    pub fn with_tls_ca(mut self, pem: Vec<u8>) -> Self {
+        self.tls_ca = Some(pem);
+        self
+    }
+
+    fn certs(&self) -> Option<redis::TlsCertificates> {
+        self.tls_ca.as_ref().map(|pem| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        })
+    }
+
     /// The one key holding a user's leases; the braces make it a Cluster hash tag.
     pub fn key(&self, user: &str) -> String {
         format!("{}:{{{}}}:streams", self.prefix, user)
@@ -160,7 +178,10 @@ impl RedisStore {
             .get_or_try_init(|| async {
                 match &self.target {
                     Target::Single(url) => {
-                        let client = redis::Client::open(url.as_str())?;
+                        let client = match self.certs() {
+                            Some(certs) => redis::Client::build_with_tls(url.as_str(), certs)?,
+                            None => redis::Client::open(url.as_str())?,
+                        };
                         let config = ConnectionManagerConfig::new()
                             .set_connection_timeout(self.timeout)
                             .set_response_timeout(self.timeout)
@@ -171,11 +192,14 @@ impl RedisStore {
                         ))
                     }
                     Target::Cluster(nodes) => {
-                        let client = ClusterClient::builder(nodes.clone())
+                        let mut builder = ClusterClient::builder(nodes.clone())
                             .connection_timeout(self.timeout)
                             .response_timeout(self.timeout)
-                            .retries(1)
-                            .build()?;
+                            .retries(1);
+                        if let Some(certs) = self.certs() {
+                            builder = builder.certs(certs);
+                        }
+                        let client = builder.build()?;
                         Ok(Conn::Cluster(client.get_async_connection().await?))
                     }
                 }

@@ -11,6 +11,82 @@ pub struct RedisServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     cluster: bool,
+    /// With TLS: the password and the CA that signed the server's certificate.
+    tls: Option<Tls>,
+}
+
+#[derive(Clone)]
+pub struct Tls {
+    pub password: String,
+    pub ca_pem: Vec<u8>,
+    pub ca_file: std::path::PathBuf,
+}
+
+fn openssl(args: &[&str], dir: &std::path::Path) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed");
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
+/// A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI.
+fn make_certs(dir: &std::path::Path) {
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=streamgate-test-ca",
+        ],
+        dir,
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        dir,
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+        dir,
+    );
 }
 
 impl RedisServer {
@@ -18,11 +94,41 @@ impl RedisServer {
         Self::spawn(free_port(), false)
     }
 
-    fn spawn(port: u16, cluster: bool) -> RedisServer {
+    /// A server that speaks only TLS (certificate signed by a throwaway CA) and wants a
+    /// password.
+    pub fn start_tls(password: &str) -> RedisServer {
         let dir = tempfile::tempdir().expect("tempdir");
+        make_certs(dir.path());
+        Self::spawn_in(free_port(), false, Some(password), dir)
+    }
+
+    fn spawn(port: u16, cluster: bool) -> RedisServer {
+        Self::spawn_in(port, cluster, None, tempfile::tempdir().expect("tempdir"))
+    }
+
+    fn spawn_in(
+        port: u16,
+        cluster: bool,
+        password: Option<&str>,
+        dir: tempfile::TempDir,
+    ) -> RedisServer {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        if let Some(pw) = password {
+            cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+                .args([
+                    "--tls-cert-file",
+                    "server.crt",
+                    "--tls-key-file",
+                    "server.key",
+                ])
+                .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+                .args(["--requirepass", pw]);
+        } else {
+            cmd.args(["--port", &port.to_string()]);
+        }
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .current_dir(dir.path())
             .arg("--dir")
             .arg(dir.path());
         if cluster {
@@ -40,23 +146,60 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
+        let tls = password.map(|pw| Tls {
+            password: pw.to_string(),
+            ca_pem: std::fs::read(dir.path().join("ca.crt")).unwrap(),
+            ca_file: dir.path().join("ca.crt"),
+        });
         let server = RedisServer {
             port,
             child: Some(child),
             dir,
             cluster,
+            tls,
         };
         server.wait_ping();
         server
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.url_db(0)
+    }
+
+    /// The URL for one database (TLS servers: `rediss://` with the password).
+    pub fn url_db(&self, db: u8) -> String {
+        match &self.tls {
+            Some(t) => format!("rediss://:{}@127.0.0.1:{}/{db}", t.password, self.port),
+            None => format!("redis://127.0.0.1:{}/{db}", self.port),
+        }
+    }
+
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
+    }
+
+    fn client(&self, url: String) -> redis::Client {
+        // rustls needs a process-wide crypto provider (the proxy installs the same one).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        match &self.tls {
+            Some(t) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(t.ca_pem.clone()),
+                },
+            )
+            .unwrap(),
+            None => redis::Client::open(url).unwrap(),
+        }
     }
 
     pub fn connection(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
+        self.connection_db(0)
+    }
+
+    pub fn connection_db(&self, db: u8) -> redis::Connection {
+        self.client(self.url_db(db))
             .get_connection_with_timeout(Duration::from_secs(2))
             .expect("connect to test redis")
     }
@@ -64,21 +207,17 @@ impl RedisServer {
     fn wait_ping(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let ok = redis::Client::open(self.url())
-                .ok()
-                .and_then(|c| {
-                    c.get_connection_with_timeout(Duration::from_millis(200))
-                        .ok()
-                })
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c).ok())
-                .is_some();
-            if ok {
-                return;
+            let attempt = self
+                .client(self.url())
+                .get_connection_with_timeout(Duration::from_millis(500))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            match attempt {
+                Ok(_) => return,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "redis-server did not start in 10 s: {e}"
+                ),
             }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start in 10 s"
-            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
