@@ -203,6 +203,12 @@ async fn leases_are_judged_by_redis_time_not_the_proxys() {
         .redis(&redis.url(), "sg", "deny");
     let proxy = Proxy::start(&cfg).await;
     let id = stream_id(&proxy.watch("/watch", "abc", None).await);
+    // The hold is released (the lease re-stamped) after the response; wait for it, so
+    // the edits below are not overwritten.
+    let settled = || async { proxy.metric("streamgate_inflight_requests").await == 0.0 };
+    proxy
+        .eventually(SETTLE, "the hold is released", settled)
+        .await;
     let mut conn = redis.connection();
     let key = "sg:{abc}:streams";
     let redis_now_ms = || {
@@ -236,6 +242,9 @@ async fn leases_are_judged_by_redis_time_not_the_proxys() {
     // And the other way: a lease that Redis says runs for an hour blocks, whatever the TTL.
     let r = proxy.watch("/watch", "bob", None).await;
     let bob = stream_id(&r);
+    proxy
+        .eventually(SETTLE, "the hold is released", settled)
+        .await;
     let future = redis_now_ms() + 3_600_000;
     let _: i64 = redis::cmd("ZADD")
         .arg("sg:{bob}:streams")

@@ -275,6 +275,15 @@ impl StreamGate {
     }
 }
 
+/// Whether a request failed in a way that gives an opened stream back at once: any failure
+/// of the upstream or of the proxy. A client that went away keeps its lease (the TTL frees
+/// it).
+fn hold_failed(e: Option<&Error>, upstream_status: Option<u16>) -> bool {
+    let client_gone = e.is_some_and(|e| *e.esource() == ErrorSource::Downstream);
+    let upstream_failed = upstream_status.is_none_or(|s| s >= 500);
+    !client_gone && (e.is_some() || upstream_failed)
+}
+
 #[async_trait]
 impl ProxyHttp for StreamGate {
     type CTX = RequestCtx;
@@ -421,6 +430,18 @@ impl ProxyHttp for StreamGate {
         if !upstream_response.status.is_informational() {
             ctx.upstream_status = Some(status);
         }
+        // A stream whose opening request the upstream failed is given back before the
+        // client sees the answer, so an immediate retry is admitted.
+        if status >= 500
+            && ctx
+                .hold
+                .as_ref()
+                .is_some_and(|h| h.kind() == HoldKind::Opened)
+        {
+            if let Some(hold) = ctx.hold.take() {
+                hold.release(true).await;
+            }
+        }
         Ok(())
     }
 
@@ -443,9 +464,14 @@ impl ProxyHttp for StreamGate {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let f = failure::classify(e.etype(), e.esource());
+        // Release before answering, so a client retrying at once finds its slot free.
+        if let Some(hold) = ctx.hold.take() {
+            hold.release(hold_failed(Some(e), ctx.upstream_status))
+                .await;
+        }
         // Once the response header is out, the only honest signal left is closing.
         let can_write = session.response_written().is_none() && f.status != 0;
         if can_write {
@@ -482,12 +508,7 @@ impl ProxyHttp for StreamGate {
                 .inc();
         }
         if let Some(hold) = ctx.hold.take() {
-            // A client that went away keeps its lease (the TTL frees it); any other failure
-            // of the upstream or of the proxy gives an opened stream back at once.
-            let client_gone = e.is_some_and(|e| *e.esource() == ErrorSource::Downstream);
-            let upstream_failed = ctx.upstream_status.is_none_or(|s| s >= 500);
-            let failed = !client_gone && (e.is_some() || upstream_failed);
-            hold.release(failed).await;
+            hold.release(hold_failed(e, ctx.upstream_status)).await;
         }
         let elapsed = ctx.start.elapsed();
         self.metrics.request_done(ctx.route, status, elapsed);
@@ -505,6 +526,43 @@ impl ProxyHttp for StreamGate {
             ctx.upstream_status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
             elapsed.as_secs_f64() * 1000.0,
             e.map(|e| format!(" error=\"{}\"", e.etype().as_str())).unwrap_or_default(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(source: ErrorSource) -> Box<Error> {
+        let mut e = Error::new(ErrorType::ConnectionClosed);
+        match source {
+            ErrorSource::Downstream => e.as_down(),
+            ErrorSource::Upstream => e.as_up(),
+            _ => {}
+        }
+        e
+    }
+
+    #[test]
+    fn which_endings_give_an_opened_stream_back() {
+        assert!(
+            !hold_failed(None, Some(200)),
+            "a served stream keeps its lease"
+        );
+        assert!(!hold_failed(None, Some(404)));
+        assert!(hold_failed(None, Some(503)), "upstream 5xx");
+        assert!(
+            hold_failed(Some(&err(ErrorSource::Upstream)), Some(200)),
+            "died mid-body"
+        );
+        assert!(
+            hold_failed(Some(&err(ErrorSource::Upstream)), None),
+            "unreachable"
+        );
+        assert!(
+            !hold_failed(Some(&err(ErrorSource::Downstream)), Some(200)),
+            "a client abort keeps the lease for the TTL"
         );
     }
 }
