@@ -42,11 +42,7 @@ async fn three_streams_then_401_with_json_and_retry_after() {
     }
     let r = proxy.watch("/watch", "abc", None).await;
     assert_eq!(r.status(), 401);
-    let retry: u64 = r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry = retry_after(&r);
     // The leases were released just now with a 60 s TTL.
     assert!((58..=60).contains(&retry), "retry-after {retry}");
     let body = json_body(r).await;

@@ -13,6 +13,16 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// `GET /health` on an already open connection; true when it answered 200.
+async fn health_on(s: &mut TcpStream) -> bool {
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).await.unwrap();
+    buf[..n].starts_with(b"HTTP/1.1 200")
+}
+
 async fn health_ok(proxy: &Proxy) {
     let r = proxy.client.get(proxy.url("/health")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -88,12 +98,7 @@ async fn thousands_of_idle_keepalive_connections_cost_no_answers() {
     let mut idle = Vec::new();
     for _ in 0..2000 {
         let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-        s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 256];
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        assert!(health_on(&mut s).await);
         idle.push(s); // kept open and idle
     }
     let t = Instant::now();
@@ -104,13 +109,7 @@ async fn thousands_of_idle_keepalive_connections_cost_no_answers() {
         t.elapsed()
     );
     // The idle connections are still usable.
-    let s = &mut idle[1999];
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 256];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    assert!(health_on(&mut idle[1999]).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,18 +178,7 @@ async fn redis_killed_for_ten_seconds_under_load_then_back() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     redis.restart();
-    proxy
-        .eventually(Duration::from_secs(10), "the proxy reconnects", || async {
-            proxy
-                .client
-                .get(proxy.url("/ready"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                == 200
-        })
-        .await;
+    proxy.until_ready(Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let mut total = std::collections::BTreeMap::<u16, usize>::new();

@@ -135,18 +135,7 @@ async fn redis_down_denies_fast_then_recovers_exactly() {
 
     // Redis comes back (empty: no persistence); the proxy reconnects by itself.
     redis.restart();
-    proxy
-        .eventually(SETTLE, "the proxy reconnects", || async {
-            proxy
-                .client
-                .get(proxy.url("/ready"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                == 200
-        })
-        .await;
+    proxy.until_ready(SETTLE).await;
     assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 200);
     assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 401);
 }
@@ -255,11 +244,7 @@ async fn leases_are_judged_by_redis_time_not_the_proxys() {
         .unwrap();
     let r = proxy.watch("/watch", "bob", None).await;
     assert_eq!(r.status(), 401);
-    let retry: u64 = r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry = retry_after(&r);
     assert!(retry > 3_500, "Retry-After follows Redis's expiry: {retry}");
 }
 

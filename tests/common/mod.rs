@@ -472,6 +472,25 @@ impl Proxy {
             .expect("request failed")
     }
 
+    /// The status of a plain GET of `path`.
+    pub async fn status(&self, path: &str) -> u16 {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request failed")
+            .status()
+            .as_u16()
+    }
+
+    /// Wait until `/ready` answers 200 (the store is reachable again).
+    pub async fn until_ready(&self, within: Duration) {
+        self.eventually(within, "the proxy is ready", || async {
+            self.status("/ready").await == 200
+        })
+        .await;
+    }
+
     /// The metrics page.
     pub async fn metrics(&self) -> String {
         self.client
@@ -523,6 +542,15 @@ pub fn stream_id(r: &reqwest::Response) -> String {
         .to_str()
         .unwrap()
         .to_string()
+}
+
+/// The `Retry-After` of a refusal, in seconds.
+pub fn retry_after(r: &reqwest::Response) -> u64 {
+    r.headers()["retry-after"]
+        .to_str()
+        .expect("ASCII Retry-After")
+        .parse()
+        .expect("whole seconds")
 }
 
 /// The JSON body of a response the proxy answered itself, checking its content type.
