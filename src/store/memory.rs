@@ -57,6 +57,9 @@ struct UserState {
     leases: Vec<Lease>,
     /// Sum of the leases' holds: requests of this user in flight.
     holds: u32,
+    /// moka has dropped this entry: a decision that reached it through an earlier read
+    /// must start again on the live entry.
+    evicted: bool,
 }
 
 /// One user's leases.
@@ -152,9 +155,11 @@ impl MemoryStore {
                     RemovalCause::Explicit | RemovalCause::Size => false,
                 };
                 listener_users.fetch_sub(1, Ordering::Relaxed);
+                let mut st = entry.state.lock();
+                st.evicted = true;
+                // Everything left in an expired entry had run out; count it once, here.
+                let n = std::mem::take(&mut st.leases).len() as u64;
                 if expired {
-                    // Everything left in an expired entry had run out.
-                    let n = entry.state.lock().leases.len() as u64;
                     listener_counters.expired.inc_by(n);
                     listener_counters.active.sub(n as i64);
                 }
@@ -191,7 +196,10 @@ impl MemoryStore {
         st: &mut UserState,
         now: u64,
         f: &mut impl FnMut(&mut Vec<Lease>, u64) -> R,
-    ) -> (R, After) {
+    ) -> Option<(R, After)> {
+        if st.evicted {
+            return None;
+        }
         let before = st.leases.len();
         st.leases.retain(|l| l.live(now));
         let expired = (before - st.leases.len()) as u64;
@@ -212,7 +220,7 @@ impl MemoryStore {
         }
         st.holds = holds;
         if st.leases.is_empty() {
-            return (out, After::Remove);
+            return Some((out, After::Remove));
         }
         // A held lease needs the entry for at least one more TTL (the tick extends it
         // further while it stays held); an idle one until it runs out.
@@ -229,9 +237,9 @@ impl MemoryStore {
             .max()
             .unwrap_or(now);
         if entry.keep_until.load(Ordering::Acquire) >= needed {
-            (out, After::Done)
+            Some((out, After::Done))
         } else {
-            (out, After::Extend(needed + self.slack_ms))
+            Some((out, After::Extend(needed + self.slack_ms)))
         }
     }
 
@@ -250,10 +258,12 @@ impl MemoryStore {
         if let Some(entry) = self.cache.get(user) {
             let mut st = entry.state.lock();
             let now = self.now_ms();
-            let (out, after) = self.decide(user, &entry, &mut st, now, &mut f);
+            let decided = self.decide(user, &entry, &mut st, now, &mut f);
             drop(st);
-            if self.settle(user, &entry, after) {
-                return Ok(out);
+            if let Some((out, after)) = decided {
+                if self.settle(user, &entry, after) {
+                    return Ok(out);
+                }
             }
         }
         // Slow path: the whole decision inside moka's per-key compute.
@@ -277,8 +287,13 @@ impl MemoryStore {
                 }
             };
             let mut st = entry.state.lock();
-            let (o, after) = self.decide(user, &entry, &mut st, now, &mut f);
+            let decided = self.decide(user, &entry, &mut st, now, &mut f);
             drop(st);
+            // The entry moka hands to a compute is live; an evicted one here would be a
+            // moka bug, answered as a store error rather than a wrong decision.
+            let Some((o, after)) = decided else {
+                return Op::Nop;
+            };
             out = Some(o);
             match after {
                 After::Done => Op::Nop,
