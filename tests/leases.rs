@@ -35,7 +35,7 @@ async fn requests_carrying_the_stream_id_renew_without_counting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_users_stream_id_never_renews_their_lease() {
     let origin = Origin::start().await;
-    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1).ttl("1s")).await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1).ttl("2s")).await;
     let a = stream_id(&proxy.watch("/watch", "alice", None).await);
     // Bob presenting Alice's id opens a stream of his own.
     let r = proxy.watch("/watch", "bob", Some(&a)).await;
@@ -90,7 +90,7 @@ async fn unknown_stream_id_opens_a_new_stream_and_malformed_is_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_expires_after_ttl_of_silence() {
     let origin = Origin::start().await;
-    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1).ttl("500ms")).await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1).ttl("1s")).await;
     let id = stream_id(&proxy.watch("/watch", "abc", None).await);
     let r = proxy.watch("/watch", "abc", None).await;
     assert_eq!(r.status(), 401);

@@ -76,15 +76,15 @@ async fn a_stream_in_flight_on_one_instance_does_not_expire_for_the_other() {
     let origin = Origin::start().await;
     let cfg = TestConfig::new(&origin)
         .limit(1)
-        .ttl("400ms")
+        .ttl("1s")
         .redis(&redis.url(), "sg", "deny");
     let a = Proxy::start(&cfg).await;
     let b = Proxy::start(&cfg).await;
     let mut held = a.watch("/watch/gate", "abc", None).await;
     assert_eq!(held.status(), 200);
     origin.wait_gated(1).await;
-    // Three TTLs pass while the request is in flight on A: A keeps the lease fresh.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Two and a half TTLs pass while the request is in flight on A: A keeps it fresh.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(b.watch("/watch", "abc", None).await.status(), 401);
     origin.open_gate(1);
     while held.chunk().await.unwrap().is_some() {}

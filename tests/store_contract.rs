@@ -116,7 +116,7 @@ async fn contract(make: Factory) {
     admitted(&s, "f", 1).await;
 
     // A released lease lives for the TTL, then expires.
-    let s = make(Duration::from_millis(300));
+    let s = make(Duration::from_secs(1));
     let d = admitted(&s, "e", 1).await;
     s.release("e", d, true).await.unwrap();
     refused(&s, "e", 1).await;
