@@ -66,7 +66,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Some(Command::Demo { origin }) => {
             let mut o = cli.overrides();
             o.upstream = vec![origin.clone()];
-            let cfg = Config::from_toml("[upstream]\naddrs = [\"127.0.0.1:3080\"]\n")
+            // The defaults, with the demo origin as upstream and the flags applied.
+            let cfg = Config::parse("[upstream]\naddrs = []\n")
                 .map(|c| c.with_overrides(&o))
                 .and_then(Config::validate);
             match cfg {

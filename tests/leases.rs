@@ -259,32 +259,7 @@ async fn a_client_abort_ends_the_hold_and_the_ttl_frees_the_slot() {
 async fn two_hundred_concurrent_opens_admit_exactly_the_limit() {
     let origin = Origin::start().await;
     let proxy = Proxy::start(&TestConfig::new(&origin)).await;
-    let tasks: Vec<_> = (0..200)
-        .map(|_| {
-            let client = proxy.client.clone();
-            let url = proxy.url("/watch/slow?chunks=2&ms=10");
-            tokio::spawn(async move {
-                let r = client
-                    .get(url)
-                    .header("Session-Id", "crowd")
-                    .send()
-                    .await
-                    .unwrap();
-                let status = r.status().as_u16();
-                let _ = r.bytes().await;
-                status
-            })
-        })
-        .collect();
-    let mut ok = 0;
-    let mut refused = 0;
-    for t in tasks {
-        match t.await.unwrap() {
-            200 => ok += 1,
-            401 => refused += 1,
-            s => panic!("unexpected status {s}"),
-        }
-    }
+    let (ok, refused) = crowd(&[&proxy], "crowd").await;
     assert_eq!((ok, refused), (3, 197));
     assert!(origin.max_concurrent("crowd") <= 3);
     assert_eq!(proxy.metric("streamgate_active_streams").await, 3.0);

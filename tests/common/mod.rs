@@ -536,6 +536,38 @@ impl Drop for Proxy {
     }
 }
 
+/// 200 concurrent opens for one user, alternating between the proxies: (admitted, refused).
+pub async fn crowd(proxies: &[&Proxy], user: &str) -> (usize, usize) {
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let p = proxies[i % proxies.len()];
+            let client = p.client.clone();
+            let url = p.url("/watch/slow?chunks=2&ms=10");
+            let user = user.to_string();
+            tokio::spawn(async move {
+                let r = client
+                    .get(url)
+                    .header("Session-Id", user)
+                    .send()
+                    .await
+                    .unwrap();
+                let s = r.status().as_u16();
+                let _ = r.bytes().await;
+                s
+            })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            401 => refused += 1,
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    (ok, refused)
+}
+
 /// The `Stream-Id` a response carries.
 pub fn stream_id(r: &reqwest::Response) -> String {
     r.headers()
