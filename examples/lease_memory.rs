@@ -11,6 +11,11 @@ use futures::executor::block_on;
 use prometheus::{IntCounter, IntGauge};
 use streamgate::store::{LeaseCounters, MemoryStore, Opened, StreamStore};
 
+/// The binary's allocator, so the figure is what `streamgate` itself would use.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
