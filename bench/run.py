@@ -49,6 +49,7 @@ PORTS = {
 METRICS = {"streamgate": 19001, "passthrough": 19003, "redis-store": 19004}
 
 started = []
+SERVER_EXTRA = [""]
 
 
 def start(cmd, core, **kw):
@@ -162,6 +163,7 @@ STREAMGATE_CONF = """
 listen = ["127.0.0.1:{port}"]
 threads = {threads}
 work_stealing = {stealing}
+{server_extra}
 [upstream]
 addrs = ["127.0.0.1:{origin}"]
 keepalive_pool_size = 1024
@@ -184,24 +186,33 @@ end
 
 
 LUA_PLAYERS = """
--- One player per wrk thread: it opens a stream once, then fetches segments on it
--- (the proxy renews the lease; nginx just forwards the extra header).
+-- Players: as many as there are connections, taken in turn, so each has about one request
+-- in flight (nginx's limit_conn, which counts requests in progress, then refuses none, and
+-- both proxies do the same work). A player opens a stream once, then fetches segments on
+-- it: streamgate echoes Session-Id and Stream-Id, and the player sends the Stream-Id back
+-- (streamgate renews the lease; nginx just forwards the extra header).
 math.randomseed(os.time() + tonumber(tostring({{}}):sub(8), 16))
-local user = "player" .. math.random(1, 1000000000)
-local sid = nil
+local base = "player" .. math.random(1, 1000000000) .. "-"
+local players = {players}
+local turn = 0
+local sid = {{}}
 request = function()
+  turn = turn % players + 1
+  local user = base .. turn
   local h = {{["Session-Id"] = user}}
-  if sid then h["Stream-Id"] = sid end
+  if sid[user] then h["Stream-Id"] = sid[user] end
   return wrk.format("GET", "{path}", h)
 end
 response = function(status, headers, body)
-  if not sid then sid = headers["Stream-Id"] or headers["stream-id"] end
+  local user = headers["Session-Id"] or headers["session-id"]
+  local s = headers["Stream-Id"] or headers["stream-id"]
+  if user and s then sid[user] = s end
 end
 """
 
 
 def wrk(port, path, users, conns, duration, threads=1):
-    script_text = (LUA_PLAYERS.format(path=path) if users == 0
+    script_text = (LUA_PLAYERS.format(path=path, players=conns) if users == 0
                    else LUA_RANDOM_USERS.format(path=path, users=users))
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script_text)
@@ -300,7 +311,7 @@ def streamgate_conf(d, name, port, origin, store, routes, threads, stealing):
     path = os.path.join(d, f"{name}.toml")
     with open(path, "w") as f:
         f.write(STREAMGATE_CONF.format(port=port, origin=origin, store=store, routes=routes,
-                                       metrics=METRICS[name], threads=threads,
+                                       metrics=METRICS[name], threads=threads, server_extra=SERVER_EXTRA[0],
                                        stealing=str(stealing).lower()))
     return path
 
@@ -325,6 +336,8 @@ def main():
     ap.add_argument("--held", type=int, default=2000, help="held slow streams (shape 4)")
     ap.add_argument("--threads", type=int, default=1, help="streamgate worker threads")
     ap.add_argument("--no-stealing", action="store_true")
+    ap.add_argument("--read-buffer", type=int, default=None,
+                    help="streamgate server.read_buffer in bytes (default: the config default)")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/streamgate"))
     ap.add_argument("--only", default="", help="comma-separated targets")
     ap.add_argument("--shapes", default="", help="comma-separated shape numbers (1-4) to run")
@@ -349,6 +362,8 @@ def main():
         wait_port(PORTS["origin"], "/watch")
 
         stealing = not args.no_stealing
+        if args.read_buffer is not None:
+            SERVER_EXTRA[0] = f"read_buffer = {args.read_buffer}"
         env = dict(os.environ, RUST_LOG="error")
         mem = 'kind = "memory"'
         commands = {}

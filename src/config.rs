@@ -91,7 +91,7 @@ pub struct ServerSection {
     pub listen: Vec<String>,
     /// Worker threads of the proxy service.
     pub threads: usize,
-    /// Let idle worker threads steal tasks from busy ones.
+    /// Let idle worker threads steal tasks from busy ones (only meaningful with `threads > 1`).
     pub work_stealing: bool,
     /// What happens to paths that are neither `/health` nor a watch route.
     pub other_paths: OtherPaths,
@@ -107,7 +107,16 @@ pub struct ServerSection {
     /// On SIGTERM: how long in-flight requests get to finish after the grace period.
     #[serde(with = "humantime_serde")]
     pub graceful_shutdown_timeout: Duration,
+    /// Bytes of read buffer per client connection (0: read straight from the socket).
+    pub read_buffer: usize,
 }
+
+/// Client read buffer: none. Pingora's default is a zero-filled 64 KiB per connection; the
+/// requests of a video edge are small GETs that Pingora's own header buffer takes in one
+/// read, and the buffer cost ~4 KiB per held stream for no throughput (docs/benchmarks.md).
+pub const READ_BUFFER_DEFAULT: usize = 0;
+/// Largest accepted `server.read_buffer`.
+pub const READ_BUFFER_MAX: usize = 1024 * 1024;
 
 impl Default for ServerSection {
     fn default() -> Self {
@@ -120,6 +129,7 @@ impl Default for ServerSection {
             downstream_read_timeout: Duration::from_secs(30),
             grace_period: Duration::from_secs(5),
             graceful_shutdown_timeout: Duration::from_secs(30),
+            read_buffer: READ_BUFFER_DEFAULT,
         }
     }
 }
@@ -373,6 +383,12 @@ impl Config {
         if s.threads == 0 {
             return Err(KeyError::new("server.threads", "must be at least 1"));
         }
+        if s.read_buffer > READ_BUFFER_MAX {
+            return Err(KeyError::new(
+                "server.read_buffer",
+                format!("must be at most {READ_BUFFER_MAX} bytes"),
+            ));
+        }
         for (key, d) in [
             (
                 "server.downstream_write_timeout",
@@ -501,7 +517,9 @@ impl Config {
     pub fn pingora_server_conf(&self) -> ServerConf {
         ServerConf {
             threads: self.server.threads,
-            work_stealing: self.server.work_stealing,
+            // One worker has no one to steal from: Pingora's single-threaded runtime then
+            // saves the multi-threaded scheduler's overhead (+3-4 % req/s, docs/benchmarks.md).
+            work_stealing: self.server.work_stealing && self.server.threads > 1,
             upstream_keepalive_pool_size: self.upstream.keepalive_pool_size,
             grace_period_seconds: Some(self.server.grace_period.as_secs()),
             graceful_shutdown_timeout_seconds: Some(
@@ -588,6 +606,20 @@ mod tests {
         assert_eq!(c.streams.stream_id_header, "Stream-Id");
         assert_eq!(c.store.kind, StoreKind::Memory);
         assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9091"));
+        assert_eq!(c.server.read_buffer, 0);
+    }
+
+    #[test]
+    fn one_worker_runs_without_work_stealing() {
+        let conf = |threads: usize| {
+            let text = format!("[server]\nthreads = {threads}\nwork_stealing = true\n{MINIMAL}");
+            Config::from_toml(&text)
+                .expect("valid")
+                .pingora_server_conf()
+        };
+        assert!(!conf(1).work_stealing);
+        assert!(conf(2).work_stealing);
+        assert_eq!(conf(2).threads, 2);
     }
 
     #[test]
@@ -639,6 +671,7 @@ mod tests {
         for (text, key) in [
             ("[server]\nlisten = [\"nowhere\"]\n", "server.listen"),
             ("[server]\nthreads = 0\n", "server.threads"),
+            ("[server]\nread_buffer = 16777216\n", "server.read_buffer"),
             ("[identity]\nheader = \"bad header\"\n", "identity.header"),
             ("[streams]\nroutes = [\"watch\"]\n", "streams.routes"),
             ("[streams]\nroutes = [\"/\"]\n", "streams.routes"),

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
@@ -74,8 +76,9 @@ pub fn build(
     let gate = StreamGate::new(config, store.clone(), metrics).map_err(BuildError::Upstream)?;
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gate, "streamgate");
+    let buffers = L4BufferSettings::default().read(config.server.read_buffer);
     for addr in &config.server.listen {
-        proxy.add_tcp(addr);
+        proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
     }
     server.add_service(proxy);
 
