@@ -90,7 +90,7 @@ pub fn build(
 
     // Expired users are evicted lazily by moka; a tick keeps gauges and memory settled.
     let every =
-        (config.streams.lease_ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        (config.streams.lease_ttl / 4).clamp(Duration::from_millis(10), Duration::from_millis(100));
     server.add_service(background_service(
         "store housekeeping",
         Housekeeping { store, every },

@@ -26,13 +26,19 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
-use moka::sync::Cache;
+use moka::sync::SegmentedCache;
 use moka::Expiry;
 use parking_lot::Mutex;
 use uuid::Uuid;
 
 use super::{LeaseCounters, LeaseInfo, Opened, StoreError, StreamStore};
 use crate::identity::StreamId;
+
+/// Independent moka caches the users are spread over. When many leases expire at once,
+/// moka compacts a cache's table in one go on whichever thread trips it (a request's);
+/// spread over segments, each compaction is a fraction of the table, so it cannot stall
+/// requests for tens of milliseconds (docs/benchmarks.md).
+const SEGMENTS: usize = 8;
 
 /// `expire_in` value meaning "a request is in flight: do not expire".
 const NEVER: u64 = u64::MAX;
@@ -112,7 +118,7 @@ impl Expiry<UserKey, Arc<UserEntry>> for LeaseExpiry {
 
 /// The embedded lease store.
 pub struct MemoryStore {
-    cache: Cache<UserKey, Arc<UserEntry>>,
+    cache: SegmentedCache<UserKey, Arc<UserEntry>>,
     keys: UserKeys,
     ttl_ms: u64,
     epoch: Instant,
@@ -126,7 +132,7 @@ impl MemoryStore {
         let users = Arc::new(AtomicU64::new(0));
         let listener_users = users.clone();
         let listener_counters = counters.clone();
-        let cache = Cache::builder()
+        let cache = SegmentedCache::builder(SEGMENTS)
             .expire_after(LeaseExpiry)
             .eviction_listener(move |_user, entry: Arc<UserEntry>, cause| {
                 // moka reports our own re-`Put` of an entry as `Replaced`; those were
