@@ -11,6 +11,11 @@ use prometheus::{IntCounter, IntGauge};
 use streamgate::store::{LeaseCounters, MemoryStore, Opened, StreamStore};
 use uuid::Uuid;
 
+/// The binary's allocator, so the figures are what `streamgate` itself would see.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn store_with(users: usize) -> (MemoryStore, Vec<(String, Uuid)>) {
     let counters = LeaseCounters {
         active: IntGauge::new("a", "a").unwrap(),
