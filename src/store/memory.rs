@@ -64,6 +64,10 @@ struct UserEntry {
     leases: Mutex<Vec<Lease>>,
     /// Milliseconds until the entry may expire, as of its last update ([`NEVER`] if held).
     expire_in: AtomicU64,
+    /// The deadline moka was last given, in store milliseconds ([`NEVER`] if held). A
+    /// decision that leaves it where it was changes the leases in place and skips the
+    /// write to moka (a refused open, a second request on a held stream).
+    deadline: AtomicU64,
     /// Times this entry was stored again over itself and not yet reported by moka.
     self_puts: AtomicU64,
 }
@@ -230,14 +234,20 @@ impl MemoryStore {
                     self.users.fetch_sub(1, Ordering::Relaxed);
                     return Op::Nop;
                 }
-                let expire_in = if leases.iter().any(|l| l.holds > 0) {
+                let deadline = if leases.iter().any(|l| l.holds > 0) {
                     NEVER
                 } else {
-                    leases
-                        .iter()
-                        .map(|l| l.expires_at.saturating_sub(now))
-                        .max()
-                        .unwrap_or(0)
+                    leases.iter().map(|l| l.expires_at).max().unwrap_or(now)
+                };
+                if existed && entry.deadline.load(Ordering::Relaxed) == deadline {
+                    // moka already expires the entry at this deadline; the leases were
+                    // changed in place, under the entry's lock.
+                    return Op::Nop;
+                }
+                entry.deadline.store(deadline, Ordering::Relaxed);
+                let expire_in = match deadline {
+                    NEVER => NEVER,
+                    at => at.saturating_sub(now),
                 };
                 entry.expire_in.store(expire_in, Ordering::Relaxed);
                 if existed {
@@ -451,6 +461,35 @@ mod tests {
         // second); the counters settle when it does.
         settle(&s, |s| s.counters.expired.get() == 1);
         assert_eq!(s.counters.active.get(), 1);
+    }
+
+    #[test]
+    fn decisions_that_keep_the_deadline_skip_moka_but_expiry_follows_the_leases() {
+        let s = store(150, 10);
+        let id = admitted(s.open_now("u", 1).unwrap());
+        // A second request on the held stream and a refused open keep the deadline (held:
+        // never), so they change the leases in place without a write to moka.
+        assert!(futures_lite_block(s.renew("u", id)).unwrap());
+        assert!(matches!(
+            s.open_now("u", 1).unwrap(),
+            Opened::Rejected { .. }
+        ));
+        s.release_now("u", id, true).unwrap();
+        let entry = s.cache.get(&s.keys.of("u")).expect("stored");
+        assert_eq!(
+            entry.deadline.load(Ordering::Relaxed),
+            NEVER,
+            "still held once"
+        );
+        // The last release moves the deadline: written, so moka expires the entry on time.
+        s.release_now("u", id, true).unwrap();
+        assert_ne!(entry.deadline.load(Ordering::Relaxed), NEVER);
+        assert!(matches!(
+            s.open_now("u", 1).unwrap(),
+            Opened::Rejected { .. }
+        ));
+        settle(&s, |s| s.counters.expired.get() == 1 && s.users() == 0);
+        assert_eq!(s.counters.active.get(), 0);
     }
 
     #[test]
