@@ -49,7 +49,6 @@ PORTS = {
 METRICS = {"streamgate": 19001, "passthrough": 19003, "redis-store": 19004}
 
 started = []
-SERVER_EXTRA = [""]
 
 
 def start(cmd, core, **kw):
@@ -108,17 +107,21 @@ def rss_kib(pid):
     return total
 
 
-ORIGIN_CONF = """
+# What both nginx instances (origin and peer) share: one worker, no access log, long
+# keep-alive. Braces are doubled because the whole config is formatted again later.
+NGINX_PRELUDE = """
 worker_processes 1;
 daemon off;
-pid {dir}/origin.pid;
-error_log {dir}/origin-error.log warn;
-events {{ worker_connections 20000; }}
+pid {{dir}}/{name}.pid;
+error_log {{dir}}/{name}-error.log warn;
+events {{{{ worker_connections 20000; }}}}
 worker_rlimit_nofile 40000;
-http {{
+http {{{{
   access_log off;
   keepalive_requests 1000000;
-  server {{
+"""
+
+ORIGIN_CONF = NGINX_PRELUDE.format(name="origin") + """  server {{
     listen 127.0.0.1:{port} reuseport backlog=4096;
     root {dir}/www;
     location = /watch {{ default_type text/plain; return 200 "ok\\n"; }}
@@ -128,17 +131,7 @@ http {{
 }}
 """
 
-NGINX_PEER_CONF = """
-worker_processes 1;
-daemon off;
-pid {dir}/peer.pid;
-error_log {dir}/peer-error.log warn;
-events {{ worker_connections 20000; }}
-worker_rlimit_nofile 40000;
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  limit_conn_zone $http_session_id zone=streams:64m;
+NGINX_PEER_CONF = NGINX_PRELUDE.format(name="peer") + """  limit_conn_zone $http_session_id zone=streams:64m;
   upstream origin {{ server 127.0.0.1:{origin}; keepalive 256; }}
   server {{
     listen 127.0.0.1:{port} reuseport backlog=4096;
@@ -307,12 +300,14 @@ def store_latency(metrics_port):
     return out
 
 
-def streamgate_conf(d, name, port, origin, store, routes, threads, stealing):
+def streamgate_conf(d, name, port, origin, store, routes, args):
+    """Write the config of one streamgate target; server settings come from the options."""
+    server_extra = "" if args.read_buffer is None else f"read_buffer = {args.read_buffer}"
     path = os.path.join(d, f"{name}.toml")
     with open(path, "w") as f:
         f.write(STREAMGATE_CONF.format(port=port, origin=origin, store=store, routes=routes,
-                                       metrics=METRICS[name], threads=threads, server_extra=SERVER_EXTRA[0],
-                                       stealing=str(stealing).lower()))
+                                       metrics=METRICS[name], threads=args.threads, server_extra=server_extra,
+                                       stealing=str(not args.no_stealing).lower()))
     return path
 
 
@@ -361,9 +356,6 @@ def main():
         start(["nginx", "-p", d, "-c", os.path.join(d, "origin.conf")], LOAD_CORE)
         wait_port(PORTS["origin"], "/watch")
 
-        stealing = not args.no_stealing
-        if args.read_buffer is not None:
-            SERVER_EXTRA[0] = f"read_buffer = {args.read_buffer}"
         env = dict(os.environ, RUST_LOG="error")
         mem = 'kind = "memory"'
         commands = {}
@@ -371,14 +363,14 @@ def main():
             f.write(NGINX_PEER_CONF.format(dir=d, port=PORTS["nginx"], origin=PORTS["origin"]))
         commands["nginx"] = (["nginx", "-p", d, "-c", os.path.join(d, "peer.conf")], None)
         sg = [args.binary, "--config"]
-        commands["streamgate"] = (sg + [streamgate_conf(d, "streamgate", PORTS["streamgate"], PORTS["origin"], mem, '"/watch"', args.threads, stealing)], env)
-        commands["passthrough"] = (sg + [streamgate_conf(d, "passthrough", PORTS["passthrough"], PORTS["origin"], mem, '"/limiter-off"', args.threads, stealing)], env)
+        commands["streamgate"] = (sg + [streamgate_conf(d, "streamgate", PORTS["streamgate"], PORTS["origin"], mem, '"/watch"', args)], env)
+        commands["passthrough"] = (sg + [streamgate_conf(d, "passthrough", PORTS["passthrough"], PORTS["origin"], mem, '"/limiter-off"', args)], env)
         if shutil.which("redis-server"):
             start(["redis-server", "--port", str(PORTS["redis"]), "--bind", "127.0.0.1", "--save", "",
                    "--appendonly", "no"], LOAD_CORE)
             wait_port(PORTS["redis"], None)
             store = f'kind = "redis"\nurl = "redis://127.0.0.1:{PORTS["redis"]}"\ntimeout = "500ms"'
-            commands["redis-store"] = (sg + [streamgate_conf(d, "redis-store", PORTS["redis-store"], PORTS["origin"], store, '"/watch"', args.threads, stealing)], env)
+            commands["redis-store"] = (sg + [streamgate_conf(d, "redis-store", PORTS["redis-store"], PORTS["origin"], store, '"/watch"', args)], env)
         if args.only:
             keep = set(args.only.split(","))
             commands = {k: v for k, v in commands.items() if k in keep}
