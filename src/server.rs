@@ -88,7 +88,9 @@ pub fn build(
         server.add_service(svc);
     }
 
-    // Expired users are evicted lazily by moka; a tick keeps gauges and memory settled.
+    // Expired users are evicted lazily by moka; a tick keeps gauges and memory settled, and
+    // keeps the memory store's users with a request in flight alive (it must come at least
+    // every TTL/4; `lease_ttl` is at least 100 ms, so the clamp never breaks that).
     let every =
         (config.streams.lease_ttl / 4).clamp(Duration::from_millis(10), Duration::from_millis(100));
     server.add_service(background_service(

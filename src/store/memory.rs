@@ -176,7 +176,8 @@ enum Reach {
 /// The users with a held lease, whose deadlines housekeeping keeps ahead of the clock.
 type HeldShard = Mutex<HashMap<UserKey, Arc<UserEntry>>>;
 
-/// The embedded lease store.
+/// The embedded lease store. Call [`StreamStore::maintain`] at least every TTL/4: it keeps
+/// users with a request in flight alive.
 pub struct MemoryStore {
     cache: SegmentedCache<UserKey, Arc<UserEntry>>,
     keys: UserKeys,

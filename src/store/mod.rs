@@ -108,7 +108,9 @@ pub trait StreamStore: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Periodic housekeeping (evict expired users, settle gauges).
+    /// Periodic housekeeping (evict expired users, settle gauges). The memory store also
+    /// extends the deadlines of users with a request in flight here, so a server must call
+    /// it at least every quarter of the lease TTL (`server.rs` does).
     fn maintain(&self) {}
 }
 
