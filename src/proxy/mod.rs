@@ -13,14 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use http::{HeaderName, Method};
+use http::{HeaderName, HeaderValue, Method};
 use log::{info, warn};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::{selection::RoundRobin, LoadBalancer};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorSource;
-use serde_json::json;
 
 use crate::config::{Config, OtherPaths};
 use crate::framing;
@@ -113,7 +112,7 @@ impl StreamGate {
     }
 
     async fn refuse_identity(&self, session: &mut Session, e: IdentityError) -> Result<bool> {
-        respond::error(session, 400, e.code(), &e.to_string(), &[]).await?;
+        respond::error(session, 400, e.code(), &e.to_string()).await?;
         Ok(true)
     }
 
@@ -149,7 +148,7 @@ impl StreamGate {
             StoreError::Full => "store_full",
             _ => "store_unavailable",
         };
-        respond::error(session, 503, code, &e.to_string(), &[]).await?;
+        respond::error(session, 503, code, &e.to_string()).await?;
         Ok(true)
     }
 
@@ -227,12 +226,17 @@ impl StreamGate {
             }) => {
                 ctx.decision = Some(Decision::Rejected);
                 self.metrics.decision(Decision::Rejected);
-                let body = respond::error_body(
+                #[derive(serde::Serialize)]
+                struct Counts {
+                    limit: u32,
+                    active: u32,
+                }
+                let body = respond::error_body_with(
                     "stream_limit_exceeded",
                     &format!("this user already has {active} active streams; the limit is {limit}"),
-                    &[("limit", json!(limit)), ("active", json!(active))],
+                    Counts { limit, active },
                 );
-                let retry = retry_after_secs(retry_after).to_string();
+                let retry = HeaderValue::from(retry_after_secs(retry_after));
                 respond::json(session, 401, body, &[("retry-after", retry)]).await?;
                 Ok(true)
             }
@@ -265,7 +269,6 @@ impl StreamGate {
                     404,
                     "stream_not_found",
                     "no active stream with this id for this user",
-                    &[],
                 )
                 .await?;
             }
@@ -311,23 +314,22 @@ impl ProxyHttp for StreamGate {
         if let Some(r) = framing::check(session.req_header(), raw) {
             // The body cannot be trusted to be read correctly: do not reuse the connection.
             session.set_keepalive(None);
-            respond::error(session, r.status, r.code, r.message, &[]).await?;
+            respond::error(session, r.status, r.code, r.message).await?;
             return Ok(true);
         }
         let path = match routing::canonical(session.req_header().uri.path()) {
             Ok(p) => p,
             Err(AmbiguousPath(why)) => {
-                respond::error(session, 400, "invalid_path", why, &[]).await?;
+                respond::error(session, 400, "invalid_path", why).await?;
                 return Ok(true);
             }
         };
         ctx.route = self.routes.classify(&path);
         if ctx.route == Route::Watch && !WATCH_METHODS.contains(&session.req_header().method) {
-            let allow = "GET, HEAD, POST, DELETE".to_string();
+            let allow = HeaderValue::from_static("GET, HEAD, POST, DELETE");
             let body = respond::error_body(
                 "method_not_allowed",
                 "watch routes accept GET, HEAD, POST and DELETE",
-                &[],
             );
             respond::json(session, 405, body, &[("allow", allow)]).await?;
             return Ok(true);
@@ -349,8 +351,7 @@ impl ProxyHttp for StreamGate {
                             .store_errors
                             .with_label_values(&[e.kind()])
                             .inc();
-                        respond::error(session, 503, "store_unavailable", &e.to_string(), &[])
-                            .await?;
+                        respond::error(session, 503, "store_unavailable", &e.to_string()).await?;
                     }
                 }
                 Ok(true)
@@ -359,8 +360,7 @@ impl ProxyHttp for StreamGate {
             Route::Other => match self.other_paths {
                 OtherPaths::Forward => Ok(false),
                 OtherPaths::NotFound => {
-                    respond::error(session, 404, "not_found", "no route for this path", &[])
-                        .await?;
+                    respond::error(session, 404, "not_found", "no route for this path").await?;
                     Ok(true)
                 }
             },
@@ -478,7 +478,7 @@ impl ProxyHttp for StreamGate {
             // The connection is not reused after a failure: say so, or a keep-alive client
             // sends its next request into a closing socket.
             session.set_keepalive(None);
-            if let Err(we) = respond::error(session, f.status, f.code, f.message, &[]).await {
+            if let Err(we) = respond::error(session, f.status, f.code, f.message).await {
                 warn!("could not send the {} error response: {we}", f.status);
             }
         }

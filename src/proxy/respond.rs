@@ -5,24 +5,43 @@
 //! text can never break the JSON.
 
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
 
 /// `{"status":"UP"}`, the `/health` body, exactly.
 pub const HEALTH_BODY: &[u8] = br#"{"status":"UP"}"#;
 pub const READY_BODY: &[u8] = br#"{"status":"READY"}"#;
 
-/// A JSON error body: `{"error": code, "message": message, ...extra}`.
-pub fn error_body(code: &str, message: &str, extra: &[(&str, Value)]) -> Bytes {
-    let mut obj = Map::new();
-    obj.insert("error".into(), json!(code));
-    obj.insert("message".into(), json!(message));
-    for (k, v) in extra {
-        obj.insert((*k).into(), v.clone());
+/// What every error body says, plus fields of its own (`()` for none).
+#[derive(Serialize)]
+struct ErrorBody<'a, E: Serialize> {
+    error: &'a str,
+    message: &'a str,
+    #[serde(flatten)]
+    extra: E,
+}
+
+/// A JSON error body: `{"error": code, "message": message, ...extra}`, where `extra` is a
+/// struct whose fields are added (serialized straight into the body: no map is built).
+pub fn error_body_with(code: &str, message: &str, extra: impl Serialize) -> Bytes {
+    let body = ErrorBody {
+        error: code,
+        message,
+        extra,
+    };
+    match serde_json::to_vec(&body) {
+        Ok(v) => Bytes::from(v),
+        // Only a non-string map key could fail, and our bodies have none.
+        Err(_) => Bytes::from_static(br#"{"error":"internal","message":"unserializable"}"#),
     }
-    Bytes::from(Value::Object(obj).to_string())
+}
+
+/// A JSON error body: `{"error": code, "message": message}`.
+pub fn error_body(code: &str, message: &str) -> Bytes {
+    error_body_with(code, message, ())
 }
 
 /// Write a complete JSON response. `headers` are added after the standard ones.
@@ -30,19 +49,19 @@ pub async fn json(
     session: &mut Session,
     status: u16,
     body: Bytes,
-    headers: &[(&'static str, String)],
+    headers: &[(&'static str, HeaderValue)],
 ) -> Result<()> {
     let mut h = ResponseHeader::build(status, Some(4 + headers.len()))?;
     if !body.is_empty() {
-        h.insert_header("content-type", "application/json")?;
+        h.insert_header("content-type", HeaderValue::from_static("application/json"))?;
     }
     // A 204 carries no body and, by RFC 9110, no content-length either.
     if status != 204 {
-        h.insert_header("content-length", body.len().to_string())?;
+        h.insert_header("content-length", body.len())?;
     }
-    h.insert_header("cache-control", "no-store")?;
+    h.insert_header("cache-control", HeaderValue::from_static("no-store"))?;
     for (k, v) in headers {
-        h.insert_header(*k, v.as_str())?;
+        h.insert_header(*k, v.clone())?;
     }
     let end = body.is_empty();
     session.write_response_header(Box::new(h), end).await?;
@@ -53,27 +72,32 @@ pub async fn json(
 }
 
 /// Write a JSON error response.
-pub async fn error(
-    session: &mut Session,
-    status: u16,
-    code: &str,
-    message: &str,
-    extra: &[(&str, Value)],
-) -> Result<()> {
-    json(session, status, error_body(code, message, extra), &[]).await
+pub async fn error(session: &mut Session, status: u16, code: &str, message: &str) -> Result<()> {
+    json(session, status, error_body(code, message), &[]).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn error_body_is_valid_json_whatever_the_message() {
-        let b = error_body("x", "quote \" and \\ and \n", &[("limit", json!(3))]);
+        #[derive(Serialize)]
+        struct Limit {
+            limit: u32,
+        }
+        let b = error_body_with("x", "quote \" and \\ and \n", Limit { limit: 3 });
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["error"], "x");
         assert_eq!(v["message"], "quote \" and \\ and \n");
         assert_eq!(v["limit"], 3);
+    }
+
+    #[test]
+    fn error_body_without_extra_has_exactly_two_fields() {
+        let v: Value = serde_json::from_slice(&error_body("a", "b")).unwrap();
+        assert_eq!(v, serde_json::json!({"error": "a", "message": "b"}));
     }
 
     #[test]
