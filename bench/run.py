@@ -6,9 +6,11 @@ Starts, on loopback only:
     slow (rate-limited) streams;
   - each proxy under test, alone on its own core (`taskset -c 0`): streamgate (memory
     store), streamgate with the limiter off (plain passthrough), streamgate on a Redis
-    store (when redis-server is installed), and an nginx peer configured for the same job
-    (limit_conn_zone $http_session_id, limit_conn 3, limit_conn_status 401, 400 without the
-    header, /health answered locally);
+    store (when redis-server is installed), a bare Pingora passthrough as the framework's
+    own reference (examples/bare_pingora.rs: no filters, no timeouts; its /health goes to
+    the origin), and an nginx peer configured for the same job (limit_conn_zone
+    $http_session_id, limit_conn 3, limit_conn_status 401, 400 without the header, /health
+    answered locally);
   - wrk (pinned with the origin to the other core) with the same bounded load for each.
 
 Prints a table of medians (with min..max over rounds) and streamgate/nginx ratios, and
@@ -43,6 +45,7 @@ PORTS = {
     "streamgate": 18001,
     "passthrough": 18003,
     "redis-store": 18004,
+    "bare-pingora": 18005,
     "nginx": 18002,
     "redis": 18379,
 }
@@ -127,6 +130,8 @@ ORIGIN_CONF = NGINX_PRELUDE.format(name="origin") + """  server {{
     location = /watch {{ default_type text/plain; return 200 "ok\\n"; }}
     location = /watch/seg {{ try_files /seg.bin =404; }}
     location = /watch/slow {{ limit_rate 512; try_files /seg.bin =404; }}
+    # For the bare Pingora reference, which forwards everything, /health included.
+    location = /health {{ default_type application/json; return 200 '{{"status":"UP"}}'; }}
   }}
 }}
 """
@@ -334,12 +339,16 @@ def main():
     ap.add_argument("--read-buffer", type=int, default=None,
                     help="streamgate server.read_buffer in bytes (default: the config default)")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/streamgate"))
+    ap.add_argument("--bare", default=os.path.join(ROOT, "target/release/examples/bare_pingora"),
+                    help="bare Pingora passthrough (examples/bare_pingora.rs), the reference row")
     ap.add_argument("--only", default="", help="comma-separated targets")
     ap.add_argument("--shapes", default="", help="comma-separated shape numbers (1-4) to run")
     args = ap.parse_args()
 
     if not os.path.exists(args.binary):
         subprocess.run(["cargo", "build", "--release", "--bin", "streamgate"], cwd=ROOT, check=True)
+    if not os.path.exists(args.bare):
+        subprocess.run(["cargo", "build", "--release", "--example", "bare_pingora"], cwd=ROOT, check=True)
     for tool in ("nginx", "wrk", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is required (apt-get install -y nginx wrk util-linux)")
@@ -371,6 +380,10 @@ def main():
             wait_port(PORTS["redis"], None)
             store = f'kind = "redis"\nurl = "redis://127.0.0.1:{PORTS["redis"]}"\ntimeout = "500ms"'
             commands["redis-store"] = (sg + [streamgate_conf(d, "redis-store", PORTS["redis-store"], PORTS["origin"], store, '"/watch"', args)], env)
+        # Pingora with nothing of ours on the request path (no timeouts, no filters): what
+        # the proxy framework alone does on this machine.
+        commands["bare-pingora"] = ([args.bare, f"127.0.0.1:{PORTS['bare-pingora']}",
+                                     f"127.0.0.1:{PORTS['origin']}"], None)
         if args.only:
             keep = set(args.only.split(","))
             commands = {k: v for k, v in commands.items() if k in keep}
