@@ -165,10 +165,13 @@ impl Expiry<UserKey, Arc<UserEntry>> for LeaseExpiry {
 /// How far a decision may move what the user's leases need, which picks its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reach {
-    /// Needs nothing later than the leases already need (a refusal, a listing).
+    /// Needs nothing later than the leases already need (a listing).
     Within,
     /// Never needs more than `now + TTL`: safe in place while that is within the deadline.
     UpToTtl,
+    /// An open under this limit: a refusal (the user is at the limit) is [`Reach::Within`],
+    /// an admission [`Reach::UpToTtl`].
+    Open(u32),
     /// Removes leases: always on the slow path, so the deadline is brought back in.
     Shrinks,
 }
@@ -300,20 +303,16 @@ impl MemoryStore {
     }
 
     /// Run the decision `f` on the user's leases atomically (expired leases already
-    /// pruned). `reach`, asked under the lock, says whether `f` may need the entry to live
-    /// longer. With `create`, a missing user gets a new entry; otherwise `f` sees an empty
-    /// list and nothing is stored.
-    fn with_user<R, F>(
-        &self,
-        user: &str,
-        create: bool,
-        reach: impl FnOnce(&[Lease]) -> Reach,
-        f: F,
-    ) -> Result<R, StoreError>
+    /// pruned). `reach` says whether `f` may need the entry to live longer. With `create`, a
+    /// missing user gets a new entry; otherwise `f` sees an empty list and nothing is stored.
+    fn with_user<R, F>(&self, user: &str, create: bool, reach: Reach, f: F) -> Result<R, StoreError>
     where
         F: FnOnce(&mut Vec<Lease>, u64) -> R,
     {
         let key = self.keys.of(user);
+        if reach == Reach::Shrinks {
+            return self.compute(key, create, f);
+        }
         match self.in_place(key, create, reach, f) {
             Ok(out) => Ok(out),
             Err(f) => self.compute(key, create, f),
@@ -322,13 +321,7 @@ impl MemoryStore {
 
     /// The fast path: decide under the entry's lock without writing to moka, when the
     /// decision fits within the deadline moka already has. Hands `f` back otherwise.
-    fn in_place<R, F>(
-        &self,
-        key: UserKey,
-        create: bool,
-        reach: impl FnOnce(&[Lease]) -> Reach,
-        f: F,
-    ) -> Result<R, F>
+    fn in_place<R, F>(&self, key: UserKey, create: bool, reach: Reach, f: F) -> Result<R, F>
     where
         F: FnOnce(&mut Vec<Lease>, u64) -> R,
     {
@@ -344,9 +337,11 @@ impl MemoryStore {
             return Err(f);
         }
         self.prune(&mut st.leases, now);
-        let fits = match reach(&st.leases) {
+        let up_to_ttl = now + self.ttl_ms <= entry.deadline.load(Ordering::Relaxed);
+        let fits = match reach {
             Reach::Within => true,
-            Reach::UpToTtl => now + self.ttl_ms <= entry.deadline.load(Ordering::Relaxed),
+            Reach::UpToTtl => up_to_ttl,
+            Reach::Open(limit) => st.leases.len() >= limit as usize || up_to_ttl,
             Reach::Shrinks => false,
         };
         if !fits {
@@ -459,16 +454,8 @@ impl MemoryStore {
 
     fn open_now(&self, user: &str, limit: u32) -> Result<Opened, StoreError> {
         let ttl = self.ttl_ms;
-        let full = |leases: &[Lease]| leases.len() >= limit as usize;
-        let reach = |leases: &[Lease]| {
-            if full(leases) {
-                Reach::Within
-            } else {
-                Reach::UpToTtl
-            }
-        };
-        let opened = self.with_user(user, true, reach, |leases, now| {
-            if full(leases) {
+        let opened = self.with_user(user, true, Reach::Open(limit), |leases, now| {
+            if leases.len() >= limit as usize {
                 let soonest = leases
                     .iter()
                     .map(|l| {
@@ -504,7 +491,7 @@ impl MemoryStore {
 
     fn release_now(&self, user: &str, id: StreamId, keep: bool) -> Result<(), StoreError> {
         let ttl = self.ttl_ms;
-        let reach = |_: &[Lease]| if keep { Reach::UpToTtl } else { Reach::Shrinks };
+        let reach = if keep { Reach::UpToTtl } else { Reach::Shrinks };
         let removed = self.with_user(user, false, reach, |leases, now| {
             let Some(pos) = leases.iter().position(|l| l.id == id) else {
                 return false;
@@ -536,8 +523,7 @@ impl StreamStore for MemoryStore {
     }
 
     async fn renew(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
-        let reach = |_: &[Lease]| Reach::UpToTtl;
-        self.with_user(user, false, reach, |leases, _now| {
+        self.with_user(user, false, Reach::UpToTtl, |leases, _now| {
             match leases.iter_mut().find(|l| l.id == id) {
                 Some(l) => {
                     l.holds += 1;
@@ -553,8 +539,7 @@ impl StreamStore for MemoryStore {
     }
 
     async fn end(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
-        let reach = |_: &[Lease]| Reach::Shrinks;
-        let ended = self.with_user(user, false, reach, |leases, _now| {
+        let ended = self.with_user(user, false, Reach::Shrinks, |leases, _now| {
             let before = leases.len();
             leases.retain(|l| l.id != id);
             leases.len() < before
@@ -566,8 +551,7 @@ impl StreamStore for MemoryStore {
     }
 
     async fn list(&self, user: &str) -> Result<Vec<LeaseInfo>, StoreError> {
-        let reach = |_: &[Lease]| Reach::Within;
-        self.with_user(user, false, reach, |leases, now| {
+        self.with_user(user, false, Reach::Within, |leases, now| {
             leases
                 .iter()
                 .map(|l| LeaseInfo {
