@@ -20,8 +20,9 @@
 //! - **Held leases** cannot expire while their request runs, but moka's deadline for them
 //!   is finite (pinning an entry for ever would be a write on every hold and every release).
 //!   Entries with a hold are registered in a small sharded set instead; housekeeping (a tick
-//!   of at most TTL/4) pushes their deadline out whenever less than `max(TTL/2, 1 s)` of it
-//!   remains, so a hold survives as long as housekeeping is not stalled for that long.
+//!   of at most TTL/4) keeps their deadline at least one TTL ahead, pushing it out by half a
+//!   TTL more than that when it falls short: one write per held user per half TTL, and a
+//!   hold survives unless housekeeping stalls for a whole TTL.
 //!
 //! The slack (`TTL/8`, at most 1 s) is how long an idle user's entry may outlive its last
 //! lease, and so how long the `active` gauge may count a lease that has run out.
@@ -187,8 +188,6 @@ pub struct MemoryStore {
     ttl_ms: u64,
     /// How long an entry may outlive what its leases need (saves rewrites).
     slack_ms: u64,
-    /// Housekeeping pushes a held entry's deadline out when less than this remains.
-    refresh_ahead_ms: u64,
     epoch: Instant,
     users: Arc<AtomicU64>,
     max_users: u64,
@@ -257,7 +256,6 @@ impl MemoryStore {
             keys: UserKeys::new(),
             ttl_ms,
             slack_ms: (ttl_ms / 8).clamp(1, 1_000),
-            refresh_ahead_ms: (ttl_ms / 2).max(1_000),
             epoch: Instant::now(),
             users,
             max_users,
@@ -311,11 +309,11 @@ impl MemoryStore {
     {
         let key = self.keys.of(user);
         if reach == Reach::Shrinks {
-            return self.compute(key, create, f);
+            return self.compute(key, create, self.slack_ms, f);
         }
         match self.in_place(key, create, reach, f) {
             Ok(out) => Ok(out),
-            Err(f) => self.compute(key, create, f),
+            Err(f) => self.compute(key, create, self.slack_ms, f),
         }
     }
 
@@ -353,17 +351,18 @@ impl MemoryStore {
         drop(st);
         if empty {
             // Removes the entry if it is still empty.
-            let _ = self.compute(key, false, |_, _| ());
+            let _ = self.compute(key, false, self.slack_ms, |_, _| ());
         }
         Ok(out)
     }
 
     /// The slow path: decide inside moka's per-key compute and write the entry's new
-    /// deadline when it must move.
+    /// deadline when it must move: `extra_ms` past what the leases need.
     fn compute<R>(
         &self,
         key: UserKey,
         create: bool,
+        extra_ms: u64,
         f: impl FnOnce(&mut Vec<Lease>, u64) -> R,
     ) -> Result<R, StoreError> {
         let mut out = None;
@@ -406,7 +405,7 @@ impl MemoryStore {
                 // moka already keeps the entry long enough, and not much longer.
                 return Op::Nop;
             }
-            let deadline = needed + self.slack_ms;
+            let deadline = needed + extra_ms;
             entry.deadline.store(deadline, Ordering::Relaxed);
             entry
                 .expire_in
@@ -423,9 +422,9 @@ impl MemoryStore {
         out.ok_or_else(|| StoreError::Protocol("cache compute did not run".into()))
     }
 
-    /// Push out the deadlines of users with a held lease before they could run out.
+    /// Keep the deadlines of users with a held lease at least one TTL ahead.
     fn refresh_held(&self) {
-        let horizon = self.now_ms() + self.refresh_ahead_ms;
+        let horizon = self.now_ms() + self.ttl_ms;
         let due: Vec<(UserKey, Arc<UserEntry>)> = self
             .held
             .iter()
@@ -440,9 +439,10 @@ impl MemoryStore {
             .collect();
         for (key, entry) in due {
             match self.cache.get(&key) {
-                // The compute writes only if the hold needs more than moka has.
+                // A hold needs `now + TTL`, more than the deadline: the compute writes
+                // half a TTL beyond it, so the next refresh is half a TTL away.
                 Some(current) if Arc::ptr_eq(&current, &entry) => {
-                    let _ = self.compute(key, false, |_, _| ());
+                    let _ = self.compute(key, false, self.ttl_ms / 2, |_, _| ());
                 }
                 _ => warn!(
                     "a user with a stream in flight expired before housekeeping extended it \
@@ -691,16 +691,29 @@ mod tests {
     fn held_lease_outlives_the_ttl_while_housekeeping_ticks() {
         let s = store(100, 10);
         let id = admitted(s.open_now("u", 1).unwrap());
+        let entry = s.cache.get(&s.keys.of("u")).expect("stored");
+        let mut writes = 0;
+        let mut last = entry.deadline.load(Ordering::Relaxed);
         // Five TTLs, with housekeeping on the server's tick (TTL/4).
-        let until = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < until {
+        let began = Instant::now();
+        while began.elapsed() < Duration::from_millis(500) {
             s.maintain();
             std::thread::sleep(Duration::from_millis(25));
             assert!(matches!(
                 s.open_now("u", 1).unwrap(),
                 Opened::Rejected { .. }
             ));
+            let d = entry.deadline.load(Ordering::Relaxed);
+            writes += u64::from(d != last);
+            last = d;
         }
+        // Each refresh buys half a TTL beyond the TTL it must keep: at most one write per
+        // 50 ms, however the ticks fell.
+        let most = began.elapsed().as_millis() as u64 / 50 + 1;
+        assert!(
+            writes <= most,
+            "{writes} refreshes, at most {most} expected"
+        );
         let list = futures_lite_block(s.list("u")).unwrap();
         assert_eq!(
             list,
