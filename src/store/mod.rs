@@ -1,9 +1,9 @@
 //! Where active streams (leases) live, behind one trait so the proxy never knows which.
 //!
 //! A user's leases are decided atomically per user: each operation is one indivisible step
-//! in the store (a per-key compute in moka, one Lua script in Redis), so 200 concurrent
-//! opens for one user admit exactly the limit. Every store answers the same contract
-//! (`tests/store_contract.rs`).
+//! in the store (under the user's own lock in the memory store, one Lua script in Redis),
+//! so 200 concurrent opens for one user admit exactly the limit. Every store answers the
+//! same contract (`tests/store_contract.rs`).
 
 use std::time::Duration;
 
