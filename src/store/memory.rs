@@ -8,10 +8,10 @@
 //! Writes to moka are the expensive part of a decision (a new node, a timer-wheel move, an
 //! eviction notification), so a decision writes only when it must:
 //! - **Fast path**: a decision that cannot need a later deadline than the entry already has
-//!   (a renewal, a release, an open, a refusal, while `now + TTL` is within the deadline)
-//!   reads the entry with a moka `get` and changes the leases in place under the entry's
-//!   lock. A player renewing every few seconds costs one write per slack period, not two
-//!   per request.
+//!   (a refusal or a listing always; a renewal, a release or an admission while
+//!   `now + TTL` is within the deadline) reads the entry with a moka `get` and changes
+//!   the leases in place under the entry's lock. A player renewing every few seconds costs
+//!   one write per slack period, not two per request.
 //! - **Slow path**: anything else (a new user, a deadline to push out, a lease ended early,
 //!   an entry left empty) runs in moka's per-key `and_compute_with`, which serialises it
 //!   with every other slow path of that user and with moka's own eviction of it. An entry
@@ -120,6 +120,13 @@ struct UserEntry {
     self_puts: AtomicU64,
 }
 
+impl UserEntry {
+    /// How long moka should keep the entry, as of its last write.
+    fn expiry(&self) -> Duration {
+        Duration::from_millis(self.expire_in.load(Ordering::Relaxed))
+    }
+}
+
 /// A user as the cache knows it: two independent keyed SipHashes of the session id.
 type UserKey = u128;
 
@@ -145,9 +152,7 @@ impl Expiry<UserKey, Arc<UserEntry>> for LeaseExpiry {
         value: &Arc<UserEntry>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(Duration::from_millis(
-            value.expire_in.load(Ordering::Relaxed),
-        ))
+        Some(value.expiry())
     }
 
     fn expire_after_update(
@@ -157,9 +162,7 @@ impl Expiry<UserKey, Arc<UserEntry>> for LeaseExpiry {
         _updated_at: std::time::Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        Some(Duration::from_millis(
-            value.expire_in.load(Ordering::Relaxed),
-        ))
+        Some(value.expiry())
     }
 }
 
@@ -444,10 +447,13 @@ impl MemoryStore {
                 Some(current) if Arc::ptr_eq(&current, &entry) => {
                     let _ = self.compute(key, false, self.ttl_ms / 2, |_, _| ());
                 }
-                _ => warn!(
+                // Gone from moka while still holding: it expired. (If its hold ended and its
+                // last lease with it since the scan, it was removed on purpose: no warning.)
+                _ if entry.state.lock().held() => warn!(
                     "a user with a stream in flight expired before housekeeping extended it \
                      (housekeeping stalled for more than a lease TTL?)"
                 ),
+                _ => {}
             }
         }
     }
