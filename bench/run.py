@@ -26,6 +26,7 @@ is stopped by PID at the end; the load is bounded by --duration and --rounds.
 import argparse
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -117,8 +118,8 @@ worker_processes 1;
 daemon off;
 pid {{dir}}/{name}.pid;
 error_log {{dir}}/{name}-error.log warn;
-events {{{{ worker_connections 20000; }}}}
-worker_rlimit_nofile 40000;
+events {{{{ worker_connections {{conns}}; }}}}
+worker_rlimit_nofile {{nofile}};
 http {{{{
   access_log off;
   keepalive_requests 1000000;
@@ -255,8 +256,40 @@ def parse_wrk(out):
     return r
 
 
+def upstream_conns(origin_port):
+    """Established TCP connections to the origin: one per stream a proxy is holding."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == origin_port:
+                        count += 1
+        except OSError:
+            pass
+    return count
+
+
+def raise_fd_limit(held):
+    """Each held stream costs a proxy two descriptors (client and origin side): make room."""
+    need = 2 * held + 512
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, max(hard, need)))
+    except (ValueError, OSError):
+        sys.exit(f"--held {held} needs {need} open files per process; the limit is {soft}/{hard}")
+
+
 def held_streams(name, pid, port, n, duration):
-    """Hold n slow streams open; measure RSS per stream and /health latency meanwhile."""
+    """Hold n slow streams open; measure RSS per stream and /health latency meanwhile.
+
+    The streams count as held once the proxy has n connections open to the origin (each is
+    a response in flight); the figure is divided by the number actually held then.
+    """
     before = rss_kib(pid)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(LUA_RANDOM_USERS.format(path="/watch/slow", users=1_000_000_000))
@@ -267,13 +300,19 @@ def held_streams(name, pid, port, n, duration):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     started.append(load)
-    time.sleep(min(6, duration))  # let every connection open its stream
+    deadline = time.time() + 30 + n / 500
+    held = upstream_conns(PORTS["origin"])
+    while held < n and time.time() < deadline:
+        time.sleep(0.2)
+        held = upstream_conns(PORTS["origin"])
+    time.sleep(1)  # the last streams' first body bytes
+    held = upstream_conns(PORTS["origin"])
     during = rss_kib(pid)
     health = wrk_health(port, duration=3)
     load.send_signal(signal.SIGINT)
     load.wait()
     os.unlink(script)
-    return {"kib_per_stream": max(0, during - before) / n, "rss_mib": during / 1024,
+    return {"held": held, "kib_per_stream": max(0, during - before) / max(1, held), "rss_mib": during / 1024,
             "health_p99": health["p99"], "health_p50": health["p50"]}
 
 
@@ -334,6 +373,7 @@ def main():
     ap.add_argument("--duration", type=int, default=5, help="seconds per load run")
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--held", type=int, default=2000, help="held slow streams (shape 4)")
+    ap.add_argument("--held-only", action="store_true", help="measure only the held streams (shape 4)")
     ap.add_argument("--threads", type=int, default=1, help="streamgate worker threads")
     ap.add_argument("--no-stealing", action="store_true")
     ap.add_argument("--read-buffer", type=int, default=None,
@@ -353,6 +393,10 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"{tool} is required (apt-get install -y nginx wrk util-linux)")
 
+    raise_fd_limit(args.held)
+    conns = max(20000, 3 * args.held + 100)  # a held stream is two connections on the peer
+    nginx_limits = {"conns": conns, "nofile": 2 * conns}
+
     d = tempfile.mkdtemp(prefix="sgbench-")
     os.chmod(d, 0o755)  # nginx workers run unprivileged and must read www/
     os.makedirs(os.path.join(d, "www"))
@@ -361,7 +405,7 @@ def main():
 
     try:
         with open(os.path.join(d, "origin.conf"), "w") as f:
-            f.write(ORIGIN_CONF.format(dir=d, port=PORTS["origin"]))
+            f.write(ORIGIN_CONF.format(dir=d, port=PORTS["origin"], **nginx_limits))
         start(["nginx", "-p", d, "-c", os.path.join(d, "origin.conf")], LOAD_CORE)
         wait_port(PORTS["origin"], "/watch")
 
@@ -369,7 +413,7 @@ def main():
         mem = 'kind = "memory"'
         commands = {}
         with open(os.path.join(d, "peer.conf"), "w") as f:
-            f.write(NGINX_PEER_CONF.format(dir=d, port=PORTS["nginx"], origin=PORTS["origin"]))
+            f.write(NGINX_PEER_CONF.format(dir=d, port=PORTS["nginx"], origin=PORTS["origin"], **nginx_limits))
         commands["nginx"] = (["nginx", "-p", d, "-c", os.path.join(d, "peer.conf")], None)
         sg = [args.binary, "--config"]
         commands["streamgate"] = (sg + [streamgate_conf(d, "streamgate", PORTS["streamgate"], PORTS["origin"], mem, '"/watch"', args)], env)
@@ -410,7 +454,9 @@ def main():
             ("small, 20 users (limit bites)", "/watch", 20),
             ("1 MiB segments, random users", "/watch/seg", 10_000_000),
         ]
-        if args.shapes:
+        if args.held_only:
+            shapes = []
+        elif args.shapes:
             picked = {int(x) for x in args.shapes.split(",")}
             shapes = [s for i, s in enumerate(shapes, 1) if i in picked]
         results = {name: {s[0]: [] for s in shapes} for name in targets}
@@ -436,7 +482,7 @@ def main():
                 h = held_streams(name, proc.pid, PORTS[name], args.held, args.duration)
                 halt(proc)
                 held[name].append(h)
-                print(f"round {rnd + 1} {name:12} held {args.held} streams: "
+                print(f"round {rnd + 1} {name:12} held {h['held']} of {args.held} streams: "
                       f"{h['kib_per_stream']:.1f} KiB/stream, RSS {h['rss_mib']:.1f} MiB, "
                       f"/health p99 {h['health_p99']:.2f} ms", flush=True)
         report(args, shapes, results, held, latency)
@@ -466,13 +512,13 @@ def report(args, shapes, results, held, latency):
                          f"{int(med([r['non2xx'] for r in rs]))} | {int(med([r['errors'] for r in rs]))} | {ratio} | {pratio} |")
     lines.append("")
     lines.append(f"Held streams ({args.held} concurrent slow streams, distinct users):\n")
-    lines.append("| target | KiB per held stream | RSS MiB | /health p50 ms | /health p99 ms | memory vs nginx |")
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("| target | held (min) | KiB per held stream | RSS MiB | /health p50 ms | /health p99 ms | memory vs nginx |")
+    lines.append("|---|---|---|---|---|---|---|")
     base_kib = med([h["kib_per_stream"] for h in held.get("nginx", [])])
     for name, hs in held.items():
         kib = [h["kib_per_stream"] for h in hs]
         ratio = f"{med(kib) / base_kib:.2f}x" if base_kib else "-"
-        lines.append(f"| {name} | {fmt_spread(kib, 1)} | {fmt_spread([h['rss_mib'] for h in hs], 1)} | "
+        lines.append(f"| {name} | {min(h['held'] for h in hs)} | {fmt_spread(kib, 1)} | {fmt_spread([h['rss_mib'] for h in hs], 1)} | "
                      f"{fmt_spread([h['health_p50'] for h in hs], 2)} | {fmt_spread([h['health_p99'] for h in hs], 2)} | {ratio} |")
     lines.append("")
     lines.append("Store operation latency over the whole run, from each proxy's own histogram:\n")

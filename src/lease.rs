@@ -26,7 +26,7 @@ pub enum HoldKind {
 
 pub struct LeaseHold {
     store: Arc<dyn StreamStore>,
-    user: String,
+    user: Arc<str>,
     id: StreamId,
     kind: HoldKind,
     inflight: IntGauge,
@@ -38,7 +38,7 @@ impl LeaseHold {
     /// Take ownership of a hold the store has already granted.
     pub fn new(
         store: Arc<dyn StreamStore>,
-        user: String,
+        user: Arc<str>,
         id: StreamId,
         kind: HoldKind,
         inflight: IntGauge,
@@ -107,7 +107,7 @@ impl Drop for LeaseHold {
         self.settle();
         // Dropped without `release`: the request ended abnormally, so count it as failed.
         let keep = self.kind == HoldKind::Renewed;
-        let (store, user, id) = (self.store.clone(), std::mem::take(&mut self.user), self.id);
+        let (store, user, id) = (self.store.clone(), self.user.clone(), self.id);
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(async move {

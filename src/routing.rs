@@ -129,15 +129,15 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, AmbiguousPath> {
     } else {
         Cow::Borrowed(path)
     };
-    let segments: Vec<&str> = decoded[1..].split('/').collect();
-    let last = segments.len() - 1;
-    for (i, seg) in segments.iter().enumerate() {
-        if *seg == "." || *seg == ".." {
+    let mut segments = decoded[1..].split('/').peekable();
+    while let Some(seg) = segments.next() {
+        if seg == "." || seg == ".." {
             return Err(AmbiguousPath(
                 "the path may not contain '.' or '..' segments",
             ));
         }
-        if seg.is_empty() && i != last {
+        // Only the last segment may be empty (a trailing '/').
+        if seg.is_empty() && segments.peek().is_some() {
             return Err(AmbiguousPath("the path may not contain '//'"));
         }
     }

@@ -32,6 +32,27 @@ async fn requests_carrying_the_stream_id_renew_without_counting() {
     );
 }
 
+/// The response echoes what the request sent when it already is the canonical form, and
+/// the canonical form otherwise (a Stream-Id sent in upper case); so does the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_carry_the_canonical_stream_id_and_the_session_id() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1)).await;
+    let r = proxy.watch("/watch", "Abc", None).await;
+    assert_eq!(r.headers()["session-id"], "Abc");
+    let id = stream_id(&r);
+    assert_eq!(id, id.to_lowercase());
+    for sent in [id.clone(), id.to_uppercase()] {
+        let r = proxy.watch("/watch/seg.ts", "Abc", Some(&sent)).await;
+        assert_eq!(r.status(), 200, "a renewal, however the id is spelled");
+        assert_eq!(r.headers()["session-id"], "Abc");
+        assert_eq!(stream_id(&r), id);
+        let seen = origin.seen();
+        let last = seen.last().expect("the origin saw the renewal");
+        assert_eq!(last.headers.get("stream-id"), Some(&id));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_users_stream_id_never_renews_their_lease() {
     let origin = Origin::start().await;

@@ -64,7 +64,8 @@ pub struct StreamGate {
 pub struct RequestCtx {
     start: Instant,
     route: Route,
-    user: Option<String>,
+    /// Shared with the request's lease hold.
+    user: Option<Arc<str>>,
     stream_id: Option<StreamId>,
     decision: Option<Decision>,
     hold: Option<LeaseHold>,
@@ -164,11 +165,11 @@ impl StreamGate {
         out
     }
 
-    fn hold(&self, ctx: &mut RequestCtx, user: &str, id: StreamId, kind: HoldKind) {
+    fn hold(&self, ctx: &mut RequestCtx, user: &Arc<str>, id: StreamId, kind: HoldKind) {
         ctx.stream_id = Some(id);
         ctx.hold = Some(LeaseHold::new(
             self.store.clone(),
-            user.to_owned(),
+            user.clone(),
             id,
             kind,
             self.metrics.inflight_requests.clone(),
@@ -179,7 +180,7 @@ impl StreamGate {
     async fn watch(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let headers = &session.req_header().headers;
         let user = match self.identity.session_id(headers) {
-            Ok(u) => u.to_owned(),
+            Ok(u) => Arc::<str>::from(u),
             Err(e) => return self.refuse_identity(session, e).await,
         };
         let stream = match self.identity.stream_id(headers) {
@@ -447,15 +448,31 @@ impl ProxyHttp for StreamGate {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let (Some(user), Some(id)) = (&ctx.user, ctx.stream_id) {
-            response.insert_header(self.session_header_case.clone(), user.as_str())?;
+            // The request's own header values share its read buffer: echo them as they
+            // are (no copy) when they already say what the response must.
+            let sent = &session.req_header().headers;
+            let user_value = match sent.get(&self.identity.session_header) {
+                Some(v) if v.as_bytes() == user.as_bytes() => v.clone(),
+                _ => HeaderValue::from_str(user)
+                    .explain_err(ErrorType::InvalidHTTPHeader, |_| {
+                        "session id is not a header value"
+                    })?,
+            };
             let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
             let id = id.hyphenated().encode_lower(&mut buf);
-            response.insert_header(self.stream_header_case.clone(), &*id)?;
+            let id_value = match sent.get(&self.identity.stream_header) {
+                Some(v) if v.as_bytes() == id.as_bytes() => v.clone(),
+                _ => HeaderValue::from_str(id).explain_err(ErrorType::InvalidHTTPHeader, |_| {
+                    "stream id is not a header value"
+                })?,
+            };
+            response.insert_header(self.session_header_case.clone(), user_value)?;
+            response.insert_header(self.stream_header_case.clone(), id_value)?;
         }
         Ok(())
     }

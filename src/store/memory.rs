@@ -39,7 +39,7 @@
 //! never affected.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -143,6 +143,36 @@ impl UserKeys {
     }
 }
 
+/// Hashes a [`UserKey`] for moka's table and the held set by folding its two halves.
+/// The key already is a keyed hash (secret keys drawn per process), so its bits are uniform
+/// and cannot be steered by clients; hashing it again with SipHash only cost time, most of
+/// all when moka rehashes its whole table after many users expired.
+#[derive(Default)]
+struct FoldHasher(u64);
+
+impl Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 ^= (n as u64) ^ ((n >> 64) as u64);
+    }
+
+    /// Not reached for a `UserKey` (a `u128` hashes through `write_u128`); kept correct
+    /// for any other input by mixing each 8-byte word in.
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+}
+
+type UserKeyHash = BuildHasherDefault<FoldHasher>;
+
 struct LeaseExpiry;
 
 impl Expiry<UserKey, Arc<UserEntry>> for LeaseExpiry {
@@ -181,12 +211,12 @@ enum Reach {
 }
 
 /// The users with a held lease, whose deadlines housekeeping keeps ahead of the clock.
-type HeldShard = Mutex<HashMap<UserKey, Arc<UserEntry>>>;
+type HeldShard = Mutex<HashMap<UserKey, Arc<UserEntry>, UserKeyHash>>;
 
 /// The embedded lease store. Call [`StreamStore::maintain`] at least every TTL/4: it keeps
 /// users with a request in flight alive.
 pub struct MemoryStore {
-    cache: SegmentedCache<UserKey, Arc<UserEntry>>,
+    cache: SegmentedCache<UserKey, Arc<UserEntry>, UserKeyHash>,
     keys: UserKeys,
     ttl_ms: u64,
     /// How long an entry may outlive what its leases need (saves rewrites).
@@ -252,7 +282,7 @@ impl MemoryStore {
                     listener_counters.active.sub(n as i64);
                 }
             })
-            .build();
+            .build_with_hasher(UserKeyHash::default());
         let ttl_ms = u64::try_from(lease_ttl.as_millis()).unwrap_or(u64::MAX / 4);
         Self {
             cache,
@@ -583,6 +613,24 @@ impl StreamStore for MemoryStore {
 mod tests {
     use super::*;
     use prometheus::{IntCounter, IntGauge};
+
+    #[test]
+    fn user_keys_hash_to_their_folded_halves() {
+        let h = UserKeyHash::default();
+        let key: UserKey = (0x0123_4567_89ab_cdef_u128 << 64) | 0xfedc_ba98_7654_3210;
+        assert_eq!(
+            h.hash_one(key),
+            0x0123_4567_89ab_cdef ^ 0xfedc_ba98_7654_3210
+        );
+        assert_eq!(
+            h.hash_one(Arc::new(key)),
+            h.hash_one(key),
+            "moka hashes an Arc<key>"
+        );
+        // Any other input still goes through a mix that tells inputs apart.
+        assert_ne!(h.hash_one("user-a"), h.hash_one("user-b"));
+        assert_ne!(h.hash_one([0u8; 9]), h.hash_one([0u8; 10]));
+    }
 
     fn store(ttl_ms: u64, max_users: u64) -> MemoryStore {
         MemoryStore::new(
