@@ -18,6 +18,7 @@ writes it as Markdown to bench/results.md.
 
     python3 bench/run.py                 # 3 rounds of 5 s per shape
     python3 bench/run.py --rounds 5 --duration 10 --held 5000
+    python3 bench/run.py --held-only --held 9000   # held streams only; 2 files per stream
 
 Needs: nginx, wrk (Debian packages), cargo; optional redis-server. Every process it starts
 is stopped by PID at the end; the load is bounded by --duration and --rounds.
