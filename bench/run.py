@@ -377,6 +377,8 @@ def main():
     ap.add_argument("--held-only", action="store_true", help="measure only the held streams (shape 4)")
     ap.add_argument("--threads", type=int, default=1, help="streamgate worker threads")
     ap.add_argument("--no-stealing", action="store_true")
+    ap.add_argument("--refusal-cache", default=None, metavar="DURATION",
+                    help="store.refusal_cache for the redis-store target (e.g. 1s; default: off)")
     ap.add_argument("--read-buffer", type=int, default=None,
                     help="streamgate server.read_buffer in bytes (default: the config default)")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/streamgate"))
@@ -424,6 +426,8 @@ def main():
                    "--appendonly", "no"], LOAD_CORE)
             wait_port(PORTS["redis"], None)
             store = f'kind = "redis"\nurl = "redis://127.0.0.1:{PORTS["redis"]}"\ntimeout = "500ms"'
+            if args.refusal_cache:
+                store += f'\nrefusal_cache = "{args.refusal_cache}"'
             commands["redis-store"] = (sg + [streamgate_conf(d, "redis-store", PORTS["redis-store"], PORTS["origin"], store, '"/watch"', args)], env)
         # Pingora with nothing of ours on the request path (no timeouts, no filters): what
         # the proxy framework alone does on this machine.
@@ -495,7 +499,9 @@ def main():
 def report(args, shapes, results, held, latency):
     lines = []
     lines.append(f"rounds: {args.rounds} x {args.duration} s, {args.conns} connections "
-                 f"(16 for segments), streamgate threads {args.threads}; medians (min..max)\n")
+                 f"(16 for segments), streamgate threads {args.threads}"
+                 + (f", redis-store refusal_cache {args.refusal_cache}" if args.refusal_cache else "")
+                 + "; medians (min..max)\n")
     lines.append("| shape | target | req/s | MB/s | p50 ms | p99 ms | non-2xx | errors | req/s vs nginx | p99 vs nginx |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for shape, _, _ in shapes:

@@ -118,6 +118,9 @@ pub const READ_BUFFER_DEFAULT: usize = 0;
 /// Largest accepted `server.read_buffer`.
 pub const READ_BUFFER_MAX: usize = 1024 * 1024;
 
+/// Longest `store.refusal_cache`: how late a slot freed on another instance may be seen.
+pub const MAX_REFUSAL_CACHE: Duration = Duration::from_secs(10);
+
 impl Default for ServerSection {
     fn default() -> Self {
         Self {
@@ -250,6 +253,10 @@ pub struct StoreSection {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub on_store_error: OnStoreError,
+    /// Redis stores: how long this instance answers a refused user's further opens itself,
+    /// without asking the store (`0s`: never). See `store::refusals`.
+    #[serde(with = "humantime_serde")]
+    pub refusal_cache: Duration,
     /// `rediss://` only: a PEM file of the CA(s) to trust instead of the system roots.
     pub tls_ca_file: Option<PathBuf>,
 }
@@ -263,6 +270,7 @@ impl std::fmt::Debug for StoreSection {
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("on_store_error", &self.on_store_error)
+            .field("refusal_cache", &self.refusal_cache)
             .field("tls_ca_file", &self.tls_ca_file)
             .finish_non_exhaustive()
     }
@@ -278,6 +286,7 @@ impl Default for StoreSection {
             prefix: "sg".into(),
             timeout: Duration::from_millis(100),
             on_store_error: OnStoreError::Deny,
+            refusal_cache: Duration::ZERO,
             tls_ca_file: None,
         }
     }
@@ -466,6 +475,12 @@ impl Config {
             return Err(KeyError::new("store.max_users", "must be at least 1"));
         }
         check_positive("store.timeout", store.timeout)?;
+        if store.refusal_cache > MAX_REFUSAL_CACHE {
+            return Err(KeyError::new(
+                "store.refusal_cache",
+                "must be at most 10s (a slot freed on another instance is seen this late)",
+            ));
+        }
         if store.prefix.is_empty() || store.prefix.contains(['{', '}']) {
             return Err(KeyError::new(
                 "store.prefix",
@@ -689,6 +704,8 @@ mod tests {
             ("[store]\nkind = \"redis-cluster\"\n", "store.nodes"),
             ("[store]\nprefix = \"a{b\"\n", "store.prefix"),
             ("[store]\ntimeout = \"0s\"\n", "store.timeout"),
+            ("[store]\nrefusal_cache = \"11s\"\n", "store.refusal_cache"),
+            ("[store]\nrefusal_cache = \"soon\"\n", "store.refusal_cache"),
             (
                 "[store]\non_store_error = \"maybe\"\n",
                 "store.on_store_error",

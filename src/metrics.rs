@@ -103,6 +103,9 @@ pub struct Metrics {
     pub store_latency: HistogramVec,
     /// Store failures, by kind (`timeout`, `unavailable`, `full`, `protocol`).
     pub store_errors: IntCounterVec,
+    /// Opens refused from this instance's memory of a shared store's recent refusal
+    /// (`store.refusal_cache`), without asking the store.
+    pub cached_refusals: IntCounter,
     handles: Handles,
 }
 
@@ -167,6 +170,10 @@ impl Metrics {
                 Opts::new("streamgate_store_errors_total", "Store failures by kind."),
                 &["kind"],
             )?,
+            cached_refusals: IntCounter::new(
+                "streamgate_store_cached_refusals_total",
+                "Opens refused from this instance's memory of a recent store refusal.",
+            )?,
             handles: Handles {
                 decisions: Vec::new(),
                 requests: Vec::new(),
@@ -206,6 +213,7 @@ impl Metrics {
         registry.register(Box::new(m.upstream_errors.clone()))?;
         registry.register(Box::new(m.store_latency.clone()))?;
         registry.register(Box::new(m.store_errors.clone()))?;
+        registry.register(Box::new(m.cached_refusals.clone()))?;
         Ok(m)
     }
 

@@ -16,7 +16,7 @@ use crate::config::{Config, StoreKind};
 use crate::demo::DemoOrigin;
 use crate::metrics::{Metrics, MetricsApp};
 use crate::proxy::StreamGate;
-use crate::store::{MemoryStore, RedisStore, StreamStore, Target};
+use crate::store::{MemoryStore, RedisStore, RefusalCache, StreamStore, Target};
 
 /// Why a server could not be assembled from a valid config.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +46,11 @@ pub fn build_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn StreamS
             }
             None => Arc::new(store),
         };
-        Ok(store)
+        if st.refusal_cache.is_zero() {
+            return Ok(store);
+        }
+        let cached = RefusalCache::new(store, st.refusal_cache, metrics.cached_refusals.clone());
+        Ok(Arc::new(cached) as Arc<dyn StreamStore>)
     };
     match st.kind {
         StoreKind::Memory => Ok(Arc::new(MemoryStore::new(

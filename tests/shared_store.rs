@@ -261,3 +261,47 @@ async fn tls_to_an_untrusted_server_is_refused() {
     assert_eq!(r.status(), 503);
     assert_eq!(json_body(r).await["error"], "store_unavailable");
 }
+
+/// `store.refusal_cache`: a refused user's next opens are answered by the instance itself
+/// (counted), never admitted past the limit; a stream ended on that instance is seen at
+/// once, one ended on another instance only when the remembered refusal ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_refusals_never_admit_and_forget_local_ends_at_once() {
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let mut cfg = TestConfig::new(&origin)
+        .limit(1)
+        .redis(&redis.url(), "sg", "deny");
+    cfg.store.push_str("\nrefusal_cache = \"10s\"");
+    let a = Proxy::start(&cfg).await;
+    let b = Proxy::start(&cfg).await;
+    let cached = "streamgate_store_cached_refusals_total";
+
+    let first = stream_id(&a.watch("/watch", "abc", None).await);
+    assert_eq!(a.watch("/watch", "abc", None).await.status(), 401);
+    assert_eq!(
+        a.metric(cached).await,
+        0.0,
+        "the first refusal comes from Redis"
+    );
+    let r = a.watch("/watch", "abc", None).await;
+    assert_eq!(r.status(), 401);
+    assert!(
+        retry_after(&r) >= 50,
+        "Retry-After still counts down the lease"
+    );
+    assert_eq!(a.metric(cached).await, 1.0);
+
+    // Ended on B: Redis has the slot free at once, A remembers its refusal for a while.
+    assert_eq!(b.delete("abc", &first).await.status(), 204);
+    assert_eq!(a.watch("/watch", "abc", None).await.status(), 401);
+    assert_eq!(a.metric(cached).await, 2.0);
+    let second = stream_id(&b.watch("/watch", "abc", None).await);
+    // Never past the limit: B's admission is the only live stream, A still refuses.
+    assert_eq!(a.watch("/watch", "abc", None).await.status(), 401);
+
+    // Ended on A itself: forgotten at once.
+    assert_eq!(a.delete("abc", &second).await.status(), 204);
+    assert_eq!(a.watch("/watch", "abc", None).await.status(), 200);
+    assert!(origin.max_concurrent("abc") <= 1);
+}

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use common::redis_server::{RedisCluster, RedisServer};
 use prometheus::{IntCounter, IntGauge};
-use streamgate::store::{LeaseCounters, MemoryStore, Opened, RedisStore, StreamStore, Target};
+use streamgate::store::{
+    LeaseCounters, MemoryStore, Opened, RedisStore, RefusalCache, StreamStore, Target,
+};
 use uuid::Uuid;
 
 fn counters() -> LeaseCounters {
@@ -151,6 +153,22 @@ async fn memory_store_keeps_the_contract() {
 async fn redis_store_keeps_the_contract() {
     let server = RedisServer::start();
     contract(redis(Target::Single(server.url()))).await;
+}
+
+/// Remembered refusals (`store.refusal_cache`) change nothing a single instance can see:
+/// every end and failed open passes through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_with_remembered_refusals_keeps_the_contract() {
+    let server = RedisServer::start();
+    let inner = redis(Target::Single(server.url()));
+    contract(Box::new(move |ttl| {
+        Arc::new(RefusalCache::new(
+            inner(ttl),
+            Duration::from_secs(10),
+            IntCounter::new("c", "c").unwrap(),
+        ))
+    }))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,9 +14,11 @@ use crate::identity::StreamId;
 
 pub mod memory;
 pub mod redis;
+pub mod refusals;
 
 pub use self::redis::{RedisStore, Target};
 pub use memory::MemoryStore;
+pub use refusals::RefusalCache;
 
 /// The outcome of asking to open a new stream.
 #[derive(Debug, Clone, PartialEq, Eq)]

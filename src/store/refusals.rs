@@ -1,0 +1,235 @@
+//! A short local memory of refusals, in front of a shared store (`store.refusal_cache`).
+//!
+//! With the Redis store every refused open is a round trip, so a user at the limit who
+//! keeps retrying (a player's retry loop, many screens on one account) costs Redis a script
+//! per request, and the instance a round trip of latency per refusal. Like the local cache
+//! of over-limit keys in Envoy's rate-limit service, an instance may answer such a user
+//! itself for a short while after the store refused it.
+//!
+//! It only ever refuses, so the limit stays exact: what it trades is how soon a slot freed
+//! elsewhere is seen. A remembered refusal ends
+//! - at the latest after `store.refusal_cache`,
+//! - when the user's earliest lease can expire (the refusal's own `Retry-After`), so a lease
+//!   that runs out is never seen late,
+//! - at once when this instance ends one of the user's streams or gives a failed open back.
+//!
+//! A stream ended on another instance is seen up to `store.refusal_cache` late. Off (`0s`)
+//! by default: every open then asks the store.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use moka::sync::Cache;
+use prometheus::IntCounter;
+
+use super::{LeaseInfo, Opened, StoreError, StreamStore};
+use crate::identity::StreamId;
+
+/// Most users remembered at once; beyond it moka evicts the least recently used (which
+/// only means asking the store again).
+const CAPACITY: u64 = 100_000;
+
+#[derive(Clone, Copy)]
+struct Refusal {
+    /// The limit the store refused against (a user's limit may differ per request policy).
+    limit: u32,
+    active: u32,
+    /// When the user's earliest lease can expire.
+    frees_at: Instant,
+    /// When this memory of the refusal ends.
+    until: Instant,
+}
+
+pub struct RefusalCache {
+    inner: Arc<dyn StreamStore>,
+    refused: Cache<Arc<str>, Refusal>,
+    keep: Duration,
+    answered: IntCounter,
+}
+
+impl RefusalCache {
+    /// Remember `inner`'s refusals for up to `keep`; `answered` counts refusals answered
+    /// from memory.
+    pub fn new(inner: Arc<dyn StreamStore>, keep: Duration, answered: IntCounter) -> Self {
+        Self {
+            inner,
+            refused: Cache::builder()
+                .max_capacity(CAPACITY)
+                .time_to_live(keep)
+                .build(),
+            keep,
+            answered,
+        }
+    }
+
+    /// The remembered refusal of `user` against `limit`, if it still stands at `now`.
+    fn remembered(&self, user: &str, limit: u32, now: Instant) -> Option<Refusal> {
+        self.refused
+            .get(user)
+            .filter(|r| r.limit == limit && now < r.until)
+    }
+}
+
+#[async_trait]
+impl StreamStore for RefusalCache {
+    async fn open(&self, user: &str, limit: u32) -> Result<Opened, StoreError> {
+        let now = Instant::now();
+        if let Some(r) = self.remembered(user, limit, now) {
+            self.answered.inc();
+            return Ok(Opened::Rejected {
+                active: r.active,
+                retry_after: r.frees_at.saturating_duration_since(now),
+            });
+        }
+        let opened = self.inner.open(user, limit).await?;
+        if let Opened::Rejected {
+            active,
+            retry_after,
+        } = opened
+        {
+            let now = Instant::now();
+            let frees_at = now + retry_after;
+            let until = frees_at.min(now + self.keep);
+            self.refused.insert(
+                Arc::from(user),
+                Refusal {
+                    limit,
+                    active,
+                    frees_at,
+                    until,
+                },
+            );
+        }
+        Ok(opened)
+    }
+
+    async fn renew(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
+        self.inner.renew(user, id).await
+    }
+
+    async fn release(&self, user: &str, id: StreamId, keep: bool) -> Result<(), StoreError> {
+        let r = self.inner.release(user, id, keep).await;
+        if !keep {
+            // A failed open gave its slot back.
+            self.refused.invalidate(user);
+        }
+        r
+    }
+
+    async fn end(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
+        let r = self.inner.end(user, id).await;
+        self.refused.invalidate(user);
+        r
+    }
+
+    async fn list(&self, user: &str) -> Result<Vec<LeaseInfo>, StoreError> {
+        self.inner.list(user).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+
+    fn hold_refresh_interval(&self) -> Option<Duration> {
+        self.inner.hold_refresh_interval()
+    }
+
+    async fn refresh(&self, user: &str, id: StreamId) -> Result<(), StoreError> {
+        self.inner.refresh(user, id).await
+    }
+
+    fn maintain(&self) {
+        self.refused.run_pending_tasks();
+        self.inner.maintain();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{LeaseCounters, MemoryStore};
+    use prometheus::IntGauge;
+
+    fn cached(ttl: Duration, keep: Duration) -> (RefusalCache, IntCounter) {
+        let inner = MemoryStore::new(
+            ttl,
+            1_000,
+            LeaseCounters {
+                active: IntGauge::new("a", "a").unwrap(),
+                expired: IntCounter::new("e", "e").unwrap(),
+            },
+        );
+        let answered = IntCounter::new("c", "c").unwrap();
+        (
+            RefusalCache::new(Arc::new(inner), keep, answered.clone()),
+            answered,
+        )
+    }
+
+    fn admitted(o: Opened) -> StreamId {
+        match o {
+            Opened::Admitted(id) => id,
+            other => panic!("expected an admission, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_answered_from_memory_until_a_local_end_forgets_it() {
+        let (s, answered) = cached(Duration::from_secs(60), Duration::from_secs(60));
+        let id = admitted(s.open("u", 1).await.unwrap());
+        s.release("u", id, true).await.unwrap();
+        assert!(matches!(
+            s.open("u", 1).await,
+            Ok(Opened::Rejected { active: 1, .. })
+        ));
+        assert_eq!(answered.get(), 0, "the first refusal comes from the store");
+        let Ok(Opened::Rejected { retry_after, .. }) = s.open("u", 1).await else {
+            panic!("the second open must be refused");
+        };
+        assert_eq!(answered.get(), 1, "the second from memory");
+        assert!(retry_after <= Duration::from_secs(60) && retry_after > Duration::from_secs(50));
+        // Another user, or the same user against another limit, still asks the store.
+        admitted(s.open("v", 1).await.unwrap());
+        let other = admitted(s.open("u", 2).await.unwrap());
+        // Ending a stream here frees a slot: the refusal is forgotten, the store asked again.
+        assert!(s.end("u", other).await.unwrap());
+        assert!(matches!(s.open("u", 1).await, Ok(Opened::Rejected { .. })));
+        assert_eq!(answered.get(), 1, "asked the store after the end");
+        assert!(matches!(s.open("u", 1).await, Ok(Opened::Rejected { .. })));
+        assert_eq!(answered.get(), 2, "and remembered its answer again");
+        assert!(s.end("u", id).await.unwrap());
+        admitted(s.open("u", 1).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_failed_open_forgets_the_refusal_and_a_kept_release_does_not() {
+        let (s, answered) = cached(Duration::from_secs(60), Duration::from_secs(60));
+        let a = admitted(s.open("u", 2).await.unwrap());
+        let b = admitted(s.open("u", 2).await.unwrap());
+        assert!(matches!(s.open("u", 2).await, Ok(Opened::Rejected { .. })));
+        s.release("u", a, true).await.unwrap();
+        assert!(matches!(s.open("u", 2).await, Ok(Opened::Rejected { .. })));
+        assert_eq!(answered.get(), 1);
+        s.release("u", b, false).await.unwrap();
+        admitted(s.open("u", 2).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_remembered_refusal_ends_when_the_earliest_lease_can_expire() {
+        // Leases of 200 ms, refusals kept for up to a minute: the lease decides.
+        let (s, _) = cached(Duration::from_millis(200), Duration::from_secs(60));
+        let id = admitted(s.open("u", 1).await.unwrap());
+        s.release("u", id, true).await.unwrap();
+        let t = Instant::now();
+        assert!(matches!(s.open("u", 1).await, Ok(Opened::Rejected { .. })));
+        loop {
+            if let Opened::Admitted(_) = s.open("u", 1).await.unwrap() {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "never admitted again");
+            tokio::task::yield_now().await;
+        }
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+}
