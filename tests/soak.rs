@@ -285,3 +285,21 @@ async fn ten_thousand_contended_opens_admit_exactly_the_limit_redis_two_instance
     let b = Proxy::start(&cfg).await;
     waves(&[&a, &b]).await;
 }
+
+/// The same waves on one instance that remembers refusals (`store.refusal_cache`): most of
+/// each wave is refused from memory, the three DELETEs between waves make it forget, and
+/// every wave still admits exactly the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_contended_opens_admit_exactly_the_limit_redis_remembered_refusals() {
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let mut cfg = TestConfig::new(&origin)
+        .limit(LIMIT)
+        .redis(&redis.url(), "waves", "deny");
+    cfg.store.push_str("\nrefusal_cache = \"10s\"");
+    let proxy = Proxy::start(&cfg).await;
+    waves(&[&proxy]).await;
+    let cached = proxy.metric("streamgate_store_cached_refusals_total").await;
+    assert!(cached > 0.0, "refusals were answered from memory");
+    eprintln!("waves with remembered refusals: {cached} of 9940 refusals from memory");
+}

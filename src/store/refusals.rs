@@ -16,6 +16,8 @@
 //! A stream ended on another instance is seen up to `store.refusal_cache` late. Off (`0s`)
 //! by default: every open then asks the store.
 
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +31,10 @@ use crate::identity::StreamId;
 /// Most users remembered at once; beyond it moka evicts the least recently used (which
 /// only means asking the store again).
 const CAPACITY: u64 = 100_000;
+
+/// Counters of slots freed here (ends, failed opens), by a hash of the user. A refusal the
+/// store decided before such a free must not be remembered after it: see `open`.
+const FREED_SHARDS: usize = 64;
 
 #[derive(Clone, Copy)]
 struct Refusal {
@@ -46,6 +52,8 @@ pub struct RefusalCache {
     refused: Cache<Arc<str>, Refusal>,
     keep: Duration,
     answered: IntCounter,
+    freed: [AtomicU64; FREED_SHARDS],
+    shard_of: RandomState,
 }
 
 impl RefusalCache {
@@ -60,7 +68,20 @@ impl RefusalCache {
                 .build(),
             keep,
             answered,
+            freed: std::array::from_fn(|_| AtomicU64::new(0)),
+            shard_of: RandomState::new(),
         }
+    }
+
+    fn freed(&self, user: &str) -> &AtomicU64 {
+        &self.freed[(self.shard_of.hash_one(user) as usize) % FREED_SHARDS]
+    }
+
+    /// A slot of `user` was freed here: forget the refusal, and keep refusals decided
+    /// before this moment (still on their way back from the store) from being remembered.
+    fn forget(&self, user: &str) {
+        self.freed(user).fetch_add(1, Ordering::AcqRel);
+        self.refused.invalidate(user);
     }
 
     /// The remembered refusal of `user` against `limit`, if it still stands at `now`.
@@ -82,24 +103,32 @@ impl StreamStore for RefusalCache {
                 retry_after: r.frees_at.saturating_duration_since(now),
             });
         }
+        let freed = self.freed(user);
+        let before = freed.load(Ordering::Acquire);
         let opened = self.inner.open(user, limit).await?;
         if let Opened::Rejected {
             active,
             retry_after,
         } = opened
         {
-            let now = Instant::now();
-            let frees_at = now + retry_after;
-            let until = frees_at.min(now + self.keep);
-            self.refused.insert(
-                Arc::from(user),
-                Refusal {
+            // Remember it only if no slot of this user was freed here while the store
+            // decided; re-checked after the insert, since a free may land in between
+            // (its `forget` then either sees the insert or is seen here).
+            if freed.load(Ordering::Acquire) == before {
+                let now = Instant::now();
+                let frees_at = now + retry_after;
+                let until = frees_at.min(now + self.keep);
+                let refusal = Refusal {
                     limit,
                     active,
                     frees_at,
                     until,
-                },
-            );
+                };
+                self.refused.insert(Arc::from(user), refusal);
+                if freed.load(Ordering::Acquire) != before {
+                    self.refused.invalidate(user);
+                }
+            }
         }
         Ok(opened)
     }
@@ -112,14 +141,14 @@ impl StreamStore for RefusalCache {
         let r = self.inner.release(user, id, keep).await;
         if !keep {
             // A failed open gave its slot back.
-            self.refused.invalidate(user);
+            self.forget(user);
         }
         r
     }
 
     async fn end(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
         let r = self.inner.end(user, id).await;
-        self.refused.invalidate(user);
+        self.forget(user);
         r
     }
 
@@ -200,6 +229,82 @@ mod tests {
         assert_eq!(answered.get(), 2, "and remembered its answer again");
         assert!(s.end("u", id).await.unwrap());
         admitted(s.open("u", 1).await.unwrap());
+    }
+
+    /// The memory store, whose `open` can be held between its decision and its answer.
+    struct Paused {
+        inner: MemoryStore,
+        pause: std::sync::atomic::AtomicBool,
+        decided: tokio::sync::Notify,
+        resume: tokio::sync::Notify,
+    }
+
+    #[async_trait]
+    impl StreamStore for Paused {
+        async fn open(&self, user: &str, limit: u32) -> Result<Opened, StoreError> {
+            let r = self.inner.open(user, limit).await;
+            if self.pause.load(Ordering::SeqCst) {
+                self.decided.notify_one();
+                self.resume.notified().await;
+            }
+            r
+        }
+        async fn renew(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
+            self.inner.renew(user, id).await
+        }
+        async fn release(&self, user: &str, id: StreamId, keep: bool) -> Result<(), StoreError> {
+            self.inner.release(user, id, keep).await
+        }
+        async fn end(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
+            self.inner.end(user, id).await
+        }
+        async fn list(&self, user: &str) -> Result<Vec<LeaseInfo>, StoreError> {
+            self.inner.list(user).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    /// A refusal the store decided before a stream was ended here, but that comes back
+    /// after it, is stale: it must not be remembered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refusal_overtaken_by_a_local_end_is_not_remembered() {
+        let paused = Arc::new(Paused {
+            inner: MemoryStore::new(
+                Duration::from_secs(60),
+                1_000,
+                LeaseCounters {
+                    active: IntGauge::new("a", "a").unwrap(),
+                    expired: IntCounter::new("e", "e").unwrap(),
+                },
+            ),
+            pause: Default::default(),
+            decided: Default::default(),
+            resume: Default::default(),
+        });
+        let answered = IntCounter::new("c", "c").unwrap();
+        let s = Arc::new(RefusalCache::new(
+            paused.clone(),
+            Duration::from_secs(60),
+            answered.clone(),
+        ));
+        let id = admitted(s.open("u", 1).await.unwrap());
+        paused.pause.store(true, Ordering::SeqCst);
+        let refused = tokio::spawn({
+            let s = s.clone();
+            async move { s.open("u", 1).await }
+        });
+        paused.decided.notified().await;
+        assert!(s.end("u", id).await.unwrap());
+        paused.pause.store(false, Ordering::SeqCst);
+        paused.resume.notify_one();
+        assert!(matches!(
+            refused.await.unwrap(),
+            Ok(Opened::Rejected { .. })
+        ));
+        admitted(s.open("u", 1).await.unwrap());
+        assert_eq!(answered.get(), 0);
     }
 
     #[tokio::test]
