@@ -180,15 +180,17 @@ mod tests {
     use crate::store::{LeaseCounters, MemoryStore};
     use prometheus::IntGauge;
 
+    /// The real store these tests put behind the cache.
+    fn memory(ttl: Duration) -> MemoryStore {
+        let counters = LeaseCounters {
+            active: IntGauge::new("a", "a").unwrap(),
+            expired: IntCounter::new("e", "e").unwrap(),
+        };
+        MemoryStore::new(ttl, 1_000, counters)
+    }
+
     fn cached(ttl: Duration, keep: Duration) -> (RefusalCache, IntCounter) {
-        let inner = MemoryStore::new(
-            ttl,
-            1_000,
-            LeaseCounters {
-                active: IntGauge::new("a", "a").unwrap(),
-                expired: IntCounter::new("e", "e").unwrap(),
-            },
-        );
+        let inner = memory(ttl);
         let answered = IntCounter::new("c", "c").unwrap();
         (
             RefusalCache::new(Arc::new(inner), keep, answered.clone()),
@@ -271,14 +273,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refusal_overtaken_by_a_local_end_is_not_remembered() {
         let paused = Arc::new(Paused {
-            inner: MemoryStore::new(
-                Duration::from_secs(60),
-                1_000,
-                LeaseCounters {
-                    active: IntGauge::new("a", "a").unwrap(),
-                    expired: IntCounter::new("e", "e").unwrap(),
-                },
-            ),
+            inner: memory(Duration::from_secs(60)),
             pause: Default::default(),
             decided: Default::default(),
             resume: Default::default(),
