@@ -109,6 +109,10 @@ pub struct ServerSection {
     pub graceful_shutdown_timeout: Duration,
     /// Bytes of read buffer per client connection (0: read straight from the socket).
     pub read_buffer: usize,
+    /// Serve HTTP/1.1 requests a client pipelines (sends before the previous response),
+    /// one after another in order, as nginx does. Off: Pingora's default, which answers
+    /// the first and closes the connection, dropping the rest.
+    pub pipelining: bool,
 }
 
 /// Client read buffer: none. Pingora's default is a zero-filled 64 KiB per connection; the
@@ -133,6 +137,7 @@ impl Default for ServerSection {
             grace_period: Duration::from_secs(5),
             graceful_shutdown_timeout: Duration::from_secs(30),
             read_buffer: READ_BUFFER_DEFAULT,
+            pipelining: true,
         }
     }
 }
@@ -622,6 +627,7 @@ mod tests {
         assert_eq!(c.store.kind, StoreKind::Memory);
         assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9091"));
         assert_eq!(c.server.read_buffer, 0);
+        assert!(c.server.pipelining);
     }
 
     #[test]

@@ -267,3 +267,109 @@ async fn malformed_request_gets_a_4xx_not_a_5xx() {
     // The proxy still serves afterwards.
     assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 200);
 }
+
+/// The status codes of the HTTP/1.1 responses in `raw`, in order.
+fn statuses(raw: &str) -> Vec<u16> {
+    // Bodies need not end in a newline, so a status line may follow one directly.
+    raw.match_indices("HTTP/1.1 ")
+        .filter_map(|(i, m)| raw.get(i + m.len()..i + m.len() + 3)?.parse().ok())
+        .collect()
+}
+
+/// The `Stream-Id` response headers in `raw`, in order.
+fn stream_ids(raw: &str) -> Vec<&str> {
+    raw.split("\r\n")
+        .filter_map(|l| l.strip_prefix("Stream-Id: "))
+        .collect()
+}
+
+const HEALTH_AND_CLOSE: &str = "GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_and_counted() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin)).await;
+    // Four opens for one user and a health check, sent in one write before any answer.
+    let open = "GET /watch HTTP/1.1\r\nHost: t\r\nSession-Id: piper\r\n\r\n";
+    let request = format!("{}{HEALTH_AND_CLOSE}", open.repeat(4));
+    let out = raw(proxy.addr, request.as_bytes(), Duration::from_secs(10)).await;
+    assert_eq!(statuses(&out), [200, 200, 200, 401, 200], "{out}");
+    assert!(out.ends_with(r#"{"status":"UP"}"#), "{out}");
+    let mut ids = stream_ids(&out);
+    assert_eq!(ids.len(), 3, "{out}");
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "three distinct streams: {out}");
+    assert_eq!(
+        origin.served(),
+        3,
+        "the refused fourth never reached the origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_request_waits_for_the_streaming_response_before_it() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin)).await;
+    let mut conn = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let request = format!(
+        "GET /watch/gate HTTP/1.1\r\nHost: t\r\nSession-Id: pip\r\n\r\n\
+         GET /watch/next HTTP/1.1\r\nHost: t\r\nSession-Id: pip\r\n\r\n{HEALTH_AND_CLOSE}"
+    );
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(request.as_bytes()).await.unwrap();
+    // The first response is streaming, held at the origin's gate, with the rest queued
+    // behind it on the same connection.
+    origin.wait_gated(1).await;
+    origin.open_gate(1);
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out))
+        .await
+        .expect("the pipelined requests were never answered")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(statuses(&out), [200, 200, 200], "{out}");
+    let first = out.find("first").expect("the streamed body");
+    let last = out.find("last").expect("the streamed body's end");
+    let next = out
+        .find("ok /watch/next")
+        .expect("the second response's body");
+    assert!(first < last && last < next, "responses out of order: {out}");
+    let paths: Vec<String> = origin.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, ["/watch/gate", "/watch/next"]);
+    assert_eq!(stream_ids(&out).len(), 2, "two streams opened: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_pipelining_off_only_the_first_pipelined_request_is_answered() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).pipelining(false)).await;
+    let open = "GET /watch HTTP/1.1\r\nHost: t\r\nSession-Id: nopipe\r\n\r\n";
+    let request = format!("{open}{open}{HEALTH_AND_CLOSE}");
+    let out = raw(proxy.addr, request.as_bytes(), Duration::from_secs(10)).await;
+    // Pingora's own behaviour: answer the first, then close; the client retries the rest.
+    assert_eq!(statuses(&out), [200], "{out}");
+    assert_eq!(origin.served(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_with_an_unread_body_closes_the_connection() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin)).await;
+    // The body looks like a request of its own: it must never be served as one.
+    let smuggled = "GET /watch/smuggled HTTP/1.1\r\nHost: t\r\nSession-Id: x\r\n\r\n";
+    let request = format!(
+        "POST /watch HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{smuggled}{HEALTH_AND_CLOSE}",
+        smuggled.len()
+    );
+    let out = raw(proxy.addr, request.as_bytes(), Duration::from_secs(10)).await;
+    assert_eq!(statuses(&out), [400], "{out}");
+    assert!(out.contains("Connection: close"), "{out}");
+    assert!(out.contains("session_id_required"), "{out}");
+    assert_eq!(origin.served(), 0);
+
+    // Without a body, a refusal keeps the connection for the client's next request.
+    let request = format!("GET /watch HTTP/1.1\r\nHost: t\r\n\r\n{HEALTH_AND_CLOSE}");
+    let out = raw(proxy.addr, request.as_bytes(), Duration::from_secs(10)).await;
+    assert_eq!(statuses(&out), [400, 200], "{out}");
+}

@@ -58,6 +58,7 @@ pub struct StreamGate {
     other_paths: OtherPaths,
     downstream_read_timeout: Duration,
     downstream_write_timeout: Duration,
+    pipelining: bool,
 }
 
 /// Per-request state, from `new_ctx` to `logging`.
@@ -109,6 +110,7 @@ impl StreamGate {
             other_paths: config.server.other_paths,
             downstream_read_timeout: config.server.downstream_read_timeout,
             downstream_write_timeout: config.server.downstream_write_timeout,
+            pipelining: config.server.pipelining,
         })
     }
 
@@ -308,6 +310,11 @@ impl ProxyHttp for StreamGate {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         session.set_read_timeout(Some(self.downstream_read_timeout));
         session.set_write_timeout(Some(self.downstream_write_timeout));
+        // Pingora carries the setting to the connection's next request, and feeds it the
+        // bytes a pipelining client sent early.
+        session
+            .as_downstream_mut()
+            .set_pipelining_enabled(self.pipelining);
         let raw = || match session.as_downstream() {
             pingora::protocols::http::ServerSession::H1(h1) => Some(h1.get_headers_raw_bytes()),
             _ => None,

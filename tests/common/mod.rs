@@ -304,6 +304,7 @@ pub struct TestConfig {
     /// Extra lines for the `[store]` table.
     pub store: String,
     pub max_users: u64,
+    pub pipelining: bool,
 }
 
 impl TestConfig {
@@ -319,7 +320,13 @@ impl TestConfig {
             other_paths: "forward",
             store: "kind = \"memory\"".into(),
             max_users: 100_000,
+            pipelining: true,
         }
+    }
+
+    pub fn pipelining(mut self, on: bool) -> Self {
+        self.pipelining = on;
+        self
     }
 
     pub fn limit(mut self, n: u32) -> Self {
@@ -358,6 +365,7 @@ impl TestConfig {
 listen = ["{listen}"]
 threads = 2
 other_paths = "{other}"
+pipelining = {pipelining}
 grace_period = "0s"
 graceful_shutdown_timeout = "1s"
 
@@ -385,6 +393,7 @@ listen = "{metrics}"
             ttl = self.lease_ttl,
             store = self.store,
             max_users = self.max_users,
+            pipelining = self.pipelining,
         )
     }
 }
