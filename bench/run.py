@@ -152,6 +152,7 @@ NGINX_PEER_CONF = NGINX_PRELUDE.format(name="peer") + """  limit_conn_zone $http
       proxy_pass http://origin;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_buffering off;
     }}
   }}

@@ -160,6 +160,11 @@ pub struct UpstreamSection {
     /// Idle upstream connections kept for reuse, per process.
     #[serde(default = "d_keepalive_pool")]
     pub keepalive_pool_size: usize,
+    /// Append the client's address to `X-Forwarded-For` on forwarded requests (as Envoy
+    /// does, and nginx with `$proxy_add_x_forwarded_for`): an origin that checks the
+    /// viewer's region or binds tokens to an address needs it.
+    #[serde(default = "d_forwarded_for")]
+    pub forwarded_for: bool,
 }
 
 fn d_connect_timeout() -> Duration {
@@ -173,6 +178,9 @@ fn d_idle_timeout() -> Duration {
 }
 fn d_keepalive_pool() -> usize {
     256
+}
+fn d_forwarded_for() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -628,6 +636,7 @@ mod tests {
         assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9091"));
         assert_eq!(c.server.read_buffer, 0);
         assert!(c.server.pipelining);
+        assert!(c.upstream.forwarded_for);
     }
 
     #[test]

@@ -373,3 +373,34 @@ async fn a_refused_request_with_an_unread_body_closes_the_connection() {
     let out = raw(proxy.addr, request.as_bytes(), Duration::from_secs(10)).await;
     assert_eq!(statuses(&out), [400, 200], "{out}");
 }
+
+/// The `X-Forwarded-For` the origin saw for a watch request (no header sent) and for
+/// another path (sent `203.0.113.9`), through a proxy built from `cfg`.
+async fn forwarded_for_seen(cfg: impl Fn(&Origin) -> TestConfig) -> Vec<Option<String>> {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&cfg(&origin)).await;
+    assert_eq!(proxy.watch("/watch", "ip", None).await.status(), 200);
+    let r = proxy
+        .client
+        .get(proxy.url("/other"))
+        .header("X-Forwarded-For", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    origin
+        .seen()
+        .into_iter()
+        .map(|s| s.headers.get("x-forwarded-for").cloned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_origin_learns_the_client_address_from_x_forwarded_for() {
+    let seen = forwarded_for_seen(TestConfig::new).await;
+    let expected = ["127.0.0.1", "203.0.113.9, 127.0.0.1"].map(|v| Some(v.to_string()));
+    assert_eq!(seen, expected);
+    // Off: the client's header goes through as it came, and none is added.
+    let seen = forwarded_for_seen(|o| TestConfig::new(o).forwarded_for(false)).await;
+    assert_eq!(seen, [None, Some("203.0.113.9".to_string())]);
+}

@@ -59,6 +59,7 @@ pub struct StreamGate {
     downstream_read_timeout: Duration,
     downstream_write_timeout: Duration,
     pipelining: bool,
+    forwarded_for: bool,
 }
 
 /// Per-request state, from `new_ctx` to `logging`.
@@ -111,6 +112,7 @@ impl StreamGate {
             downstream_read_timeout: config.server.downstream_read_timeout,
             downstream_write_timeout: config.server.downstream_write_timeout,
             pipelining: config.server.pipelining,
+            forwarded_for: config.upstream.forwarded_for,
         })
     }
 
@@ -284,6 +286,25 @@ impl StreamGate {
 /// Whether a request failed in a way that gives an opened stream back at once: any failure
 /// of the upstream or of the proxy. A client that went away keeps its lease (the TTL frees
 /// it).
+const X_FORWARDED_FOR: &str = "X-Forwarded-For";
+
+/// The `X-Forwarded-For` to send upstream: the client's own list (all its headers, in
+/// order) with the address it connected from appended, as nginx's
+/// `$proxy_add_x_forwarded_for` and Envoy do. Only the last entry is ours; what comes before
+/// is whatever the client claimed.
+fn forwarded_for<'a>(
+    sent: impl IntoIterator<Item = &'a HeaderValue>,
+    client: std::net::IpAddr,
+) -> Option<HeaderValue> {
+    let mut value = Vec::with_capacity(64);
+    for v in sent.into_iter().filter(|v| !v.is_empty()) {
+        value.extend_from_slice(v.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    value.extend_from_slice(client.to_string().as_bytes());
+    HeaderValue::from_bytes(&value).ok()
+}
+
 fn hold_failed(e: Option<&Error>, upstream_status: Option<u16>) -> bool {
     let client_gone = e.is_some_and(|e| *e.esource() == ErrorSource::Downstream);
     let upstream_failed = upstream_status.is_none_or(|s| s >= 500);
@@ -411,10 +432,18 @@ impl ProxyHttp for StreamGate {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if self.forwarded_for {
+            let client = session.client_addr().and_then(|a| a.as_inet());
+            if let Some(value) = client.and_then(|a| {
+                forwarded_for(upstream_request.headers.get_all(X_FORWARDED_FOR), a.ip())
+            }) {
+                upstream_request.insert_header(X_FORWARDED_FOR, value)?;
+            }
+        }
         if let Some(id) = ctx.stream_id {
             let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
             let id = id.hyphenated().encode_lower(&mut buf);
@@ -557,6 +586,24 @@ impl ProxyHttp for StreamGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_for_appends_the_client_to_what_was_sent() {
+        let v4: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        let v6: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        let hv = HeaderValue::from_static;
+        assert_eq!(forwarded_for([], v4).unwrap(), "192.0.2.7");
+        assert_eq!(forwarded_for([], v6).unwrap(), "2001:db8::1");
+        assert_eq!(
+            forwarded_for([&hv("203.0.113.1")], v4).unwrap(),
+            "203.0.113.1, 192.0.2.7"
+        );
+        // Several headers are one list, in order; empty ones add nothing.
+        assert_eq!(
+            forwarded_for([&hv("a, b"), &hv(""), &hv("c")], v6).unwrap(),
+            "a, b, c, 2001:db8::1"
+        );
+    }
 
     fn err(source: ErrorSource) -> Box<Error> {
         let mut e = Error::new(ErrorType::ConnectionClosed);

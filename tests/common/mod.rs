@@ -305,6 +305,7 @@ pub struct TestConfig {
     pub store: String,
     pub max_users: u64,
     pub pipelining: bool,
+    pub forwarded_for: bool,
 }
 
 impl TestConfig {
@@ -321,7 +322,13 @@ impl TestConfig {
             store: "kind = \"memory\"".into(),
             max_users: 100_000,
             pipelining: true,
+            forwarded_for: true,
         }
+    }
+
+    pub fn forwarded_for(mut self, on: bool) -> Self {
+        self.forwarded_for = on;
+        self
     }
 
     pub fn pipelining(mut self, on: bool) -> Self {
@@ -373,6 +380,7 @@ graceful_shutdown_timeout = "1s"
 addrs = [{ups}]
 connect_timeout = "{connect}"
 read_timeout = "{read}"
+forwarded_for = {forwarded_for}
 
 [streams]
 limit = {limit}
@@ -394,6 +402,7 @@ listen = "{metrics}"
             store = self.store,
             max_users = self.max_users,
             pipelining = self.pipelining,
+            forwarded_for = self.forwarded_for,
         )
     }
 }
