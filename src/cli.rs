@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Overrides};
+use crate::server::Launch;
 
 /// Exit code for a configuration that cannot be used.
 pub const EXIT_CONFIG: u8 = 2;
@@ -35,6 +36,10 @@ pub struct Cli {
     /// Metrics listen address, instead of `metrics.listen`.
     #[arg(long, value_name = "ADDR", global = true)]
     pub metrics: Option<String>,
+    /// Take the listening sockets over from the running instance (zero-downtime upgrade):
+    /// start this, then send the old process SIGQUIT within 5 s.
+    #[arg(long, short = 'u')]
+    pub upgrade: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -93,11 +98,11 @@ pub fn run(cli: Cli) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let server = match crate::server::build(
-        &config,
-        prometheus::default_registry(),
-        demo_origin.as_deref(),
-    ) {
+    let launch = Launch {
+        demo_origin: demo_origin.as_deref(),
+        upgrade: cli.upgrade,
+    };
+    let server = match crate::server::build(&config, prometheus::default_registry(), &launch) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("streamgate: {}: {e}", cli.config.display());

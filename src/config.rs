@@ -113,12 +113,19 @@ pub struct ServerSection {
     /// one after another in order, as nginx does. Off: Pingora's default, which answers
     /// the first and closes the connection, dropping the rest.
     pub pipelining: bool,
+    /// Unix socket a new process (`--upgrade`) takes the listening sockets over on, when
+    /// this one gets `SIGQUIT`: Pingora's zero-downtime upgrade. One per instance.
+    pub upgrade_sock: String,
 }
 
 /// Client read buffer: none. Pingora's default is a zero-filled 64 KiB per connection; the
 /// requests of a video edge are small GETs that Pingora's own header buffer takes in one
 /// read, and the buffer cost ~4 KiB per held stream for no throughput (docs/benchmarks.md).
 pub const READ_BUFFER_DEFAULT: usize = 0;
+/// Where a new process waits for the listening sockets of the one it replaces.
+pub const UPGRADE_SOCK_DEFAULT: &str = "/tmp/streamgate-upgrade.sock";
+/// Longest Unix socket path Linux accepts (`sun_path` is 108 bytes with its NUL).
+const UNIX_PATH_MAX: usize = 107;
 /// Largest accepted `server.read_buffer`.
 pub const READ_BUFFER_MAX: usize = 1024 * 1024;
 
@@ -138,6 +145,7 @@ impl Default for ServerSection {
             graceful_shutdown_timeout: Duration::from_secs(30),
             read_buffer: READ_BUFFER_DEFAULT,
             pipelining: true,
+            upgrade_sock: UPGRADE_SOCK_DEFAULT.into(),
         }
     }
 }
@@ -405,6 +413,12 @@ impl Config {
         if s.threads == 0 {
             return Err(KeyError::new("server.threads", "must be at least 1"));
         }
+        if s.upgrade_sock.is_empty() || s.upgrade_sock.len() > UNIX_PATH_MAX {
+            return Err(KeyError::new(
+                "server.upgrade_sock",
+                format!("must be a socket path of 1 to {UNIX_PATH_MAX} bytes"),
+            ));
+        }
         if s.read_buffer > READ_BUFFER_MAX {
             return Err(KeyError::new(
                 "server.read_buffer",
@@ -549,6 +563,7 @@ impl Config {
             // saves the multi-threaded scheduler's overhead (+3-4 % req/s, docs/benchmarks.md).
             work_stealing: self.server.work_stealing && self.server.threads > 1,
             upstream_keepalive_pool_size: self.upstream.keepalive_pool_size,
+            upgrade_sock: self.server.upgrade_sock.clone(),
             grace_period_seconds: Some(self.server.grace_period.as_secs()),
             graceful_shutdown_timeout_seconds: Some(
                 self.server.graceful_shutdown_timeout.as_secs(),
@@ -702,6 +717,7 @@ mod tests {
             ("[server]\nlisten = [\"nowhere\"]\n", "server.listen"),
             ("[server]\nthreads = 0\n", "server.threads"),
             ("[server]\nread_buffer = 16777216\n", "server.read_buffer"),
+            ("[server]\nupgrade_sock = \"\"\n", "server.upgrade_sock"),
             ("[identity]\nheader = \"bad header\"\n", "identity.header"),
             ("[streams]\nroutes = [\"watch\"]\n", "streams.routes"),
             ("[streams]\nroutes = [\"/\"]\n", "streams.routes"),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
+use pingora::server::configuration::Opt;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
@@ -64,17 +65,28 @@ pub fn build_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn StreamS
     }
 }
 
+/// How this process starts, beside what its config file says.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Launch<'a> {
+    /// Also run the built-in demo origin at this address.
+    pub demo_origin: Option<&'a str>,
+    /// Take the listening sockets over from a running instance, which hands them over on
+    /// `SIGQUIT` through `server.upgrade_sock` (Pingora's zero-downtime upgrade). Waits up
+    /// to 5 s for them, then exits with an error.
+    pub upgrade: bool,
+}
+
 /// Build the whole server: the proxy on `server.listen`, metrics on `metrics.listen`, and
-/// store housekeeping. With `demo_origin`, also a small built-in content server there.
-pub fn build(
-    config: &Config,
-    registry: &Registry,
-    demo_origin: Option<&str>,
-) -> Result<Server, BuildError> {
+/// store housekeeping; see [`Launch`] for the demo origin and upgrades.
+pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Server, BuildError> {
     let metrics = Metrics::new(registry)?;
     let store = build_store(config, &metrics)?;
 
-    let mut server = Server::new_with_opt_and_conf(None, config.pingora_server_conf());
+    let opt = Opt {
+        upgrade: launch.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), config.pingora_server_conf());
     server.bootstrap();
 
     let gate = StreamGate::new(config, store.clone(), metrics).map_err(BuildError::Upstream)?;
@@ -105,7 +117,7 @@ pub fn build(
         Housekeeping { store, every },
     ));
 
-    if let Some(addr) = demo_origin {
+    if let Some(addr) = launch.demo_origin {
         let mut svc = Service::new("demo origin".into(), DemoOrigin);
         svc.add_tcp(addr);
         server.add_service(svc);

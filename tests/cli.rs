@@ -169,3 +169,104 @@ async fn demo_runs_the_readme_sequence() {
         .unwrap();
     assert!(m.contains("streamgate_active_streams 3"), "{m}");
 }
+
+/// `GET /health` on a fresh connection: the status, or 0 when no answer came.
+async fn health_on_a_new_connection(listen: &str) -> u16 {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    match client.get(format!("http://{listen}/health")).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_takes_the_sockets_over_without_refusing_a_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("upgrade.sock");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let config = write_config(&format!(
+        "[server]\nlisten = [\"{listen}\"]\nupgrade_sock = \"{}\"\ngrace_period = \"0s\"\n\
+         graceful_shutdown_timeout = \"1s\"\n[upstream]\naddrs = [\"127.0.0.1:9\"]\n\
+         [metrics]\nlisten = \"{metrics}\"\n",
+        sock.display()
+    ));
+    let start = |extra: &[&str]| {
+        streamgate()
+            .arg("--config")
+            .arg(config.path())
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut old = Running(start(&[]));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while health_on_a_new_connection(&listen).await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the first instance did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Health checks on fresh connections run through the whole handover.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let checker = tokio::spawn({
+        let listen = listen.clone();
+        async move {
+            let mut answers = Vec::new();
+            while !*stopped.borrow() && answers.len() < 20_000 {
+                answers.push(health_on_a_new_connection(&listen).await);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            answers
+        }
+    });
+
+    let _new = Running(start(&["--upgrade"]));
+    // The new process binds the upgrade socket and waits there for the listeners.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the new instance never waited for the sockets"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = libc::pid_t::try_from(old.0.id()).unwrap();
+    // SAFETY: signals our own child process, which is still running (not yet waited for).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGQUIT) }, 0);
+
+    // The old process hands its sockets over, drains, and exits cleanly.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = old.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the old instance did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    // Only the new process is left to answer, on the same sockets.
+    assert_eq!(health_on_a_new_connection(&listen).await, 200);
+    let m = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(m.status(), 200, "the metrics listener moved over too");
+
+    stop.send(true).unwrap();
+    let answers = checker.await.unwrap();
+    assert!(answers.len() > 10, "too few checks ran: {}", answers.len());
+    assert!(
+        answers.iter().all(|&s| s == 200),
+        "a health check failed during the handover: {:?}",
+        answers.iter().filter(|&&s| s != 200).count()
+    );
+}

@@ -434,7 +434,8 @@ impl Proxy {
         let text = cfg.toml(&addr.to_string(), &metrics_addr.to_string());
         let config = streamgate::config::Config::from_toml(&text).expect("test config is valid");
         let registry = prometheus::Registry::new();
-        let server = streamgate::server::build(&config, &registry, None).expect("server builds");
+        let server = streamgate::server::build(&config, &registry, &Default::default())
+            .expect("server builds");
         let (stop, rx) = watch::channel(false);
         let thread = std::thread::spawn(move || {
             server.run(RunArgs {
