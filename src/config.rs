@@ -41,7 +41,7 @@ pub struct KeyError {
 }
 
 impl KeyError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             message: message.into(),
@@ -72,6 +72,33 @@ pub struct Config {
     pub store: StoreSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub tls: TlsSection,
+}
+
+/// HTTPS listeners (`[tls]`); none by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// Addresses serving HTTPS, beside (or instead of) `server.listen`.
+    pub listen: Vec<String>,
+    /// PEM certificate chain, the server's own certificate first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    pub key_file: Option<PathBuf>,
+    /// Offer HTTP/2 by ALPN (HTTP/1.1 is always offered).
+    pub h2: bool,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            cert_file: None,
+            key_file: None,
+            h2: true,
+        }
+    }
 }
 
 /// What to do with requests outside the watch routes (and outside `/health`).
@@ -404,11 +431,20 @@ impl Config {
     /// Check everything serde cannot: addresses, ranges, header names, routes.
     pub fn validate(self) -> Result<Config, KeyError> {
         let s = &self.server;
-        if s.listen.is_empty() {
-            return Err(KeyError::new("server.listen", "needs at least one address"));
+        if s.listen.is_empty() && self.tls.listen.is_empty() {
+            return Err(KeyError::new(
+                "server.listen",
+                "needs at least one address (or tls.listen)",
+            ));
         }
         for a in &s.listen {
             check_socket_addr("server.listen", a)?;
+        }
+        for a in &self.tls.listen {
+            check_socket_addr("tls.listen", a)?;
+        }
+        if !self.tls.listen.is_empty() {
+            crate::tls::check(&self.tls)?;
         }
         if s.threads == 0 {
             return Err(KeyError::new("server.threads", "must be at least 1"));

@@ -28,6 +28,8 @@ pub enum BuildError {
     Upstream(std::io::Error),
     #[error("store.tls_ca_file: {0}")]
     TlsCa(std::io::Error),
+    #[error("tls: {0}")]
+    Tls(Box<pingora::Error>),
 }
 
 /// Build the store the config asks for.
@@ -95,6 +97,14 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Se
     let buffers = L4BufferSettings::default().read(config.server.read_buffer);
     for addr in &config.server.listen {
         proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
+    }
+    for addr in &config.tls.listen {
+        let tls = crate::tls::listener_settings(&config.tls).map_err(BuildError::Tls)?;
+        proxy.add_listener(
+            ListenerConfig::tcp(addr.as_str())
+                .tls(tls)
+                .l4_buffer(buffers),
+        );
     }
     server.add_service(proxy);
 

@@ -270,3 +270,56 @@ async fn upgrade_takes_the_sockets_over_without_refusing_a_connection() {
         answers.iter().filter(|&&s| s != 200).count()
     );
 }
+
+#[test]
+fn bad_tls_files_are_config_errors_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    common::certs::make_certs(dir.path());
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(dir.path().join("garbage.pem"), "not a certificate\n").unwrap();
+    let tls = |cert: &str, key: &str| {
+        format!("{VALID}[tls]\nlisten = [\"127.0.0.1:8443\"]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n")
+    };
+    let (code, _, stderr, _) = check(&tls(&file("server.crt"), &file("server.key")), &[]);
+    assert_eq!(code, 0, "a good pair is accepted: {stderr}");
+    let https_only = format!(
+        "[server]\nlisten = []\n{}",
+        tls(&file("server.crt"), &file("server.key"))
+    );
+    let (code, _, stderr, _) = check(&https_only, &[]);
+    assert_eq!(code, 0, "HTTPS alone is enough: {stderr}");
+    let (code, _, stderr, _) = check(&format!("[server]\nlisten = []\n{VALID}"), &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("server.listen"), "{stderr}");
+    for (text, key) in [
+        (
+            format!("{VALID}[tls]\nlisten = [\"127.0.0.1:8443\"]\n"),
+            "tls.cert_file",
+        ),
+        (
+            tls(&file("missing.crt"), &file("server.key")),
+            "tls.cert_file",
+        ),
+        (
+            tls(&file("garbage.pem"), &file("server.key")),
+            "tls.cert_file",
+        ),
+        (
+            tls(&file("server.crt"), &file("garbage.pem")),
+            "tls.key_file",
+        ),
+        // A real key, but the CA's, not the certificate's.
+        (tls(&file("server.crt"), &file("ca.key")), "tls.key_file"),
+        (
+            format!("{VALID}[tls]\nlisten = [\"nowhere\"]\n"),
+            "tls.listen",
+        ),
+    ] {
+        let (code, stdout, stderr, _) = check(&text, &[]);
+        assert_eq!(code, 2, "{text:?}: {stderr}");
+        assert!(stdout.is_empty());
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");
+        assert!(stderr.contains(key), "names {key}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

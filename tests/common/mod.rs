@@ -3,6 +3,7 @@
 //! that tests can make it slow, gated, failing, resetting or hanging.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod redis_server;
 
 use std::collections::HashMap;
@@ -306,6 +307,8 @@ pub struct TestConfig {
     pub max_users: u64,
     pub pipelining: bool,
     pub forwarded_for: bool,
+    /// An HTTPS listener too, with these certificate chain and key files.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl TestConfig {
@@ -323,7 +326,15 @@ impl TestConfig {
             max_users: 100_000,
             pipelining: true,
             forwarded_for: true,
+            tls: None,
         }
+    }
+
+    /// Serve HTTPS too ([`Proxy::tls_addr`]), with `server.crt`/`server.key` from `dir`
+    /// (see [`certs::make_certs`]).
+    pub fn https(mut self, dir: &std::path::Path) -> Self {
+        self.tls = Some((dir.join("server.crt"), dir.join("server.key")));
+        self
     }
 
     pub fn forwarded_for(mut self, on: bool) -> Self {
@@ -364,8 +375,16 @@ impl TestConfig {
         self
     }
 
-    pub fn toml(&self, listen: &str, metrics: &str) -> String {
+    pub fn toml(&self, listen: &str, metrics: &str, tls_listen: &str) -> String {
         let ups: Vec<String> = self.upstreams.iter().map(|u| format!("\"{u}\"")).collect();
+        let tls = match &self.tls {
+            Some((cert, key)) => format!(
+                "[tls]\nlisten = [\"{tls_listen}\"]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         format!(
             r#"
 [server]
@@ -392,7 +411,8 @@ max_users = {max_users}
 
 [metrics]
 listen = "{metrics}"
-"#,
+
+{tls}"#,
             other = self.other_paths,
             ups = ups.join(", "),
             connect = self.connect_timeout,
@@ -421,6 +441,8 @@ impl ShutdownSignalWatch for TestSignal {
 /// A running streamgate, stopped (by its own shutdown signal) when dropped.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The HTTPS listener, when the config asked for one.
+    pub tls_addr: Option<SocketAddr>,
     pub metrics_addr: SocketAddr,
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
@@ -431,7 +453,12 @@ impl Proxy {
     pub async fn start(cfg: &TestConfig) -> Proxy {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let text = cfg.toml(&addr.to_string(), &metrics_addr.to_string());
+        let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let text = cfg.toml(
+            &addr.to_string(),
+            &metrics_addr.to_string(),
+            &tls_addr.to_string(),
+        );
         let config = streamgate::config::Config::from_toml(&text).expect("test config is valid");
         let registry = prometheus::Registry::new();
         let server = streamgate::server::build(&config, &registry, &Default::default())
@@ -448,6 +475,7 @@ impl Proxy {
             .unwrap();
         let proxy = Proxy {
             addr,
+            tls_addr: cfg.tls.as_ref().map(|_| tls_addr),
             metrics_addr,
             stop,
             thread: Some(thread),
