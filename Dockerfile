@@ -8,6 +8,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY conf ./conf
+# Cargo.toml names the criterion bench target: without its file the manifest is refused.
+COPY benches ./benches
 RUN cargo build --release --locked --bin streamgate
 
 # Runtime stage: just the binary, its config, and a non-root user.
@@ -19,9 +21,10 @@ RUN apt-get update \
 COPY --from=build /src/target/release/streamgate /usr/local/bin/streamgate
 COPY conf /etc/streamgate
 USER streamgate
-# 3001: the proxy. 9091: Prometheus metrics (conf sets metrics.listen to loopback; use
+# 3001: the proxy. 3443: HTTPS when [tls] is set up (mount the certificate and key).
+# 9091: Prometheus metrics (conf sets metrics.listen to loopback; use
 # --metrics 0.0.0.0:9091 to scrape from outside the container).
-EXPOSE 3001 9091
+EXPOSE 3001 3443 9091
 HEALTHCHECK --interval=10s --timeout=2s --start-period=5s --retries=3 \
   CMD curl -fsS http://127.0.0.1:3001/health || exit 1
 ENTRYPOINT ["/usr/local/bin/streamgate"]
