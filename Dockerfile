@@ -10,7 +10,10 @@ COPY src ./src
 COPY conf ./conf
 # Cargo.toml names the criterion bench target: without its file the manifest is refused.
 COPY benches ./benches
-RUN cargo build --release --locked --bin streamgate
+# HTTPS listeners are a cargo feature; build with --build-arg FEATURES= for a plain-HTTP
+# binary with smaller connections (docs/benchmarks.md).
+ARG FEATURES=tls
+RUN cargo build --release --locked --bin streamgate --features "$FEATURES"
 
 # Runtime stage: just the binary, its config, and a non-root user.
 FROM debian:bookworm-slim

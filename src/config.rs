@@ -444,6 +444,12 @@ impl Config {
             check_socket_addr("tls.listen", a)?;
         }
         if !self.tls.listen.is_empty() {
+            if !cfg!(feature = "tls") {
+                return Err(KeyError::new(
+                    "tls.listen",
+                    "this build has no HTTPS listeners (build with --features tls)",
+                ));
+            }
             crate::tls::check(&self.tls)?;
         }
         if s.threads == 0 {

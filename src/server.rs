@@ -28,6 +28,7 @@ pub enum BuildError {
     Upstream(std::io::Error),
     #[error("store.tls_ca_file: {0}")]
     TlsCa(std::io::Error),
+    #[cfg(feature = "tls")]
     #[error("tls: {0}")]
     Tls(Box<pingora::Error>),
 }
@@ -98,6 +99,8 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Se
     for addr in &config.server.listen {
         proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
     }
+    // Without the `tls` feature, validation refused a config with `tls.listen`.
+    #[cfg(feature = "tls")]
     for addr in &config.tls.listen {
         let tls = crate::tls::listener_settings(&config.tls).map_err(BuildError::Tls)?;
         proxy.add_listener(

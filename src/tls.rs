@@ -1,6 +1,10 @@
 //! HTTPS on the listener (`[tls]`): HTTP/2 and HTTP/1.1 by ALPN, terminated here as an
 //! edge proxy must (browsers play protected video only over HTTPS).
 //!
+//! Compiled into Pingora only with the cargo feature `tls`: Pingora's TLS support makes
+//! every connection's state bigger, plain ones too (docs/benchmarks.md). Without it, a
+//! config with `tls.listen` is refused at load.
+//!
 //! Pingora loads the certificate and key only when the listener starts, and panics if they
 //! are bad. So they are loaded here first, at config load, the way Pingora will load them
 //! (rustls on ring): a missing file, a file without PEM in it, or a key that does not fit
@@ -9,6 +13,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+#[cfg(feature = "tls")]
 use pingora::listeners::tls::TlsSettings;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -52,6 +57,7 @@ pub fn check(tls: &TlsSection) -> Result<(), KeyError> {
 }
 
 /// Pingora's settings for one HTTPS listener. Call only on a config that passed [`check`].
+#[cfg(feature = "tls")]
 pub fn listener_settings(tls: &TlsSection) -> pingora::Result<TlsSettings> {
     let (cert_file, key_file) = paths(tls).map_err(|e| {
         pingora::Error::explain(

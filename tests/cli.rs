@@ -271,6 +271,17 @@ async fn upgrade_takes_the_sockets_over_without_refusing_a_connection() {
     );
 }
 
+#[cfg(not(feature = "tls"))]
+#[test]
+fn https_listeners_need_the_tls_feature() {
+    let text = format!("{VALID}[tls]\nlisten = [\"127.0.0.1:8443\"]\n");
+    let (code, _, stderr, _) = check(&text, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("tls.listen"), "{stderr}");
+    assert!(stderr.contains("--features tls"), "{stderr}");
+}
+
+#[cfg(feature = "tls")]
 #[test]
 fn bad_tls_files_are_config_errors_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();

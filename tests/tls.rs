@@ -1,5 +1,6 @@
 //! The HTTPS listener (`[tls]`): the same contract over TLS, by HTTP/1.1 and by HTTP/2
-//! (ALPN), sharing one limit with the plain listener.
+//! (ALPN), sharing one limit with the plain listener. Needs the `tls` feature.
+#![cfg(feature = "tls")]
 
 mod common;
 
