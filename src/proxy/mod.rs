@@ -283,9 +283,6 @@ impl StreamGate {
     }
 }
 
-/// Whether a request failed in a way that gives an opened stream back at once: any failure
-/// of the upstream or of the proxy. A client that went away keeps its lease (the TTL frees
-/// it).
 const X_FORWARDED_FOR: &str = "X-Forwarded-For";
 
 /// The `X-Forwarded-For` to send upstream: the client's own list (all its headers, in
@@ -305,6 +302,9 @@ fn forwarded_for<'a>(
     HeaderValue::from_bytes(&value).ok()
 }
 
+/// Whether a request failed in a way that gives an opened stream back at once: any failure
+/// of the upstream or of the proxy. A client that went away keeps its lease (the TTL frees
+/// it).
 fn hold_failed(e: Option<&Error>, upstream_status: Option<u16>) -> bool {
     let client_gone = e.is_some_and(|e| *e.esource() == ErrorSource::Downstream);
     let upstream_failed = upstream_status.is_none_or(|s| s >= 500);
