@@ -19,12 +19,23 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-/// A port that was free a moment ago (Pingora binds by address, so we must pick one).
+/// A port that was free a moment ago (Pingora binds by address, so we must pick one), and
+/// never one this test process was given before: the kernel may hand the same free port to
+/// two calls in a row, and a proxy's listener and metrics port must differ.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let port = StdListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no port not given out before in 1000 tries")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -453,7 +464,8 @@ impl Proxy {
     pub async fn start(cfg: &TestConfig) -> Proxy {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let tls_port = if cfg.tls.is_some() { free_port() } else { 0 };
+        let tls_addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
         let text = cfg.toml(
             &addr.to_string(),
             &metrics_addr.to_string(),
