@@ -25,7 +25,7 @@ pub struct Tls {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        Self::spawn(free_port(), false)
+        Self::spawn(None, false)
     }
 
     /// A server that speaks only TLS (certificate signed by a throwaway CA) and wants a
@@ -33,19 +33,56 @@ impl RedisServer {
     pub fn start_tls(password: &str) -> RedisServer {
         let dir = tempfile::tempdir().expect("tempdir");
         make_certs(dir.path());
-        Self::spawn_in(free_port(), false, Some(password), dir)
+        Self::spawn_in(None, false, Some(password), dir)
     }
 
-    fn spawn(port: u16, cluster: bool) -> RedisServer {
+    /// On `port`, or on a free one when `None`.
+    fn spawn(port: Option<u16>, cluster: bool) -> RedisServer {
         Self::spawn_in(port, cluster, None, tempfile::tempdir().expect("tempdir"))
     }
 
+    /// Start redis-server in `dir`. A port picked here gets a few tries: between
+    /// `free_port` and redis-server's own bind, another test (the soak tests open thousands
+    /// of connections) may take it as a client port, and redis-server then exits.
     fn spawn_in(
-        port: u16,
+        port: Option<u16>,
         cluster: bool,
         password: Option<&str>,
         dir: tempfile::TempDir,
     ) -> RedisServer {
+        let tls = password.map(|pw| Tls {
+            password: pw.to_string(),
+            ca_pem: std::fs::read(dir.path().join("ca.crt")).unwrap(),
+            ca_file: dir.path().join("ca.crt"),
+        });
+        let tries = if port.is_some() { 1 } else { 5 };
+        let mut failures = Vec::new();
+        for _ in 0..tries {
+            let port = port.unwrap_or_else(free_port);
+            let mut child = Self::command(port, cluster, password, dir.path())
+                .spawn()
+                .expect("redis-server must be installed (apt-get install redis-server)");
+            match wait_ping(port, tls.as_ref(), &mut child) {
+                Ok(()) => {
+                    return RedisServer {
+                        port,
+                        child: Some(child),
+                        dir,
+                        cluster,
+                        tls,
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    failures.push(e);
+                }
+            }
+        }
+        panic!("redis-server did not start: {failures:?}")
+    }
+
+    fn command(port: u16, cluster: bool, password: Option<&str>, dir: &std::path::Path) -> Command {
         let mut cmd = Command::new("redis-server");
         if let Some(pw) = password {
             cmd.args(["--port", "0", "--tls-port", &port.to_string()])
@@ -62,9 +99,9 @@ impl RedisServer {
         }
         cmd.args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .current_dir(dir.path())
+            .current_dir(dir)
             .arg("--dir")
-            .arg(dir.path());
+            .arg(dir);
         if cluster {
             cmd.args([
                 "--cluster-enabled",
@@ -75,25 +112,8 @@ impl RedisServer {
                 "2000",
             ]);
         }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        let tls = password.map(|pw| Tls {
-            password: pw.to_string(),
-            ca_pem: std::fs::read(dir.path().join("ca.crt")).unwrap(),
-            ca_file: dir.path().join("ca.crt"),
-        });
-        let server = RedisServer {
-            port,
-            child: Some(child),
-            dir,
-            cluster,
-            tls,
-        };
-        server.wait_ping();
-        server
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        cmd
     }
 
     pub fn url(&self) -> String {
@@ -102,30 +122,11 @@ impl RedisServer {
 
     /// The URL for one database (TLS servers: `rediss://` with the password).
     pub fn url_db(&self, db: u8) -> String {
-        match &self.tls {
-            Some(t) => format!("rediss://:{}@127.0.0.1:{}/{db}", t.password, self.port),
-            None => format!("redis://127.0.0.1:{}/{db}", self.port),
-        }
+        url_for(self.port, self.tls.as_ref(), db)
     }
 
     pub fn tls(&self) -> Option<&Tls> {
         self.tls.as_ref()
-    }
-
-    fn client(&self, url: String) -> redis::Client {
-        // rustls needs a process-wide crypto provider (the proxy installs the same one).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        match &self.tls {
-            Some(t) => redis::Client::build_with_tls(
-                url,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(t.ca_pem.clone()),
-                },
-            )
-            .unwrap(),
-            None => redis::Client::open(url).unwrap(),
-        }
     }
 
     pub fn connection(&self) -> redis::Connection {
@@ -133,27 +134,9 @@ impl RedisServer {
     }
 
     pub fn connection_db(&self, db: u8) -> redis::Connection {
-        self.client(self.url_db(db))
+        client_for(self.url_db(db), self.tls.as_ref())
             .get_connection_with_timeout(Duration::from_secs(2))
             .expect("connect to test redis")
-    }
-
-    fn wait_ping(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let attempt = self
-                .client(self.url())
-                .get_connection_with_timeout(Duration::from_millis(500))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            match attempt {
-                Ok(_) => return,
-                Err(e) => assert!(
-                    Instant::now() < deadline,
-                    "redis-server did not start in 10 s: {e}"
-                ),
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// Kill the server (as if it crashed).
@@ -167,7 +150,7 @@ impl RedisServer {
     /// Start a fresh server on the same port (its data is gone: no persistence).
     pub fn restart(&mut self) {
         self.stop();
-        let again = Self::spawn(self.port, self.cluster);
+        let again = Self::spawn(Some(self.port), self.cluster);
         *self = again;
     }
 }
@@ -186,9 +169,7 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::spawn(free_port(), true))
-            .collect();
+        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::spawn(None, true)).collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
@@ -228,5 +209,50 @@ impl RedisCluster {
 
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
+    }
+}
+
+fn url_for(port: u16, tls: Option<&Tls>, db: u8) -> String {
+    match tls {
+        Some(t) => format!("rediss://:{}@127.0.0.1:{port}/{db}", t.password),
+        None => format!("redis://127.0.0.1:{port}/{db}"),
+    }
+}
+
+fn client_for(url: String, tls: Option<&Tls>) -> redis::Client {
+    // rustls needs a process-wide crypto provider (the proxy installs the same one).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match tls {
+        Some(t) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(t.ca_pem.clone()),
+            },
+        )
+        .unwrap(),
+        None => redis::Client::open(url).unwrap(),
+    }
+}
+
+/// Wait (up to 10 s) until the server on `port` answers `PING`; an error at once if it
+/// exited (its port was taken).
+fn wait_ping(port: u16, tls: Option<&Tls>, child: &mut Child) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let client = client_for(url_for(port, tls, 0), tls);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("port {port}: redis-server exited ({status})"));
+        }
+        let attempt = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+        match attempt {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("port {port}: no answer in 10 s: {e}"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
     }
 }
