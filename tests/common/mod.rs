@@ -386,15 +386,16 @@ impl TestConfig {
         self
     }
 
-    pub fn toml(&self, listen: &str, metrics: &str, tls_listen: &str) -> String {
+    /// The config file text; `tls_listen` is used only when [`Self::https`] was asked for.
+    pub fn toml(&self, listen: &str, metrics: &str, tls_listen: Option<&str>) -> String {
         let ups: Vec<String> = self.upstreams.iter().map(|u| format!("\"{u}\"")).collect();
-        let tls = match &self.tls {
-            Some((cert, key)) => format!(
+        let tls = match (&self.tls, tls_listen) {
+            (Some((cert, key)), Some(tls_listen)) => format!(
                 "[tls]\nlisten = [\"{tls_listen}\"]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
                 cert.display(),
                 key.display()
             ),
-            None => String::new(),
+            _ => String::new(),
         };
         format!(
             r#"
@@ -464,12 +465,14 @@ impl Proxy {
     pub async fn start(cfg: &TestConfig) -> Proxy {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let tls_port = if cfg.tls.is_some() { free_port() } else { 0 };
-        let tls_addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+        let tls_addr: Option<SocketAddr> = cfg
+            .tls
+            .as_ref()
+            .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap());
         let text = cfg.toml(
             &addr.to_string(),
             &metrics_addr.to_string(),
-            &tls_addr.to_string(),
+            tls_addr.map(|a| a.to_string()).as_deref(),
         );
         let config = streamgate::config::Config::from_toml(&text).expect("test config is valid");
         let registry = prometheus::Registry::new();
@@ -487,7 +490,7 @@ impl Proxy {
             .unwrap();
         let proxy = Proxy {
             addr,
-            tls_addr: cfg.tls.as_ref().map(|_| tls_addr),
+            tls_addr,
             metrics_addr,
             stop,
             thread: Some(thread),
@@ -573,6 +576,16 @@ impl Proxy {
     }
 
     /// Poll until `check` holds, bounded by `within`.
+    /// Wait (up to 5 s) until the counter `series` reaches `at_least`: counters kept in
+    /// Pingora's logging phase may move just after the answer is out.
+    pub async fn counted(&self, series: &str, at_least: f64) {
+        let what = format!("{series} >= {at_least}");
+        self.eventually(Duration::from_secs(5), &what, || async {
+            self.metric(series).await >= at_least
+        })
+        .await;
+    }
+
     pub async fn eventually<F, Fut>(&self, within: Duration, what: &str, mut check: F)
     where
         F: FnMut() -> Fut,
