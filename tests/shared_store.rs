@@ -70,7 +70,8 @@ async fn redis_down_denies_fast_then_recovers_exactly() {
     let origin = Origin::start().await;
     let cfg = TestConfig::new(&origin)
         .limit(1)
-        .redis(&redis.url(), "sg", "deny");
+        .redis(&redis.url(), "sg", "deny")
+        .store_timeout("200ms");
     let proxy = Proxy::start(&cfg).await;
     assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 200);
     redis.stop();
