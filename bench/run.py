@@ -19,6 +19,7 @@ writes it as Markdown to bench/results.md.
     python3 bench/run.py                 # 3 rounds of 5 s per shape
     python3 bench/run.py --rounds 5 --duration 10 --held 5000
     python3 bench/run.py --held-only --held 9000   # held streams only; 2 files per stream
+    python3 bench/run.py --shapes 3 --conns 3000 --store-timeout 100ms --held 0   # overload
 
 Needs: nginx, wrk (Debian packages), cargo; optional redis-server. Every process it starts
 is stopped by PID at the end; the load is bounded by --duration and --rounds.
@@ -327,6 +328,15 @@ def wrk_health(port, duration):
     return parse_wrk(out)
 
 
+def store_errors(metrics_port):
+    """Store calls that failed or timed out so far (each one a 503 under "deny")."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    except Exception:
+        return 0
+    return sum(int(float(n)) for n in re.findall(r'^streamgate_store_errors_total\{[^}]*\} (\S+)', text, re.M))
+
+
 def store_latency(metrics_port):
     """Mean and p99 (bucket bound) of each store operation, from a proxy's /metrics."""
     try:
@@ -374,12 +384,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=5, help="seconds per load run")
     ap.add_argument("--conns", type=int, default=64)
-    ap.add_argument("--held", type=int, default=2000, help="held slow streams (shape 4)")
+    ap.add_argument("--held", type=int, default=2000, help="held slow streams (shape 4; 0: skip them)")
     ap.add_argument("--held-only", action="store_true", help="measure only the held streams (shape 4)")
     ap.add_argument("--threads", type=int, default=1, help="streamgate worker threads")
     ap.add_argument("--no-stealing", action="store_true")
     ap.add_argument("--refusal-cache", default=None, metavar="DURATION",
                     help="store.refusal_cache for the redis-store target (e.g. 1s; default: off)")
+    ap.add_argument("--store-timeout", default="500ms", metavar="DURATION",
+                    help="redis-store's store.timeout (the product's default is 100ms)")
     ap.add_argument("--read-buffer", type=int, default=None,
                     help="streamgate server.read_buffer in bytes (default: the config default)")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/streamgate"))
@@ -426,7 +438,7 @@ def main():
             start(["redis-server", "--port", str(PORTS["redis"]), "--bind", "127.0.0.1", "--save", "",
                    "--appendonly", "no"], LOAD_CORE)
             wait_port(PORTS["redis"], None)
-            store = f'kind = "redis"\nurl = "redis://127.0.0.1:{PORTS["redis"]}"\ntimeout = "500ms"'
+            store = f'kind = "redis"\nurl = "redis://127.0.0.1:{PORTS["redis"]}"\ntimeout = "{args.store_timeout}"'
             if args.refusal_cache:
                 store += f'\nrefusal_cache = "{args.refusal_cache}"'
             commands["redis-store"] = (sg + [streamgate_conf(d, "redis-store", PORTS["redis-store"], PORTS["origin"], store, '"/watch"', args)], env)
@@ -470,18 +482,20 @@ def main():
             for shape, path, users in shapes:
                 conns = args.conns if "MiB" not in shape else 16
                 for name in targets:
+                    errs = store_errors(METRICS[name]) if name in METRICS else 0
                     r = wrk(PORTS[name], path, users, conns, args.duration)
+                    r["store_errors"] = (store_errors(METRICS[name]) if name in METRICS else 0) - errs
                     results[name][shape].append(r)
                     print(f"round {rnd + 1} {name:12} {shape:32} {r['rps']:9.0f} req/s "
                           f"{r['mbs']:8.1f} MB/s p50 {r['p50']:.2f} ms p99 {r['p99']:.2f} ms "
-                          f"non-2xx {r['non2xx']} errors {r['errors']}", flush=True)
+                          f"non-2xx {r['non2xx']} errors {r['errors']} store errors {r['store_errors']}", flush=True)
         latency = {name: store_latency(METRICS[name]) for name in targets if name in METRICS}
         for proc in targets.values():
             halt(proc)
         # Held streams: each target starts fresh, so the figure is the streams' own memory,
         # not what the load shapes left behind.
         held = {name: [] for name in targets}
-        for rnd in range(args.rounds):
+        for rnd in range(args.rounds if args.held else 0):
             for name in commands:
                 proc = launch(name)
                 time.sleep(1)
@@ -502,9 +516,10 @@ def report(args, shapes, results, held, latency):
     lines.append(f"rounds: {args.rounds} x {args.duration} s, {args.conns} connections "
                  f"(16 for segments), streamgate threads {args.threads}"
                  + (f", redis-store refusal_cache {args.refusal_cache}" if args.refusal_cache else "")
+                 + f", redis-store timeout {args.store_timeout}"
                  + "; medians (min..max)\n")
-    lines.append("| shape | target | req/s | MB/s | p50 ms | p99 ms | non-2xx | errors | req/s vs nginx | p99 vs nginx |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("| shape | target | req/s | MB/s | p50 ms | p99 ms | non-2xx | errors | store errors | req/s vs nginx | p99 vs nginx |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for shape, _, _ in shapes:
         base = results.get("nginx", {}).get(shape, [])
         base_rps = med([r["rps"] for r in base])
@@ -517,8 +532,10 @@ def report(args, shapes, results, held, latency):
             pratio = f"{med(p99) / base_p99:.2f}x" if base_p99 else "-"
             lines.append(f"| {shape} | {name} | {fmt_spread(rps)} | {fmt_spread([r['mbs'] for r in rs], 1)} | "
                          f"{fmt_spread([r['p50'] for r in rs], 2)} | {fmt_spread(p99, 2)} | "
-                         f"{int(med([r['non2xx'] for r in rs]))} | {int(med([r['errors'] for r in rs]))} | {ratio} | {pratio} |")
+                         f"{int(med([r['non2xx'] for r in rs]))} | {int(med([r['errors'] for r in rs]))} | "
+                         f"{int(med([r['store_errors'] for r in rs]))} | {ratio} | {pratio} |")
     lines.append("")
+    held = {name: hs for name, hs in held.items() if hs}
     lines.append(f"Held streams ({args.held} concurrent slow streams, distinct users):\n")
     lines.append("| target | held (min) | KiB per held stream | RSS MiB | /health p50 ms | /health p99 ms | memory vs nginx |")
     lines.append("|---|---|---|---|---|---|---|")
