@@ -328,21 +328,23 @@ def wrk_health(port, duration):
     return parse_wrk(out)
 
 
+def metrics_text(metrics_port):
+    """A proxy's /metrics page ("" when it cannot be read)."""
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    except Exception:
+        return ""
+
+
 def store_errors(metrics_port):
     """Store calls that failed or timed out so far (each one a 503 under "deny")."""
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    except Exception:
-        return 0
+    text = metrics_text(metrics_port)
     return sum(int(float(n)) for n in re.findall(r'^streamgate_store_errors_total\{[^}]*\} (\S+)', text, re.M))
 
 
 def store_latency(metrics_port):
     """Mean and p99 (bucket bound) of each store operation, from a proxy's /metrics."""
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).read().decode()
-    except Exception:
-        return {}
+    text = metrics_text(metrics_port)
     out = {}
     for op in ("open", "renew", "end"):
         total = re.search(rf'streamgate_store_operation_duration_seconds_sum{{op="{op}"}} ([\d.e+-]+)', text)
@@ -536,16 +538,17 @@ def report(args, shapes, results, held, latency):
                          f"{int(med([r['store_errors'] for r in rs]))} | {ratio} | {pratio} |")
     lines.append("")
     held = {name: hs for name, hs in held.items() if hs}
-    lines.append(f"Held streams ({args.held} concurrent slow streams, distinct users):\n")
-    lines.append("| target | held (min) | KiB per held stream | RSS MiB | /health p50 ms | /health p99 ms | memory vs nginx |")
-    lines.append("|---|---|---|---|---|---|---|")
-    base_kib = med([h["kib_per_stream"] for h in held.get("nginx", [])])
-    for name, hs in held.items():
-        kib = [h["kib_per_stream"] for h in hs]
-        ratio = f"{med(kib) / base_kib:.2f}x" if base_kib else "-"
-        lines.append(f"| {name} | {min(h['held'] for h in hs)} | {fmt_spread(kib, 1)} | {fmt_spread([h['rss_mib'] for h in hs], 1)} | "
-                     f"{fmt_spread([h['health_p50'] for h in hs], 2)} | {fmt_spread([h['health_p99'] for h in hs], 2)} | {ratio} |")
-    lines.append("")
+    if held:
+        lines.append(f"Held streams ({args.held} concurrent slow streams, distinct users):\n")
+        lines.append("| target | held (min) | KiB per held stream | RSS MiB | /health p50 ms | /health p99 ms | memory vs nginx |")
+        lines.append("|---|---|---|---|---|---|---|")
+        base_kib = med([h["kib_per_stream"] for h in held.get("nginx", [])])
+        for name, hs in held.items():
+            kib = [h["kib_per_stream"] for h in hs]
+            ratio = f"{med(kib) / base_kib:.2f}x" if base_kib else "-"
+            lines.append(f"| {name} | {min(h['held'] for h in hs)} | {fmt_spread(kib, 1)} | {fmt_spread([h['rss_mib'] for h in hs], 1)} | "
+                         f"{fmt_spread([h['health_p50'] for h in hs], 2)} | {fmt_spread([h['health_p99'] for h in hs], 2)} | {ratio} |")
+        lines.append("")
     lines.append("Store operation latency over the whole run, from each proxy's own histogram:\n")
     lines.append("| target | op | count | mean us | p99 us (bucket bound) |")
     lines.append("|---|---|---|---|---|")
