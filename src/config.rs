@@ -158,6 +158,8 @@ pub const READ_BUFFER_MAX: usize = 1024 * 1024;
 
 /// Longest `store.refusal_cache`: how late a slot freed on another instance may be seen.
 pub const MAX_REFUSAL_CACHE: Duration = Duration::from_secs(10);
+/// Largest `streams.max_manifest_size`: a manifest is held whole in memory to be rewritten.
+const MAX_MANIFEST_SIZE: usize = 64 << 20;
 
 impl Default for ServerSection {
     fn default() -> Self {
@@ -248,6 +250,19 @@ pub struct StreamsSection {
     pub lease_ttl: Duration,
     /// The header that carries the stream id, both ways.
     pub stream_id_header: String,
+    /// The query parameter that carries the stream id in URLs (players cannot echo a
+    /// header); removed before the request goes upstream.
+    pub stream_id_param: String,
+    /// Hosts of absolute manifest URIs that point back through this proxy (relative URIs
+    /// always do); their URIs get the stream id too.
+    pub rewrite_hosts: Vec<String>,
+    /// Largest manifest rewritten; a bigger one goes through unchanged (and is counted).
+    pub max_manifest_size: usize,
+    /// Origins whose browser players may read the proxy's own answers (`"*"`: any).
+    pub cors_origins: Vec<String>,
+    /// Most requests of one stream in flight at once through this instance; one more is
+    /// `429 stream_busy`. Real players keep at most a handful (docs/players.md).
+    pub max_inflight_per_stream: u32,
 }
 
 impl Default for StreamsSection {
@@ -257,6 +272,11 @@ impl Default for StreamsSection {
             limit: 3,
             lease_ttl: Duration::from_secs(60),
             stream_id_header: "Stream-Id".into(),
+            stream_id_param: "sg_stream".into(),
+            rewrite_hosts: Vec::new(),
+            max_manifest_size: 4 << 20,
+            cors_origins: Vec::new(),
+            max_inflight_per_stream: 8,
         }
     }
 }
@@ -519,6 +539,45 @@ impl Config {
             return Err(KeyError::new(
                 "streams.stream_id_header",
                 "must differ from identity.header",
+            ));
+        }
+        if st.stream_id_param.is_empty()
+            || !st
+                .stream_id_param
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        {
+            return Err(KeyError::new(
+                "streams.stream_id_param",
+                "must be 1 or more letters, digits, '-', '.', '_' or '~'",
+            ));
+        }
+        for h in &st.rewrite_hosts {
+            if h.is_empty() || h.contains(['/', '?', '#', '@', ' ']) {
+                return Err(KeyError::new(
+                    "streams.rewrite_hosts",
+                    "each entry must be a host or host:port, without scheme or path",
+                ));
+            }
+        }
+        if st.max_manifest_size == 0 || st.max_manifest_size > MAX_MANIFEST_SIZE {
+            return Err(KeyError::new(
+                "streams.max_manifest_size",
+                format!("must be between 1 and {MAX_MANIFEST_SIZE} bytes"),
+            ));
+        }
+        for o in &st.cors_origins {
+            if o != "*" && http::HeaderValue::from_str(o).is_err() || o.is_empty() {
+                return Err(KeyError::new(
+                    "streams.cors_origins",
+                    "each entry must be an origin like \"https://player.example\" or \"*\"",
+                ));
+            }
+        }
+        if st.max_inflight_per_stream == 0 {
+            return Err(KeyError::new(
+                "streams.max_inflight_per_stream",
+                "must be at least 1",
             ));
         }
         if st.routes.is_empty() {

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod framing;
 pub mod identity;
 pub mod lease;
+pub mod manifest;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
