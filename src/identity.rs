@@ -42,12 +42,42 @@ impl IdentityError {
 /// A stream's id: a UUID the proxy issued.
 pub type StreamId = Uuid;
 
+/// Which way a request named its stream (for the access log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Via {
+    #[default]
+    None,
+    Header,
+    Param,
+}
+
+impl Via {
+    pub fn label(self) -> &'static str {
+        match self {
+            Via::None => "-",
+            Via::Header => "header",
+            Via::Param => "param",
+        }
+    }
+}
+
 /// The parsing rules, built once from config.
 #[derive(Debug, Clone)]
 pub struct IdentityRules {
     pub session_header: HeaderName,
     pub stream_header: HeaderName,
+    /// The query parameter that may carry the stream id instead (players follow URLs).
+    pub stream_param: String,
     pub max_len: usize,
+}
+
+/// Every value of the query parameter `name`, as written (no percent-decoding: an id has
+/// one spelling).
+fn param_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    query.split('&').filter_map(move |pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
 }
 
 /// Exactly one value of `name`: `Ok(None)` when absent, `Err(())` when sent twice.
@@ -85,7 +115,48 @@ impl IdentityRules {
         std::str::from_utf8(raw).map_err(|_| invalid("must be visible ASCII characters only"))
     }
 
-    /// The stream a request continues, if it names one.
+    /// The stream a request continues, from the header or the query parameter, and which
+    /// way it came. Each may be sent once; both may be sent only if they agree.
+    pub fn stream_of(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<(Option<StreamId>, Via), IdentityError> {
+        let from_header = self.stream_id(headers)?;
+        let from_param = match query {
+            Some(q) if q.contains(self.stream_param.as_str()) => self.stream_param_id(q)?,
+            _ => None,
+        };
+        match (from_header, from_param) {
+            (Some(h), Some(p)) if h != p => Err(IdentityError::InvalidStreamId {
+                header: self.stream_header.to_string(),
+                reason: "and the stream parameter name different streams",
+            }),
+            (Some(h), _) => Ok((Some(h), Via::Header)),
+            (None, Some(p)) => Ok((Some(p), Via::Param)),
+            (None, None) => Ok((None, Via::None)),
+        }
+    }
+
+    /// The stream id in the query parameter, if there is one.
+    fn stream_param_id(&self, query: &str) -> Result<Option<StreamId>, IdentityError> {
+        let invalid = |reason| IdentityError::InvalidStreamId {
+            header: format!("{} parameter", self.stream_param),
+            reason,
+        };
+        let mut values = param_values(query, &self.stream_param);
+        let Some(raw) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(invalid("must be sent only once"));
+        }
+        parse_id(raw.as_bytes())
+            .map(Some)
+            .ok_or_else(|| invalid("must be a UUID as issued by the proxy"))
+    }
+
+    /// The stream a request continues by header, if it names one.
     pub fn stream_id(&self, headers: &HeaderMap) -> Result<Option<StreamId>, IdentityError> {
         let invalid = |reason| IdentityError::InvalidStreamId {
             header: self.stream_header.to_string(),
@@ -96,14 +167,18 @@ impl IdentityRules {
         else {
             return Ok(None);
         };
-        // Only the hyphenated form the proxy issues: one spelling per stream.
-        if raw.len() != 36 {
-            return Err(invalid("must be a UUID as issued by the proxy"));
-        }
-        Uuid::try_parse_ascii(raw)
+        parse_id(raw)
             .map(Some)
-            .map_err(|_| invalid("must be a UUID as issued by the proxy"))
+            .ok_or_else(|| invalid("must be a UUID as issued by the proxy"))
     }
+}
+
+/// Only the hyphenated form the proxy issues: one spelling per stream.
+fn parse_id(raw: &[u8]) -> Option<StreamId> {
+    if raw.len() != 36 {
+        return None;
+    }
+    Uuid::try_parse_ascii(raw).ok()
 }
 
 #[cfg(test)]
@@ -115,6 +190,7 @@ mod tests {
         IdentityRules {
             session_header: HeaderName::from_static("session-id"),
             stream_header: HeaderName::from_static("stream-id"),
+            stream_param: "sg_stream".into(),
             max_len: 128,
         }
     }
@@ -195,5 +271,43 @@ mod tests {
         ] {
             assert_eq!(r.stream_id(&h).unwrap_err().code(), "invalid_stream_id");
         }
+    }
+
+    #[test]
+    fn stream_id_in_the_query_follows_the_header_rules() {
+        let r = rules();
+        let id = Uuid::new_v4();
+        let other = Uuid::new_v4();
+        let none = headers(&[]);
+        let q = format!("a=1&sg_stream={id}&b");
+        assert_eq!(r.stream_of(&none, Some(&q)), Ok((Some(id), Via::Param)));
+        assert_eq!(r.stream_of(&none, Some("a=1")), Ok((None, Via::None)));
+        assert_eq!(r.stream_of(&none, None), Ok((None, Via::None)));
+        assert_eq!(
+            r.stream_of(&none, Some("sg_streamer=1")),
+            Ok((None, Via::None))
+        );
+        let h = headers(&[("Stream-Id", id.to_string().as_bytes())]);
+        assert_eq!(
+            r.stream_of(&h, Some(&q)),
+            Ok((Some(id), Via::Header)),
+            "agreeing"
+        );
+        assert_eq!(r.stream_of(&h, None), Ok((Some(id), Via::Header)));
+        for bad in [
+            format!("sg_stream={id}&sg_stream={id}"),
+            "sg_stream=".to_string(),
+            "sg_stream".to_string(),
+            "sg_stream=not-a-uuid".to_string(),
+            format!("sg_stream={}", id.simple()),
+            format!("sg_stream={}", id.to_string().replace('-', "%2D")),
+        ] {
+            let e = r.stream_of(&none, Some(&bad)).unwrap_err();
+            assert_eq!(e.code(), "invalid_stream_id", "{bad}");
+        }
+        let disagree = format!("sg_stream={other}");
+        let e = r.stream_of(&h, Some(&disagree)).unwrap_err();
+        assert_eq!(e.code(), "invalid_stream_id");
+        assert!(e.to_string().contains("different streams"), "{e}");
     }
 }

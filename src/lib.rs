@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod framing;
 pub mod identity;
+pub mod inflight;
 pub mod lease;
 pub mod manifest;
 pub mod metrics;

@@ -16,6 +16,8 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::manifest::Kind;
+use crate::proxy::manifests::Outcome;
 use crate::routing::Route;
 use crate::store::LeaseCounters;
 
@@ -43,13 +45,16 @@ impl StoreOp {
 
 const ROUTES: [Route; 4] = [Route::Health, Route::Ready, Route::Watch, Route::Other];
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
-const DECISIONS: [Decision; 5] = [
+const DECISIONS: [Decision; 7] = [
     Decision::Admitted,
     Decision::Renewed,
     Decision::Rejected,
     Decision::Ended,
     Decision::FailOpen,
+    Decision::Resumed,
+    Decision::Busy,
 ];
+const MANIFEST_KINDS: [Kind; 2] = [Kind::Hls, Kind::Dash];
 
 /// Label lookups hash and lock; the hot path uses handles resolved once, here.
 #[derive(Clone)]
@@ -58,6 +63,8 @@ struct Handles {
     requests: Vec<Vec<IntCounter>>,
     durations: Vec<prometheus::Histogram>,
     store_ops: Vec<prometheus::Histogram>,
+    /// By kind, then outcome.
+    manifests: Vec<Vec<IntCounter>>,
 }
 
 /// Stream decisions, the label values of `streamgate_stream_decisions_total`.
@@ -69,6 +76,10 @@ pub enum Decision {
     Ended,
     /// Admitted although the store failed (`on_store_error = "allow"`).
     FailOpen,
+    /// A stream whose lease had run out, opened again under its own id.
+    Resumed,
+    /// Refused `429 stream_busy`: the stream had the most requests in flight allowed.
+    Busy,
 }
 
 impl Decision {
@@ -79,6 +90,8 @@ impl Decision {
             Decision::Rejected => "rejected",
             Decision::Ended => "ended",
             Decision::FailOpen => "fail_open",
+            Decision::Resumed => "resumed",
+            Decision::Busy => "busy",
         }
     }
 }
@@ -106,6 +119,8 @@ pub struct Metrics {
     /// Opens refused from this instance's memory of a shared store's recent refusal
     /// (`store.refusal_cache`), without asking the store.
     pub cached_refusals: IntCounter,
+    /// Manifests by kind (`hls`, `dash`) and outcome (`rewritten`, `too_large`, `unchanged`).
+    pub manifests: IntCounterVec,
     handles: Handles,
 }
 
@@ -174,7 +189,15 @@ impl Metrics {
                 "streamgate_store_cached_refusals_total",
                 "Opens refused from this instance's memory of a recent store refusal.",
             )?,
+            manifests: IntCounterVec::new(
+                Opts::new(
+                    "streamgate_manifests_total",
+                    "Watch manifests by kind and what became of them.",
+                ),
+                &["kind", "outcome"],
+            )?,
             handles: Handles {
+                manifests: Vec::new(),
                 decisions: Vec::new(),
                 requests: Vec::new(),
                 durations: Vec::new(),
@@ -204,6 +227,15 @@ impl Metrics {
                 .iter()
                 .map(|o| m.store_latency.with_label_values(&[o.label()]))
                 .collect(),
+            manifests: MANIFEST_KINDS
+                .iter()
+                .map(|k| {
+                    Outcome::ALL
+                        .iter()
+                        .map(|o| m.manifests.with_label_values(&[k.label(), o.label()]))
+                        .collect()
+                })
+                .collect(),
         };
         registry.register(Box::new(m.active_streams.clone()))?;
         registry.register(Box::new(m.inflight_requests.clone()))?;
@@ -214,6 +246,7 @@ impl Metrics {
         registry.register(Box::new(m.store_latency.clone()))?;
         registry.register(Box::new(m.store_errors.clone()))?;
         registry.register(Box::new(m.cached_refusals.clone()))?;
+        registry.register(Box::new(m.manifests.clone()))?;
         Ok(m)
     }
 
@@ -242,6 +275,12 @@ impl Metrics {
         let r = ROUTES.iter().position(|x| *x == route).unwrap_or(3);
         self.handles.requests[r][class].inc();
         self.handles.durations[r].observe(elapsed.as_secs_f64());
+    }
+
+    pub fn manifest(&self, kind: Kind, outcome: Outcome) {
+        let k = kind as usize;
+        let o = outcome as usize;
+        self.handles.manifests[k][o].inc();
     }
 
     pub fn store_op(&self, op: StoreOp, elapsed: Duration) {

@@ -58,11 +58,17 @@ async fn another_users_stream_id_never_renews_their_lease() {
     let origin = Origin::start().await;
     let proxy = Proxy::start(&TestConfig::new(&origin).limit(1).ttl("2s")).await;
     let a = stream_id(&proxy.watch("/watch", "alice", None).await);
-    // Bob presenting Alice's id opens a stream of his own.
+    // Bob presenting Alice's id opens a stream of his own: ids are looked up within their
+    // user only, so it is opened under that id in Bob's leases, and Alice's is untouched.
     let r = proxy.watch("/watch", "bob", Some(&a)).await;
     assert_eq!(r.status(), 200);
-    let b = stream_id(&r);
-    assert_ne!(a, b);
+    assert_eq!(stream_id(&r), a, "resumed under the id it named, as Bob's");
+    assert_eq!(
+        proxy
+            .metric("streamgate_stream_decisions_total{outcome=\"resumed\"}")
+            .await,
+        1.0
+    );
     // ...and Bob is now at his limit, Alice still at hers.
     assert_eq!(proxy.watch("/watch", "bob", None).await.status(), 401);
     assert_eq!(proxy.watch("/watch", "alice", None).await.status(), 401);
@@ -76,14 +82,15 @@ async fn another_users_stream_id_never_renews_their_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_stream_id_opens_a_new_stream_and_malformed_is_400() {
+async fn unknown_stream_id_opens_a_stream_under_that_id_and_malformed_is_400() {
     let origin = Origin::start().await;
     let proxy = Proxy::start(&TestConfig::new(&origin).limit(1)).await;
     let unknown = uuid::Uuid::new_v4().to_string();
     let r = proxy.watch("/watch", "abc", Some(&unknown)).await;
     assert_eq!(r.status(), 200);
     let issued = stream_id(&r);
-    assert_ne!(issued, unknown);
+    // A player that comes back after its lease ran out still names it: one lease again.
+    assert_eq!(issued, unknown);
     assert_eq!(origin.seen()[0].headers.get("stream-id"), Some(&issued));
     // An unknown id is an admission like any other.
     let r = proxy

@@ -7,6 +7,7 @@
 //! [`StreamGate`]; per-request state in [`RequestCtx`].
 
 pub mod failure;
+pub mod manifests;
 pub mod respond;
 
 use std::sync::Arc;
@@ -23,15 +24,24 @@ use pingora::ErrorSource;
 
 use crate::config::{Config, OtherPaths};
 use crate::framing;
-use crate::identity::{IdentityError, IdentityRules, StreamId};
+use crate::identity::{IdentityError, IdentityRules, StreamId, Via};
+use crate::inflight::{Slot, StreamInflight};
 use crate::lease::{HoldKind, LeaseHold};
+use crate::manifest::{Kind, Tagger};
 use crate::metrics::{Decision, Metrics, StoreOp};
 use crate::policy::Policy;
 use crate::routing::{self, AmbiguousPath, Route, Routes};
 use crate::store::{retry_after_secs, Opened, StoreError, StreamStore};
 
-/// Methods a watch route serves: fetches, heartbeats, and `DELETE` to end a stream.
-const WATCH_METHODS: [Method; 4] = [Method::GET, Method::HEAD, Method::POST, Method::DELETE];
+/// Methods a watch route serves: fetches, heartbeats, `DELETE` to end a stream, and
+/// `OPTIONS` (a browser's CORS preflight, forwarded without identity or stream).
+const WATCH_METHODS: [Method; 5] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::DELETE,
+    Method::OPTIONS,
+];
 
 /// Upstream connection settings, applied to every peer.
 #[derive(Debug, Clone)]
@@ -60,6 +70,10 @@ pub struct StreamGate {
     downstream_write_timeout: Duration,
     pipelining: bool,
     forwarded_for: bool,
+    cors: respond::Cors,
+    tagger: Tagger,
+    max_manifest_size: usize,
+    inflight: Arc<StreamInflight>,
 }
 
 /// Per-request state, from `new_ctx` to `logging`.
@@ -74,6 +88,16 @@ pub struct RequestCtx {
     upstream_status: Option<u16>,
     /// Upstream connection attempts so far (for trying the next upstream).
     tries: usize,
+    /// Which way the request named its stream.
+    via: Via,
+    /// The query carries the stream parameter: remove it before going upstream.
+    strip_param: bool,
+    /// This request's place among its stream's requests in flight.
+    slot: Option<Slot>,
+    /// A manifest being buffered for rewriting.
+    manifest: Option<manifests::ManifestBody>,
+    /// A manifest left unchanged at its header (too large, unknown encoding).
+    manifest_skipped: Option<(Kind, manifests::Outcome)>,
 }
 
 impl StreamGate {
@@ -93,6 +117,7 @@ impl StreamGate {
             identity: IdentityRules {
                 session_header: header(&config.identity.header)?,
                 stream_header: header(&config.streams.stream_id_header)?,
+                stream_param: config.streams.stream_id_param.clone(),
                 max_len: config.identity.max_len,
             },
             session_header_case: bytes::Bytes::from(config.identity.header.clone()),
@@ -113,11 +138,25 @@ impl StreamGate {
             downstream_write_timeout: config.server.downstream_write_timeout,
             pipelining: config.server.pipelining,
             forwarded_for: config.upstream.forwarded_for,
+            cors: respond::Cors::new(
+                &config.streams.cors_origins,
+                &[
+                    &config.streams.stream_id_header,
+                    &config.identity.header,
+                    "Retry-After",
+                ],
+            ),
+            tagger: Tagger::new(
+                &config.streams.stream_id_param,
+                &config.streams.rewrite_hosts,
+            ),
+            max_manifest_size: config.streams.max_manifest_size,
+            inflight: StreamInflight::new(config.streams.max_inflight_per_stream),
         })
     }
 
     async fn refuse_identity(&self, session: &mut Session, e: IdentityError) -> Result<bool> {
-        respond::error(session, 400, e.code(), &e.to_string()).await?;
+        respond::error(session, &self.cors, 400, e.code(), &e.to_string()).await?;
         Ok(true)
     }
 
@@ -153,7 +192,7 @@ impl StreamGate {
             StoreError::Full => "store_full",
             _ => "store_unavailable",
         };
-        respond::error(session, 503, code, &e.to_string()).await?;
+        respond::error(session, &self.cors, 503, code, &e.to_string()).await?;
         Ok(true)
     }
 
@@ -187,10 +226,13 @@ impl StreamGate {
             Ok(u) => Arc::<str>::from(u),
             Err(e) => return self.refuse_identity(session, e).await,
         };
-        let stream = match self.identity.stream_id(headers) {
+        let query = session.req_header().uri.query();
+        let (stream, via) = match self.identity.stream_of(headers, query) {
             Ok(s) => s,
             Err(e) => return self.refuse_identity(session, e).await,
         };
+        ctx.strip_param = query.is_some_and(|q| q.contains(self.identity.stream_param.as_str()));
+        ctx.via = via;
         ctx.user = Some(user.clone());
 
         if session.req_header().method == Method::DELETE {
@@ -198,6 +240,21 @@ impl StreamGate {
         }
 
         if let Some(id) = stream {
+            // One stream, one player: a stream with the most requests in flight already is
+            // busy, whatever the store would say.
+            let Some(slot) = self.inflight.enter(&user, id) else {
+                ctx.stream_id = Some(id);
+                ctx.decision = Some(Decision::Busy);
+                self.metrics.decision(Decision::Busy);
+                let body = respond::error_body(
+                    "stream_busy",
+                    "this stream has the most requests in flight allowed; one player per stream",
+                );
+                let retry = HeaderValue::from_static("1");
+                respond::json(session, &self.cors, 429, body, &[("retry-after", retry)]).await?;
+                return Ok(true);
+            };
+            ctx.slot = Some(slot);
             match self
                 .timed(StoreOp::Renew, self.store.renew(&user, id))
                 .await
@@ -208,21 +265,37 @@ impl StreamGate {
                     self.metrics.decision(Decision::Renewed);
                     return Ok(false);
                 }
-                // Unknown, expired or another user's: treat as a new stream.
+                // Unknown or expired for this user (ids are only looked up within their
+                // user): the player comes back with URLs naming it, so it is opened again
+                // under the same id, if the user is under the limit.
                 Ok(false) => {}
                 Err(e) => return self.admission_failed(session, ctx, e).await,
             }
         }
 
         let limit = self.policy.limit_for(&user);
-        match self
-            .timed(StoreOp::Open, self.store.open(&user, limit))
-            .await
-        {
+        let opening = match stream {
+            Some(id) => self.store.open_as(&user, limit, id),
+            None => self.store.open(&user, limit),
+        };
+        match self.timed(StoreOp::Open, opening).await {
             Ok(Opened::Admitted(id)) => {
                 self.hold(ctx, &user, id, HoldKind::Opened);
-                ctx.decision = Some(Decision::Admitted);
-                self.metrics.decision(Decision::Admitted);
+                let d = if stream.is_some() {
+                    Decision::Resumed
+                } else {
+                    // A fresh id: its first request is the only one in flight.
+                    ctx.slot = self.inflight.enter(&user, id);
+                    Decision::Admitted
+                };
+                ctx.decision = Some(d);
+                self.metrics.decision(d);
+                Ok(false)
+            }
+            Ok(Opened::Renewed(id)) => {
+                self.hold(ctx, &user, id, HoldKind::Renewed);
+                ctx.decision = Some(Decision::Renewed);
+                self.metrics.decision(Decision::Renewed);
                 Ok(false)
             }
             Ok(Opened::Rejected {
@@ -242,7 +315,7 @@ impl StreamGate {
                     Counts { limit, active },
                 );
                 let retry = HeaderValue::from(retry_after_secs(retry_after));
-                respond::json(session, 401, body, &[("retry-after", retry)]).await?;
+                respond::json(session, &self.cors, 401, body, &[("retry-after", retry)]).await?;
                 Ok(true)
             }
             Err(e) => self.admission_failed(session, ctx, e).await,
@@ -266,11 +339,12 @@ impl StreamGate {
             Ok(true) => {
                 ctx.decision = Some(Decision::Ended);
                 self.metrics.decision(Decision::Ended);
-                respond::json(session, 204, bytes::Bytes::new(), &[]).await?;
+                respond::json(session, &self.cors, 204, bytes::Bytes::new(), &[]).await?;
             }
             Ok(false) => {
                 respond::error(
                     session,
+                    &self.cors,
                     404,
                     "stream_not_found",
                     "no active stream with this id for this user",
@@ -326,6 +400,11 @@ impl ProxyHttp for StreamGate {
             hold: None,
             upstream_status: None,
             tries: 0,
+            via: Via::None,
+            strip_param: false,
+            slot: None,
+            manifest: None,
+            manifest_skipped: None,
         }
     }
 
@@ -344,53 +423,69 @@ impl ProxyHttp for StreamGate {
         if let Some(r) = framing::check(session.req_header(), raw) {
             // The body cannot be trusted to be read correctly: do not reuse the connection.
             session.set_keepalive(None);
-            respond::error(session, r.status, r.code, r.message).await?;
+            respond::error(session, &self.cors, r.status, r.code, r.message).await?;
             return Ok(true);
         }
         let path = match routing::canonical(session.req_header().uri.path()) {
             Ok(p) => p,
             Err(AmbiguousPath(why)) => {
-                respond::error(session, 400, "invalid_path", why).await?;
+                respond::error(session, &self.cors, 400, "invalid_path", why).await?;
                 return Ok(true);
             }
         };
         ctx.route = self.routes.classify(&path);
         if ctx.route == Route::Watch && !WATCH_METHODS.contains(&session.req_header().method) {
-            let allow = HeaderValue::from_static("GET, HEAD, POST, DELETE");
+            let allow = HeaderValue::from_static("GET, HEAD, POST, DELETE, OPTIONS");
             let body = respond::error_body(
                 "method_not_allowed",
-                "watch routes accept GET, HEAD, POST and DELETE",
+                "watch routes accept GET, HEAD, POST, DELETE and OPTIONS",
             );
-            respond::json(session, 405, body, &[("allow", allow)]).await?;
+            respond::json(session, &self.cors, 405, body, &[("allow", allow)]).await?;
             return Ok(true);
         }
         match ctx.route {
             Route::Health => {
                 let body = bytes::Bytes::from_static(respond::HEALTH_BODY);
-                respond::json(session, 200, body, &[]).await?;
+                respond::json(session, &self.cors, 200, body, &[]).await?;
                 Ok(true)
             }
             Route::Ready => {
                 match self.timed(StoreOp::Ping, self.store.ping()).await {
                     Ok(()) => {
                         let body = bytes::Bytes::from_static(respond::READY_BODY);
-                        respond::json(session, 200, body, &[]).await?;
+                        respond::json(session, &self.cors, 200, body, &[]).await?;
                     }
                     Err(e) => {
                         self.metrics
                             .store_errors
                             .with_label_values(&[e.kind()])
                             .inc();
-                        respond::error(session, 503, "store_unavailable", &e.to_string()).await?;
+                        respond::error(
+                            session,
+                            &self.cors,
+                            503,
+                            "store_unavailable",
+                            &e.to_string(),
+                        )
+                        .await?;
                     }
                 }
                 Ok(true)
             }
+            // A CORS preflight names no user and fetches nothing: the origin answers it.
+            Route::Watch if session.req_header().method == Method::OPTIONS => Ok(false),
             Route::Watch => self.watch(session, ctx).await,
             Route::Other => match self.other_paths {
                 OtherPaths::Forward => Ok(false),
                 OtherPaths::NotFound => {
-                    respond::error(session, 404, "not_found", "no route for this path").await?;
+                    respond::error(
+                        session,
+                        &self.cors,
+                        404,
+                        "not_found",
+                        "no route for this path",
+                    )
+                    .await?;
                     Ok(true)
                 }
             },
@@ -444,6 +539,28 @@ impl ProxyHttp for StreamGate {
             }) {
                 upstream_request.insert_header(X_FORWARDED_FOR, value)?;
             }
+        }
+        if ctx.strip_param {
+            // The origin (and any cache before it) sees one URL for every viewer: the
+            // stream parameter goes, the rest of the query stays as it was.
+            let uri = &upstream_request.uri;
+            let kept = crate::manifest::strip_param(
+                uri.query().unwrap_or_default(),
+                &self.identity.stream_param,
+            );
+            let pq = if kept.is_empty() {
+                uri.path().to_string()
+            } else {
+                format!("{}?{kept}", uri.path())
+            };
+            let mut parts = uri.clone().into_parts();
+            parts.path_and_query = Some(
+                http::uri::PathAndQuery::try_from(pq)
+                    .explain_err(ErrorType::InvalidHTTPHeader, |_| "request path")?,
+            );
+            let uri = http::Uri::from_parts(parts)
+                .explain_err(ErrorType::InvalidHTTPHeader, |_| "request path")?;
+            upstream_request.set_uri(uri);
         }
         if let Some(id) = ctx.stream_id {
             let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
@@ -510,8 +627,34 @@ impl ProxyHttp for StreamGate {
             };
             response.insert_header(self.session_header_case.clone(), user_value)?;
             response.insert_header(self.stream_header_case.clone(), id_value)?;
+            if session.req_header().method != Method::HEAD {
+                let path = session.req_header().uri.path();
+                match manifests::begin(
+                    response,
+                    path,
+                    session.is_http2(),
+                    id,
+                    self.max_manifest_size,
+                )? {
+                    Ok(m) => ctx.manifest = Some(m),
+                    Err(skipped) => ctx.manifest_skipped = skipped,
+                }
+            }
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(m) = ctx.manifest.as_mut() {
+            m.on_body(&self.tagger, body, end_of_stream);
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(
@@ -532,7 +675,8 @@ impl ProxyHttp for StreamGate {
             // The connection is not reused after a failure: say so, or a keep-alive client
             // sends its next request into a closing socket.
             session.set_keepalive(None);
-            if let Err(we) = respond::error(session, f.status, f.code, f.message).await {
+            if let Err(we) = respond::error(session, &self.cors, f.status, f.code, f.message).await
+            {
                 warn!("could not send the {} error response: {we}", f.status);
             }
         }
@@ -564,18 +708,26 @@ impl ProxyHttp for StreamGate {
         if let Some(hold) = ctx.hold.take() {
             hold.release(hold_failed(e, ctx.upstream_status)).await;
         }
+        let manifest = match &ctx.manifest {
+            Some(m) => m.outcome.map(|o| (m.kind, o)),
+            None => ctx.manifest_skipped,
+        };
+        if let Some((kind, outcome)) = manifest {
+            self.metrics.manifest(kind, outcome);
+        }
         let elapsed = ctx.start.elapsed();
         self.metrics.request_done(ctx.route, status, elapsed);
         let req = session.req_header();
         info!(
             target: "streamgate::access",
-            "method={} path={} status={} route={} user={} stream={} decision={} upstream_status={} duration_ms={:.3}{}",
+            "method={} path={} status={} route={} user={} stream={} via={} decision={} upstream_status={} duration_ms={:.3}{}",
             req.method,
             req.uri.path(),
             status,
             ctx.route.label(),
             ctx.user.as_deref().unwrap_or("-"),
             ctx.stream_id.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+            ctx.via.label(),
             ctx.decision.map(Decision::label).unwrap_or("-"),
             ctx.upstream_status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
             elapsed.as_secs_f64() * 1000.0,

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use http::HeaderValue;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde::Serialize;
@@ -44,14 +44,53 @@ pub fn error_body(code: &str, message: &str) -> Bytes {
     error_body_with(code, message, ())
 }
 
+/// Which browser origins may read the proxy's own answers (`streams.cors_origins`): a
+/// browser player refused with `401` can then show why, and read `Retry-After`. Forwarded
+/// responses keep whatever CORS headers the origin sends.
+#[derive(Debug, Clone, Default)]
+pub struct Cors {
+    any: bool,
+    origins: Vec<String>,
+    expose: Option<HeaderValue>,
+}
+
+impl Cors {
+    /// `origins` as configured (`"*"` for any); `expose` are the response headers a page
+    /// may read besides the simple ones.
+    pub fn new(origins: &[String], expose: &[&str]) -> Self {
+        Self {
+            any: origins.iter().any(|o| o == "*"),
+            origins: origins.iter().filter(|o| *o != "*").cloned().collect(),
+            expose: HeaderValue::from_str(&expose.join(", ")).ok(),
+        }
+    }
+
+    /// The `Access-Control-Allow-Origin` value for this request: its own `Origin`, when
+    /// that is allowed. Echoed rather than `*`, with `Vary: Origin`, so a cache keeps the
+    /// answers to different origins apart.
+    fn allow(&self, req: &RequestHeader) -> Option<HeaderValue> {
+        if !self.any && self.origins.is_empty() {
+            return None;
+        }
+        let origin = req.headers.get(http::header::ORIGIN)?;
+        let ok = self.any
+            || self
+                .origins
+                .iter()
+                .any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes()));
+        ok.then(|| origin.clone())
+    }
+}
+
 /// Write a complete JSON response. `headers` are added after the standard ones.
 pub async fn json(
     session: &mut Session,
+    cors: &Cors,
     status: u16,
     body: Bytes,
     headers: &[(&'static str, HeaderValue)],
 ) -> Result<()> {
-    let mut h = ResponseHeader::build(status, Some(4 + headers.len()))?;
+    let mut h = ResponseHeader::build(status, Some(7 + headers.len()))?;
     if !body.is_empty() {
         h.insert_header("content-type", HeaderValue::from_static("application/json"))?;
     }
@@ -63,6 +102,13 @@ pub async fn json(
     for (k, v) in headers {
         h.insert_header(*k, v.clone())?;
     }
+    if let Some(origin) = cors.allow(session.req_header()) {
+        h.insert_header("access-control-allow-origin", origin)?;
+        h.append_header("vary", HeaderValue::from_static("Origin"))?;
+        if let Some(expose) = &cors.expose {
+            h.insert_header("access-control-expose-headers", expose.clone())?;
+        }
+    }
     let end = body.is_empty();
     session.write_response_header(Box::new(h), end).await?;
     if !end {
@@ -72,8 +118,14 @@ pub async fn json(
 }
 
 /// Write a JSON error response.
-pub async fn error(session: &mut Session, status: u16, code: &str, message: &str) -> Result<()> {
-    json(session, status, error_body(code, message), &[]).await
+pub async fn error(
+    session: &mut Session,
+    cors: &Cors,
+    status: u16,
+    code: &str,
+    message: &str,
+) -> Result<()> {
+    json(session, cors, status, error_body(code, message), &[]).await
 }
 
 #[cfg(test)]

@@ -51,7 +51,6 @@ use moka::ops::compute::Op;
 use moka::sync::SegmentedCache;
 use moka::Expiry;
 use parking_lot::Mutex;
-use uuid::Uuid;
 
 use super::{LeaseCounters, LeaseInfo, Opened, StoreError, StreamStore};
 use crate::identity::StreamId;
@@ -488,9 +487,18 @@ impl MemoryStore {
         }
     }
 
+    #[cfg(test)]
     fn open_now(&self, user: &str, limit: u32) -> Result<Opened, StoreError> {
+        self.open_as_now(user, limit, uuid::Uuid::new_v4())
+    }
+
+    fn open_as_now(&self, user: &str, limit: u32, id: StreamId) -> Result<Opened, StoreError> {
         let ttl = self.ttl_ms;
         let opened = self.with_user(user, true, Reach::Open(limit), |leases, now| {
+            if let Some(l) = leases.iter_mut().find(|l| l.id == id) {
+                l.holds += 1;
+                return Opened::Renewed(id);
+            }
             if leases.len() >= limit as usize {
                 let soonest = leases
                     .iter()
@@ -508,7 +516,6 @@ impl MemoryStore {
                     retry_after: Duration::from_millis(soonest),
                 };
             }
-            let id = Uuid::new_v4();
             // Grow one lease at a time: most users hold one or two streams, and `push` would
             // otherwise reserve room for four.
             leases.reserve_exact(1);
@@ -554,8 +561,8 @@ impl MemoryStore {
 
 #[async_trait]
 impl StreamStore for MemoryStore {
-    async fn open(&self, user: &str, limit: u32) -> Result<Opened, StoreError> {
-        self.open_now(user, limit)
+    async fn open_as(&self, user: &str, limit: u32, id: StreamId) -> Result<Opened, StoreError> {
+        self.open_as_now(user, limit, id)
     }
 
     async fn renew(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {

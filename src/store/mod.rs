@@ -25,6 +25,9 @@ pub use refusals::RefusalCache;
 pub enum Opened {
     /// A new lease was created and is held by the calling request.
     Admitted(StreamId),
+    /// The id asked for in [`StreamStore::open_as`] was live already: it took one more
+    /// hold on it, as a renewal would.
+    Renewed(StreamId),
     /// The user already has `active` live leases, which is the limit.
     Rejected {
         active: u32,
@@ -80,7 +83,16 @@ pub struct LeaseCounters {
 pub trait StreamStore: Send + Sync + 'static {
     /// Open a new stream for `user` if it holds fewer than `limit` live leases. The new
     /// lease starts held (one request in flight).
-    async fn open(&self, user: &str, limit: u32) -> Result<Opened, StoreError>;
+    async fn open(&self, user: &str, limit: u32) -> Result<Opened, StoreError> {
+        self.open_as(user, limit, uuid::Uuid::new_v4()).await
+    }
+
+    /// [`Self::open`] under a given id: a player that comes back after its lease ran out
+    /// still holds URLs naming it, and reopening under the same id makes it one lease
+    /// again. Ids are looked up within `user` only, so this cannot touch another user's
+    /// stream. If the id is live already (two such requests raced), it is renewed instead:
+    /// [`Opened::Renewed`], not counted twice.
+    async fn open_as(&self, user: &str, limit: u32, id: StreamId) -> Result<Opened, StoreError>;
 
     /// Continue a live stream of `user`: take one more hold on it. `false` when the stream
     /// is unknown, expired, or belongs to another user.

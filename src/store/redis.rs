@@ -43,8 +43,14 @@ local function touch()
 end
 "#;
 
-/// ARGV: limit, ttl_ms, new id. Returns {admitted 0|1, active, retry_after_ms, expired}.
+/// ARGV: limit, ttl_ms, new id. Returns {admitted 0|1|2, active, retry_after_ms, expired}:
+/// 2 when the id was live already (renewed, not counted again).
 const OPEN: &str = r#"
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[3])
+  touch()
+  return {2, redis.call('ZCARD', KEYS[1]), 0, expired}
+end
 local n = redis.call('ZCARD', KEYS[1])
 if n >= tonumber(ARGV[1]) then
   local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -257,8 +263,7 @@ impl RedisStore {
 
 #[async_trait]
 impl StreamStore for RedisStore {
-    async fn open(&self, user: &str, limit: u32) -> Result<Opened, StoreError> {
-        let id = Uuid::new_v4();
+    async fn open_as(&self, user: &str, limit: u32, id: StreamId) -> Result<Opened, StoreError> {
         let mut inv = self.scripts.open.prepare_invoke();
         inv.key(self.key(user))
             .arg(limit)
@@ -268,6 +273,8 @@ impl StreamStore for RedisStore {
         self.count_expired(expired);
         if admitted == 1 {
             Ok(Opened::Admitted(id))
+        } else if admitted == 2 {
+            Ok(Opened::Renewed(id))
         } else {
             Ok(Opened::Rejected {
                 active: u32::try_from(active).unwrap_or(u32::MAX),

@@ -94,7 +94,7 @@ impl RefusalCache {
 
 #[async_trait]
 impl StreamStore for RefusalCache {
-    async fn open(&self, user: &str, limit: u32) -> Result<Opened, StoreError> {
+    async fn open_as(&self, user: &str, limit: u32, id: StreamId) -> Result<Opened, StoreError> {
         let now = Instant::now();
         if let Some(r) = self.remembered(user, limit, now) {
             self.answered.inc();
@@ -105,7 +105,7 @@ impl StreamStore for RefusalCache {
         }
         let freed = self.freed(user);
         let before = freed.load(Ordering::Acquire);
-        let opened = self.inner.open(user, limit).await?;
+        let opened = self.inner.open_as(user, limit, id).await?;
         if let Opened::Rejected {
             active,
             retry_after,
@@ -243,8 +243,13 @@ mod tests {
 
     #[async_trait]
     impl StreamStore for Paused {
-        async fn open(&self, user: &str, limit: u32) -> Result<Opened, StoreError> {
-            let r = self.inner.open(user, limit).await;
+        async fn open_as(
+            &self,
+            user: &str,
+            limit: u32,
+            id: StreamId,
+        ) -> Result<Opened, StoreError> {
+            let r = self.inner.open_as(user, limit, id).await;
             if self.pause.load(Ordering::SeqCst) {
                 self.decided.notify_one();
                 self.resume.notified().await;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod media;
 pub mod redis_server;
 
 use std::collections::HashMap;
@@ -320,12 +321,18 @@ pub struct TestConfig {
     pub forwarded_for: bool,
     /// An HTTPS listener too, with these certificate chain and key files.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Extra lines for the `[streams]` table.
+    pub streams: String,
 }
 
 impl TestConfig {
     pub fn new(origin: &Origin) -> Self {
+        Self::new_for(origin.addr)
+    }
+
+    fn new_unbound() -> Self {
         Self {
-            upstreams: vec![origin.addr.to_string()],
+            upstreams: Vec::new(),
             limit: 3,
             lease_ttl: "60s",
             read_timeout: "5s",
@@ -338,7 +345,23 @@ impl TestConfig {
             pipelining: true,
             forwarded_for: true,
             tls: None,
+            streams: String::new(),
         }
+    }
+
+    /// One more line in the `[streams]` table (`key = value`).
+    pub fn streams(mut self, line: &str) -> Self {
+        self.streams.push_str(line);
+        self.streams.push('\n');
+        self
+    }
+
+    /// A config for a proxy in front of the origin at `addr` (one of the harness's other
+    /// origins).
+    pub fn new_for(addr: SocketAddr) -> Self {
+        let mut c = Self::new_unbound();
+        c.upstreams = vec![addr.to_string()];
+        c
     }
 
     /// Serve HTTPS too ([`Proxy::tls_addr`]), with `server.crt`/`server.key` from `dir`
@@ -438,6 +461,7 @@ forwarded_for = {forwarded_for}
 [streams]
 limit = {limit}
 lease_ttl = "{ttl}"
+{streams}
 
 [store]
 {store}
@@ -457,6 +481,7 @@ listen = "{metrics}"
             max_users = self.max_users,
             pipelining = self.pipelining,
             forwarded_for = self.forwarded_for,
+            streams = self.streams,
         )
     }
 }
