@@ -263,6 +263,10 @@ pub struct StreamsSection {
     /// Most requests of one stream in flight at once through this instance; one more is
     /// `429 stream_busy`. Real players keep at most a handful (docs/players.md).
     pub max_inflight_per_stream: u32,
+    /// A manifest request (`.m3u8`, `.mpd`) that opens a stream without naming one is
+    /// redirected (`302`) to its URL with the stream parameter, so a player reloading a live
+    /// playlist reloads it as this stream.
+    pub redirect_manifests: bool,
 }
 
 impl Default for StreamsSection {
@@ -277,6 +281,7 @@ impl Default for StreamsSection {
             max_manifest_size: 4 << 20,
             cors_origins: Vec::new(),
             max_inflight_per_stream: 8,
+            redirect_manifests: true,
         }
     }
 }

@@ -40,17 +40,31 @@ async fn ffmpeg_plays_hls_and_dash_to_the_end_on_one_stream_each() {
         assert!(ok, "{user}: ffmpeg failed: {stderr}");
     }
     let n = players.len() as f64;
-    assert_eq!(proxy.metric(&decisions("admitted")).await, n, "one stream per player");
+    assert_eq!(
+        proxy.metric(&decisions("admitted")).await,
+        n,
+        "one stream per player"
+    );
     assert_eq!(proxy.metric(&decisions("rejected")).await, 0.0);
-    assert!(proxy.metric(&decisions("renewed")).await >= 4.0 * n, "segments renewed");
+    assert!(
+        proxy.metric(&decisions("renewed")).await >= 4.0 * n,
+        "segments renewed"
+    );
     let seen = origin.seen();
     assert!(
         seen.iter().any(|s| s.target.ends_with(".m4s")) && seen.iter().any(|s| s.range.is_some()),
         "DASH segments and byte ranges were fetched: {seen:?}"
     );
     for s in &seen {
-        assert!(!s.target.contains("sg_stream"), "the origin saw {}", s.target);
-        assert!(s.stream.is_some(), "every watch request carried its stream upstream");
+        assert!(
+            !s.target.contains("sg_stream"),
+            "the origin saw {}",
+            s.target
+        );
+        assert!(
+            s.stream.is_some(),
+            "every watch request carried its stream upstream"
+        );
     }
     let hls = proxy
         .metric("streamgate_manifests_total{kind=\"hls\",outcome=\"rewritten\"}")
@@ -84,14 +98,25 @@ async fn three_live_players_hold_past_three_ttls_a_fourth_is_refused_then_one_pl
         })
         .await;
     for p in three.iter_mut() {
-        assert!(p.try_wait().expect("status").is_none(), "a live player stopped early");
+        assert!(
+            p.try_wait().expect("status").is_none(),
+            "a live player stopped early"
+        );
     }
     assert_eq!(proxy.metric(&decisions("rejected")).await, 0.0);
-    assert_eq!(proxy.metric(&decisions("admitted")).await, 3.0, "no stream opened twice");
+    assert_eq!(
+        proxy.metric(&decisions("admitted")).await,
+        3.0,
+        "no stream opened twice"
+    );
 
     let (ok, _) = play(&live, "family", PLAY).await;
     assert!(!ok, "a fourth screen fails");
-    assert_eq!(proxy.metric(&decisions("rejected")).await, 1.0, "refused at its first request");
+    assert_eq!(
+        proxy.metric(&decisions("rejected")).await,
+        1.0,
+        "refused at its first request"
+    );
 
     for mut p in three {
         p.kill().await.expect("the players we started stop");
@@ -103,8 +128,14 @@ async fn three_live_players_hold_past_three_ttls_a_fourth_is_refused_then_one_pl
     while !played && std::time::Instant::now() < deadline {
         played = play(&vod, "family", PLAY).await.0;
     }
-    assert!(played, "a new player could not play after the three stopped");
-    assert!(origin.seen().iter().all(|s| !s.target.contains("sg_stream")));
+    assert!(
+        played,
+        "a new player could not play after the three stopped"
+    );
+    assert!(origin
+        .seen()
+        .iter()
+        .all(|s| !s.target.contains("sg_stream")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +176,11 @@ async fn a_paused_player_resumes_on_its_own_lease_or_is_refused_opening_nothing(
         assert_eq!(r.status(), 200);
         assert_eq!(stream_id(&r), id, "the same stream, again");
     }
-    assert_eq!(proxy.metric(&decisions("resumed")).await, 1.0, "opened again once");
+    assert_eq!(
+        proxy.metric(&decisions("resumed")).await,
+        1.0,
+        "opened again once"
+    );
     assert_eq!(proxy.metric(&decisions("admitted")).await, 1.0);
 
     // Another paused player of the same user, while the first holds the one slot:
@@ -170,23 +205,41 @@ async fn one_stream_with_more_requests_in_flight_than_the_cap_is_busy() {
     let held: Vec<_> = (0..2)
         .map(|_| {
             let req = proxy.client.get(&url).header("Session-Id", "u");
-            tokio::spawn(async move { req.send().await.unwrap().status() })
+            tokio::spawn(async move {
+                let r = req.send().await.unwrap();
+                let status = r.status();
+                r.bytes().await.expect("the whole body");
+                status
+            })
         })
         .collect();
     origin.wait_gated(2).await;
-    let r = proxy.watch(&format!("/watch/seg.ts?sg_stream={id}"), "u", None).await;
+    let r = proxy
+        .watch(&format!("/watch/seg.ts?sg_stream={id}"), "u", None)
+        .await;
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "1");
     assert_eq!(json_body(r).await["error"], "stream_busy");
     // By header too: it is the same stream.
-    assert_eq!(proxy.watch("/watch/seg.ts", "u", Some(&id)).await.status(), 429);
+    assert_eq!(
+        proxy.watch("/watch/seg.ts", "u", Some(&id)).await.status(),
+        429
+    );
     assert_eq!(proxy.metric(&decisions("busy")).await, 2.0);
     origin.open_gate(2);
     for h in held {
         assert_eq!(h.await.unwrap(), 200);
     }
-    proxy.counted("streamgate_requests_total{route=\"watch\",status=\"2xx\"}", 3.0).await;
-    assert_eq!(proxy.watch("/watch/seg.ts", "u", Some(&id)).await.status(), 200);
+    proxy
+        .counted(
+            "streamgate_requests_total{route=\"watch\",status=\"2xx\"}",
+            3.0,
+        )
+        .await;
+    assert_eq!(
+        proxy.watch("/watch/seg.ts", "u", Some(&id)).await.status(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,10 +252,15 @@ async fn the_stream_parameter_never_reaches_the_origin_and_must_agree_with_the_h
         .await;
     assert_eq!(r.status(), 200);
     assert_eq!(stream_id(&r), id, "renewed by the parameter");
-    let r = proxy.watch(&format!("/watch/b?sg_stream={id}"), "u", None).await;
+    let r = proxy
+        .watch(&format!("/watch/b?sg_stream={id}"), "u", None)
+        .await;
     assert_eq!(r.status(), 200);
     let seen: Vec<String> = origin.seen().into_iter().map(|s| s.path).collect();
-    assert_eq!(seen[1], "/watch/a?x=%2F&y&z=1", "the rest of the query byte for byte");
+    assert_eq!(
+        seen[1], "/watch/a?x=%2F&y&z=1",
+        "the rest of the query byte for byte"
+    );
     assert_eq!(seen[2], "/watch/b");
     assert_eq!(proxy.metric(&decisions("renewed")).await, 2.0);
 
@@ -219,7 +277,32 @@ async fn the_stream_parameter_never_reaches_the_origin_and_must_agree_with_the_h
         .watch(&format!("/watch/a?sg_stream={other}"), "u", Some(&id))
         .await;
     assert_eq!(r.status(), 400, "header and parameter disagree");
-    assert_eq!(origin.seen().len(), 3, "no refused request reached the origin");
+    assert_eq!(
+        origin.seen().len(),
+        3,
+        "no refused request reached the origin"
+    );
+
+    // A manifest that opens a stream is sent to the stream's own URL first, so a player
+    // reloading it (a live playlist) reloads it as this stream.
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = no_follow
+        .get(proxy.url("/watch/live/index.m3u8?t=1"))
+        .header("Session-Id", "v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let to = r.headers()["location"].to_str().unwrap().to_string();
+    let id = to.rsplit('=').next().unwrap().to_string();
+    assert_eq!(to, format!("/watch/live/index.m3u8?t=1&sg_stream={id}"));
+    assert_eq!(origin.seen().len(), 3, "answered by the proxy");
+    let r = proxy.watch(&to, "v", None).await;
+    assert_eq!(stream_id(&r), id, "the redirect's stream, renewed");
+    assert_eq!(proxy.metric(&decisions("admitted")).await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,7 +322,11 @@ async fn preflights_pass_without_identity_and_own_answers_carry_cors() {
         .unwrap();
     assert_eq!(r.status(), 200, "forwarded to the origin");
     assert_eq!(origin.seen()[0].method, "OPTIONS");
-    assert_eq!(proxy.metric(&decisions("admitted")).await, 0.0, "no stream for a preflight");
+    assert_eq!(
+        proxy.metric(&decisions("admitted")).await,
+        0.0,
+        "no stream for a preflight"
+    );
 
     proxy.watch("/watch", "u", None).await;
     let refused = |origin_header: &'static str| {
@@ -252,10 +339,18 @@ async fn preflights_pass_without_identity_and_own_answers_carry_cors() {
     };
     let r = refused("https://player.example").await.unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(r.headers()["access-control-allow-origin"], "https://player.example");
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://player.example"
+    );
     assert_eq!(r.headers()["vary"], "Origin");
-    let expose = r.headers()["access-control-expose-headers"].to_str().unwrap();
-    assert!(expose.contains("Retry-After") && expose.contains("Stream-Id"), "{expose}");
+    let expose = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(
+        expose.contains("Retry-After") && expose.contains("Stream-Id"),
+        "{expose}"
+    );
     let r = refused("https://elsewhere.example").await.unwrap();
     assert_eq!(r.status(), 401);
     assert!(r.headers().get("access-control-allow-origin").is_none());

@@ -58,13 +58,20 @@ pub fn begin(
     id: &str,
     max: usize,
 ) -> Result<std::result::Result<ManifestBody, Option<(Kind, Outcome)>>> {
-    if response.status.as_u16() != 200 {
+    let status = response.status.as_u16();
+    if status != 200 && status != 206 {
         return Ok(Err(None));
     }
     let header = |name| response.headers.get(name).map(HeaderValue::as_bytes);
     let Some(kind) = Kind::of(header(http::header::CONTENT_TYPE), path) else {
         return Ok(Err(None));
     };
+    // Players (ffmpeg among them) ask for `Range: bytes=0-`, and origins answer `206` with
+    // the whole body: that one is rewritten and sent as the `200` it really is. A true part
+    // of a manifest cannot be rewritten on its own.
+    if status == 206 && !whole_range(header(http::header::CONTENT_RANGE)) {
+        return Ok(Err(Some((kind, Outcome::Unchanged))));
+    }
     let Some(encoding) = Encoding::of(header(http::header::CONTENT_ENCODING)) else {
         return Ok(Err(Some((kind, Outcome::Unchanged))));
     };
@@ -82,6 +89,10 @@ pub fn begin(
             return Ok(Err(Some((kind, Outcome::TooLarge))));
         }
         _ => {}
+    }
+    if status == 206 {
+        response.set_status(200)?;
+        response.remove_header(&http::header::CONTENT_RANGE);
     }
     response.remove_header(&http::header::CONTENT_LENGTH);
     response.remove_header(&http::header::ACCEPT_RANGES);
@@ -108,6 +119,24 @@ pub fn begin(
         passing: false,
         outcome: None,
     }))
+}
+
+/// Whether a `Content-Range` (`bytes 0-99/100`) covers the whole body.
+fn whole_range(v: Option<&[u8]>) -> bool {
+    let Some(v) = v.and_then(|v| std::str::from_utf8(v).ok()) else {
+        return false;
+    };
+    let Some((range, total)) = v
+        .trim()
+        .strip_prefix("bytes ")
+        .and_then(|r| r.split_once('/'))
+    else {
+        return false;
+    };
+    let (Some((first, last)), Ok(total)) = (range.split_once('-'), total.parse::<u64>()) else {
+        return false;
+    };
+    first == "0" && total > 0 && last.parse::<u64>().ok() == Some(total - 1)
 }
 
 /// `Cache-Control` for one viewer's manifest: `private`, without what would let a shared
@@ -172,6 +201,24 @@ impl ManifestBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_range_over_the_whole_body_is_rewritten() {
+        assert!(whole_range(Some(b"bytes 0-99/100")));
+        assert!(!whole_range(Some(b"bytes 0-98/100")));
+        assert!(!whole_range(Some(b"bytes 1-99/100")));
+        assert!(!whole_range(Some(b"bytes 0-99/*")));
+        assert!(!whole_range(None));
+        let mut r = response("application/vnd.apple.mpegurl", Some(100));
+        r.set_status(206).unwrap();
+        r.insert_header("content-range", "bytes 0-99/100").unwrap();
+        assert!(matches!(
+            begin(&mut r, "/a.m3u8", false, "id", 1000),
+            Ok(Ok(_))
+        ));
+        assert_eq!(r.status.as_u16(), 200);
+        assert!(r.headers.get("content-range").is_none());
+    }
 
     #[test]
     fn cache_control_becomes_private() {

@@ -73,6 +73,7 @@ pub struct StreamGate {
     cors: respond::Cors,
     tagger: Tagger,
     max_manifest_size: usize,
+    redirect_manifests: bool,
     inflight: Arc<StreamInflight>,
 }
 
@@ -151,6 +152,7 @@ impl StreamGate {
                 &config.streams.rewrite_hosts,
             ),
             max_manifest_size: config.streams.max_manifest_size,
+            redirect_manifests: config.streams.redirect_manifests,
             inflight: StreamInflight::new(config.streams.max_inflight_per_stream),
         })
     }
@@ -281,6 +283,11 @@ impl StreamGate {
         match self.timed(StoreOp::Open, opening).await {
             Ok(Opened::Admitted(id)) => {
                 self.hold(ctx, &user, id, HoldKind::Opened);
+                if stream.is_none() && self.redirect_manifests {
+                    if let Some(to) = self.session_url(session, id) {
+                        return self.redirect(session, ctx, to).await;
+                    }
+                }
                 let d = if stream.is_some() {
                     Decision::Resumed
                 } else {
@@ -320,6 +327,45 @@ impl StreamGate {
             }
             Err(e) => self.admission_failed(session, ctx, e).await,
         }
+    }
+
+    /// Where a manifest request that opened a stream without naming one is sent: the same
+    /// URL with the stream parameter. A player reloads a live playlist from the URL it was
+    /// given, which has no stream id; after the redirect that URL is the one it holds (the
+    /// session-URL pattern of ad-insertion services). `None`: not a manifest by its path.
+    fn session_url(&self, session: &Session, id: StreamId) -> Option<HeaderValue> {
+        let req = session.req_header();
+        if req.method != Method::GET {
+            return None;
+        }
+        let path = req.uri.path().to_ascii_lowercase();
+        if !path.ends_with(".m3u8") && !path.ends_with(".mpd") {
+            return None;
+        }
+        let target = req.uri.path_and_query()?.as_str();
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let tagged = self
+            .tagger
+            .tag(target, id.hyphenated().encode_lower(&mut buf))?;
+        HeaderValue::from_str(&tagged).ok()
+    }
+
+    /// Answer `302` to the stream's own URL. The lease stays, held for the TTL: the
+    /// redirected request renews it.
+    async fn redirect(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        to: HeaderValue,
+    ) -> Result<bool> {
+        if let Some(hold) = ctx.hold.take() {
+            hold.release(false).await;
+        }
+        ctx.decision = Some(Decision::Admitted);
+        self.metrics.decision(Decision::Admitted);
+        let body = respond::error_body("stream_opened", "continue at this stream's own URL");
+        respond::json(session, &self.cors, 302, body, &[("location", to)]).await?;
+        Ok(true)
     }
 
     /// `DELETE` on a watch route: end the named stream now.

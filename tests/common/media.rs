@@ -323,8 +323,7 @@ async fn serve(
         };
         let mut head = format!("Content-Type: {}\r\nETag: \"v1\"\r\n", content_type(&path));
         if gzip {
-            let mut enc =
-                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
             enc.write_all(&body)?;
             body = enc.finish()?;
             head.push_str("Content-Encoding: gzip\r\nCache-Control: public, max-age=2\r\n");
