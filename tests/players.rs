@@ -76,7 +76,7 @@ async fn ffmpeg_plays_hls_and_dash_to_the_end_on_one_stream_each() {
     assert_eq!(dash, 1.0);
     let most = origin.max_inflight_per_stream();
     eprintln!("ffmpeg: at most {most} requests of one stream in flight");
-    assert!(most >= 1 && most <= 8, "within the default cap: {most}");
+    assert!((1..=8).contains(&most), "within the default cap: {most}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

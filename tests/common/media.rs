@@ -223,7 +223,7 @@ fn content_type(path: &str) -> &'static str {
         "mpd" => "application/dash+xml",
         "ts" => "video/mp2t",
         "m4s" | "mp4" => "video/mp4",
-        "html" => "text/html",
+        "html" => "text/html; charset=utf-8",
         "js" => "text/javascript",
         _ => "application/octet-stream",
     }
@@ -312,6 +312,10 @@ async fn serve(
             Some(live_playlist(epoch.elapsed().as_secs()).into_bytes())
         } else if rel.contains("..") {
             None
+        } else if let Some(app) = rel.strip_prefix("app/") {
+            // The browser players' pages and libraries (tests/browser, npm ci).
+            let browser = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+            tokio::fs::read(browser.join(app)).await.ok()
         } else {
             tokio::fs::read(dir.join(rel)).await.ok()
         };
