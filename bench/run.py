@@ -132,6 +132,8 @@ ORIGIN_CONF = NGINX_PRELUDE.format(name="origin") + """  server {{
     root {dir}/www;
     location = /watch {{ default_type text/plain; return 200 "ok\\n"; }}
     location = /watch/seg {{ try_files /seg.bin =404; }}
+    location = /watch/live.m3u8 {{ types {{ }} default_type application/vnd.apple.mpegurl; try_files /live.m3u8 =404; }}
+    location = /watch/live.bin {{ types {{ }} default_type application/octet-stream; try_files /live.m3u8 =404; }}
     location = /watch/slow {{ limit_rate 512; try_files /seg.bin =404; }}
     # For the bare Pingora reference, which forwards everything, /health included.
     location = /health {{ default_type application/json; return 200 '{{"status":"UP"}}'; }}
@@ -212,9 +214,35 @@ response = function(status, headers, body)
 end
 """
 
+LUA_PLAYERS_URL = """
+-- Players as above, but as real players do it: the stream id comes back in the URL
+-- (`?sg_stream=`, from a rewritten manifest or the manifest's redirect), never in a header.
+math.randomseed(os.time() + tonumber(tostring({{}}):sub(8), 16))
+local base = "player" .. math.random(1, 1000000000) .. "-"
+local players = {players}
+local turn = 0
+local last = nil
+local sid = {{}}
+request = function()
+  turn = turn % players + 1
+  last = base .. turn
+  local path = "{path}"
+  if sid[last] then path = path .. "?sg_stream=" .. sid[last] end
+  return wrk.format("GET", path, {{["Session-Id"] = last}})
+end
+response = function(status, headers, body)
+  local s = headers["Stream-Id"] or headers["stream-id"]
+  local loc = headers["Location"] or headers["location"]
+  if not s and loc then s = string.match(loc, "sg_stream=([%w-]+)") end
+  local user = headers["Session-Id"] or headers["session-id"]
+  if s and user then sid[user] = s end
+end
+"""
+
 
 def wrk(port, path, users, conns, duration, threads=1):
     script_text = (LUA_PLAYERS.format(path=path, players=conns) if users == 0
+                   else LUA_PLAYERS_URL.format(path=path, players=conns) if users == -1
                    else LUA_RANDOM_USERS.format(path=path, users=users))
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script_text)
@@ -400,7 +428,7 @@ def main():
     ap.add_argument("--bare", default=os.path.join(ROOT, "target/release/examples/bare_pingora"),
                     help="bare Pingora passthrough (examples/bare_pingora.rs), the reference row")
     ap.add_argument("--only", default="", help="comma-separated targets")
-    ap.add_argument("--shapes", default="", help="comma-separated shape numbers (1-4) to run")
+    ap.add_argument("--shapes", default="", help="comma-separated shape numbers (1-7) to run")
     args = ap.parse_args()
 
     if not os.path.exists(args.binary):
@@ -420,6 +448,11 @@ def main():
     os.makedirs(os.path.join(d, "www"))
     with open(os.path.join(d, "www", "seg.bin"), "wb") as f:
         f.write(os.urandom(1 << 20))
+    # A live playlist of 100 segments, as players reload it (shapes 6 and 7).
+    with open(os.path.join(d, "www", "live.m3u8"), "w") as f:
+        f.write("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:1000\n")
+        for n in range(1000, 1100):
+            f.write(f"#EXTINF:2.000000,\nlive/seg{n}.ts\n")
 
     try:
         with open(os.path.join(d, "origin.conf"), "w") as f:
@@ -473,6 +506,9 @@ def main():
             ("small, one stream renewed (players)", "/watch", 0),
             ("small, 20 users (limit bites)", "/watch", 20),
             ("1 MiB segments, random users", "/watch/seg", 10_000_000),
+            ("small, one stream renewed by URL", "/watch", -1),
+            ("manifest, 100 segments, rewritten", "/watch/live.m3u8", -1),
+            ("same bytes, not a manifest", "/watch/live.bin", -1),
         ]
         if args.held_only:
             shapes = []

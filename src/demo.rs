@@ -18,9 +18,21 @@ const MEDIA: [(&str, &str, &[u8]); 4] = [
         "application/vnd.apple.mpegurl",
         include_bytes!("demo_media/index.m3u8"),
     ),
-    ("/demo/seg0.ts", "video/mp2t", include_bytes!("demo_media/seg0.ts")),
-    ("/demo/seg1.ts", "video/mp2t", include_bytes!("demo_media/seg1.ts")),
-    ("/demo/seg2.ts", "video/mp2t", include_bytes!("demo_media/seg2.ts")),
+    (
+        "/demo/seg0.ts",
+        "video/mp2t",
+        include_bytes!("demo_media/seg0.ts"),
+    ),
+    (
+        "/demo/seg1.ts",
+        "video/mp2t",
+        include_bytes!("demo_media/seg1.ts"),
+    ),
+    (
+        "/demo/seg2.ts",
+        "video/mp2t",
+        include_bytes!("demo_media/seg2.ts"),
+    ),
 ];
 
 #[async_trait]

@@ -22,7 +22,10 @@ async fn hls_js_and_dash_js_play_in_chromium_on_one_stream_each() {
     // Limit 1: a player that opened a second stream would be refused and fail.
     let proxy = Proxy::start(&TestConfig::new_for(origin.addr).limit(1)).await;
     let page = |kind: &str, user: &str, src: &str| {
-        format!("{}?user={user}&src={src}", proxy.url(&format!("/app/{kind}.html")))
+        format!(
+            "{}?user={user}&src={src}",
+            proxy.url(&format!("/app/{kind}.html"))
+        )
     };
     let pages = [
         page("hls", "hlsjs", "/watch/vod/index.m3u8"),
@@ -47,13 +50,19 @@ async fn hls_js_and_dash_js_play_in_chromium_on_one_stream_each() {
     for line in stdout.lines() {
         let r: serde_json::Value = serde_json::from_str(line).expect("one JSON line per page");
         assert_eq!(r["ok"], true, "{line}");
-        assert!(r["t"].as_f64().unwrap_or(0.0) > 2.0, "played past 2 s: {line}");
+        assert!(
+            r["t"].as_f64().unwrap_or(0.0) > 2.0,
+            "played past 2 s: {line}"
+        );
     }
     let admitted = "streamgate_stream_decisions_total{outcome=\"admitted\"}";
     assert_eq!(proxy.metric(admitted).await, 3.0, "one stream per player");
     let rejected = "streamgate_stream_decisions_total{outcome=\"rejected\"}";
     assert_eq!(proxy.metric(rejected).await, 0.0);
-    assert!(origin.seen().iter().all(|s| !s.target.contains("sg_stream")));
+    assert!(origin
+        .seen()
+        .iter()
+        .all(|s| !s.target.contains("sg_stream")));
     let most = origin.max_inflight_per_stream();
     eprintln!("hls.js/dash.js: at most {most} requests of one stream in flight");
     assert!((1..=8).contains(&most), "within the default cap: {most}");
