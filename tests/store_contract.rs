@@ -144,6 +144,34 @@ async fn contract(make: Factory) {
     }
     assert_eq!(n, 3);
     assert_eq!(s.list("crowd").await.unwrap().len(), 3);
+
+    // Opening under a given id (a paused player resuming): admitted under that id, counted
+    // like any open; the same id again while live renews it (two resumes raced) and is not
+    // counted twice; another user's namespace is separate; at the limit, refused.
+    let s = make(ttl);
+    let id = Uuid::new_v4();
+    assert_eq!(s.open_as("r", 2, id).await.unwrap(), Opened::Admitted(id));
+    assert_eq!(s.open_as("r", 2, id).await.unwrap(), Opened::Renewed(id));
+    assert_eq!(s.list("r").await.unwrap().len(), 1);
+    assert_eq!(
+        s.open_as("other", 1, id).await.unwrap(),
+        Opened::Admitted(id)
+    );
+    assert_eq!(
+        s.list("r").await.unwrap().len(),
+        1,
+        "another user's open leaves r alone"
+    );
+    admitted(&s, "r", 2).await;
+    assert!(matches!(
+        s.open_as("r", 2, Uuid::new_v4()).await.unwrap(),
+        Opened::Rejected { active: 2, .. }
+    ));
+    assert_eq!(
+        s.open_as("r", 2, id).await.unwrap(),
+        Opened::Renewed(id),
+        "a live id at the limit is renewed, not refused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

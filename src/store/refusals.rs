@@ -92,11 +92,17 @@ impl RefusalCache {
     }
 }
 
-#[async_trait]
-impl StreamStore for RefusalCache {
-    async fn open_as(&self, user: &str, limit: u32, id: StreamId) -> Result<Opened, StoreError> {
+impl RefusalCache {
+    /// Open through the store, answering from a remembered refusal first when `cached`.
+    async fn open_checked(
+        &self,
+        user: &str,
+        limit: u32,
+        id: StreamId,
+        cached: bool,
+    ) -> Result<Opened, StoreError> {
         let now = Instant::now();
-        if let Some(r) = self.remembered(user, limit, now) {
+        if let Some(r) = self.remembered(user, limit, now).filter(|_| cached) {
             self.answered.inc();
             return Ok(Opened::Rejected {
                 active: r.active,
@@ -131,6 +137,20 @@ impl StreamStore for RefusalCache {
             }
         }
         Ok(opened)
+    }
+}
+
+#[async_trait]
+impl StreamStore for RefusalCache {
+    async fn open(&self, user: &str, limit: u32) -> Result<Opened, StoreError> {
+        self.open_checked(user, limit, uuid::Uuid::new_v4(), true)
+            .await
+    }
+
+    /// A given id may be live already (a resume that raced another), and then the store
+    /// renews it even at the limit: only the store can tell, so it is always asked.
+    async fn open_as(&self, user: &str, limit: u32, id: StreamId) -> Result<Opened, StoreError> {
+        self.open_checked(user, limit, id, false).await
     }
 
     async fn renew(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
