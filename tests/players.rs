@@ -397,3 +397,29 @@ async fn compressed_manifests_are_rewritten_and_marked_private_big_ones_pass_unc
     let too_large = "streamgate_manifests_total{kind=\"hls\",outcome=\"too_large\"}";
     proxy.counted(too_large, 1.0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_redis_serve_one_player_on_one_stream() {
+    use common::redis_server::RedisServer;
+    let redis = RedisServer::start();
+    let origin = MediaOrigin::start().await;
+    let cfg = TestConfig::new_for(origin.addr)
+        .limit(1)
+        .redis(&redis.url(), "players", "deny");
+    let (a, b) = (Proxy::start(&cfg).await, Proxy::start(&cfg).await);
+    // The manifest through one instance, its segments through the other (a load balancer
+    // that does not pin players): one stream, renewed on both.
+    let r = a.watch("/watch/vod/index.m3u8", "r", None).await;
+    assert_eq!(r.status(), 200);
+    let id = stream_id(&r);
+    let uris = playlist_uris(&r.text().await.unwrap());
+    for u in &uris {
+        let r = b.watch(&format!("/watch/vod/{u}"), "r", None).await;
+        assert_eq!(r.status(), 200, "{u}");
+        assert_eq!(stream_id(&r), id);
+    }
+    assert_eq!(b.metric(&decisions("renewed")).await, uris.len() as f64);
+    // And ffmpeg, through the second instance, is the one screen too many.
+    let (ok, _) = play(&b.url("/watch/vod/index.m3u8"), "r", PLAY).await;
+    assert!(!ok, "limit 1 holds across instances");
+}
