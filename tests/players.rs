@@ -299,6 +299,8 @@ async fn the_stream_parameter_never_reaches_the_origin_and_must_agree_with_the_h
     let to = r.headers()["location"].to_str().unwrap().to_string();
     let id = to.rsplit('=').next().unwrap().to_string();
     assert_eq!(to, format!("/watch/live/index.m3u8?t=1&sg_stream={id}"));
+    assert_eq!(r.headers()["stream-id"], id.as_str());
+    assert_eq!(r.headers()["session-id"], "v");
     assert_eq!(origin.seen().len(), 3, "answered by the proxy");
     let r = proxy.watch(&to, "v", None).await;
     assert_eq!(stream_id(&r), id, "the redirect's stream, renewed");
@@ -322,6 +324,23 @@ async fn preflights_pass_without_identity_and_own_answers_carry_cors() {
         .unwrap();
     assert_eq!(r.status(), 200, "forwarded to the origin");
     assert_eq!(origin.seen()[0].method, "OPTIONS");
+    let id = uuid::Uuid::new_v4();
+    let r = proxy
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            proxy.url(&format!("/watch/seg1.ts?sg_stream={id}&x=1")),
+        )
+        .header("Origin", "https://player.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        origin.seen()[1].path,
+        "/watch/seg1.ts?x=1",
+        "no parameter on a preflight"
+    );
     assert_eq!(
         proxy.metric(&decisions("admitted")).await,
         0.0,

@@ -233,7 +233,6 @@ impl StreamGate {
             Ok(s) => s,
             Err(e) => return self.refuse_identity(session, e).await,
         };
-        ctx.strip_param = query.is_some_and(|q| q.contains(self.identity.stream_param.as_str()));
         ctx.via = via;
         ctx.user = Some(user.clone());
 
@@ -253,7 +252,14 @@ impl StreamGate {
                     "this stream has the most requests in flight allowed; one player per stream",
                 );
                 let retry = HeaderValue::from_static("1");
-                respond::json(session, &self.cors, 429, body, &[("retry-after", retry)]).await?;
+                respond::json(
+                    session,
+                    &self.cors,
+                    429,
+                    body,
+                    &[(http::header::RETRY_AFTER, retry)],
+                )
+                .await?;
                 return Ok(true);
             };
             ctx.slot = Some(slot);
@@ -322,7 +328,14 @@ impl StreamGate {
                     Counts { limit, active },
                 );
                 let retry = HeaderValue::from(retry_after_secs(retry_after));
-                respond::json(session, &self.cors, 401, body, &[("retry-after", retry)]).await?;
+                respond::json(
+                    session,
+                    &self.cors,
+                    401,
+                    body,
+                    &[(http::header::RETRY_AFTER, retry)],
+                )
+                .await?;
                 Ok(true)
             }
             Err(e) => self.admission_failed(session, ctx, e).await,
@@ -364,7 +377,17 @@ impl StreamGate {
         ctx.decision = Some(Decision::Admitted);
         self.metrics.decision(Decision::Admitted);
         let body = respond::error_body("stream_opened", "continue at this stream's own URL");
-        respond::json(session, &self.cors, 302, body, &[("location", to)]).await?;
+        let mut headers = vec![(http::header::LOCATION, to)];
+        // As on every admitted answer: who, and which stream.
+        if let (Some(user), Some(id)) = (&ctx.user, ctx.stream_id) {
+            if let Ok(v) = HeaderValue::from_str(user) {
+                headers.push((self.identity.session_header.clone(), v));
+            }
+            if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+                headers.push((self.identity.stream_header.clone(), v));
+            }
+        }
+        respond::json(session, &self.cors, 302, body, &headers).await?;
         Ok(true)
     }
 
@@ -480,13 +503,27 @@ impl ProxyHttp for StreamGate {
             }
         };
         ctx.route = self.routes.classify(&path);
+        // On every watch request, preflights included: the origin never sees the parameter.
+        ctx.strip_param = ctx.route == Route::Watch
+            && session
+                .req_header()
+                .uri
+                .query()
+                .is_some_and(|q| q.contains(self.identity.stream_param.as_str()));
         if ctx.route == Route::Watch && !WATCH_METHODS.contains(&session.req_header().method) {
             let allow = HeaderValue::from_static("GET, HEAD, POST, DELETE, OPTIONS");
             let body = respond::error_body(
                 "method_not_allowed",
                 "watch routes accept GET, HEAD, POST, DELETE and OPTIONS",
             );
-            respond::json(session, &self.cors, 405, body, &[("allow", allow)]).await?;
+            respond::json(
+                session,
+                &self.cors,
+                405,
+                body,
+                &[(http::header::ALLOW, allow)],
+            )
+            .await?;
             return Ok(true);
         }
         match ctx.route {
@@ -730,6 +767,13 @@ impl ProxyHttp for StreamGate {
             error_code: f.status,
             can_reuse_downstream: false,
         }
+    }
+
+    /// What Pingora's own error lines name a request by: method and path, without the
+    /// query (which carries stream ids, and would carry tokens).
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        format!("{} {}", req.method, req.uri.path())
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

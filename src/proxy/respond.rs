@@ -5,7 +5,7 @@
 //! text can never break the JSON.
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -88,7 +88,7 @@ pub async fn json(
     cors: &Cors,
     status: u16,
     body: Bytes,
-    headers: &[(&'static str, HeaderValue)],
+    headers: &[(HeaderName, HeaderValue)],
 ) -> Result<()> {
     let mut h = ResponseHeader::build(status, Some(7 + headers.len()))?;
     if !body.is_empty() {
@@ -100,7 +100,7 @@ pub async fn json(
     }
     h.insert_header("cache-control", HeaderValue::from_static("no-store"))?;
     for (k, v) in headers {
-        h.insert_header(*k, v.clone())?;
+        h.insert_header(k.clone(), v.clone())?;
     }
     if let Some(origin) = cors.allow(session.req_header()) {
         h.insert_header("access-control-allow-origin", origin)?;
