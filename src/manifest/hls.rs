@@ -19,26 +19,35 @@ pub(super) fn rewrite(t: &Tagger, body: &[u8], id: &str) -> Result<Vec<u8>, Rewr
     if !unbommed.trim_start().starts_with("#EXTM3U") {
         return Err(RewriteError::NotAManifest("HLS"));
     }
-    let mut out = String::with_capacity(body.len() + body.len() / 4 + 64);
-    // `split_inclusive` keeps each line's own ending (LF or CRLF), and a last line without
-    // one stays without one.
-    for raw in text.split_inclusive('\n') {
+    // Room for one parameter per line that is not a tag: no reallocation on the way.
+    let lines = body.iter().filter(|&&b| b == b'\n').count() + 1;
+    let mut out = String::with_capacity(body.len() + t.growth(lines / 2 + 1, id));
+    // Each line with its own ending (LF or CRLF); a last line without one stays without
+    // one. Lines are short: a plain scan beats a searcher's setup.
+    let bytes = text.as_bytes();
+    let mut next = 0;
+    while next < bytes.len() {
+        let end = bytes[next..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |i| next + i + 1);
+        let raw = &text[next..end];
+        next = end;
         let (line, ending) = split_ending(raw);
         let content = line.strip_prefix(BOM).unwrap_or(line);
         out.push_str(&line[..line.len() - content.len()]);
         // `#EXTINF:<duration>,<title>`: a free-text title, not an attribute list.
         if content.starts_with("#EXT") && !content.starts_with("#EXTINF:") {
             tag_attributes(t, content, id, &mut out);
-        } else if content.starts_with('#') || content.trim().is_empty() {
+        } else if content.starts_with('#') || content.trim_ascii().is_empty() {
             out.push_str(content);
         } else {
             // A URI line; surrounding blanks are kept where they were.
-            let start = content.len() - content.trim_start().len();
-            let end = content.trim_end().len();
+            let start = content.len() - content.trim_ascii_start().len();
+            let end = content.trim_ascii_end().len();
             out.push_str(&content[..start]);
-            match t.tag(&content[start..end], id) {
-                Some(tagged) => out.push_str(&tagged),
-                None => out.push_str(&content[start..end]),
+            if !t.tag_into(&content[start..end], id, &mut out) {
+                out.push_str(&content[start..end]);
             }
             out.push_str(&content[end..]);
         }
@@ -79,9 +88,8 @@ fn tag_attributes(t: &Tagger, line: &str, id: &str, out: &mut String) {
             };
             let value = &rest[value_start..value_start + len];
             out.push_str(&rest[..value_start]);
-            match (name.trim() == "URI").then(|| t.tag(value, id)).flatten() {
-                Some(tagged) => out.push_str(&tagged),
-                None => out.push_str(value),
+            if name.trim() != "URI" || !t.tag_into(value, id, out) {
+                out.push_str(value);
             }
             out.push('"');
             rest = &rest[value_start + len + 1..];

@@ -164,6 +164,20 @@ impl Tagger {
 
     /// Whether `uri` (as written in the manifest, unescaped) is fetched through this proxy.
     fn is_ours(&self, uri: &str) -> bool {
+        // Most URIs in a manifest are plain relative paths (`seg1.ts`, `/v/a.m4s`): settled
+        // in one pass over the bytes before the first delimiter, without a searcher.
+        let b = uri.as_bytes();
+        if b.first().is_some_and(|&c| c == b'/') && b.get(1) != Some(&b'/') {
+            return true;
+        }
+        if !b
+            .iter()
+            .take_while(|&&c| !matches!(c, b'/' | b'?' | b'#'))
+            .any(|&c| c == b':')
+        {
+            return !uri.trim().is_empty() && !uri.starts_with("//")
+                || uri.starts_with("//") && self.host_is_ours(&uri[2..]);
+        }
         let after_scheme = match scheme_len(uri) {
             Some(n) => {
                 let scheme = uri[..n].to_ascii_lowercase();
@@ -179,6 +193,14 @@ impl Tagger {
             // manifest's own URL, which came through us. `http:foo` is relative too.
             return !uri.trim().is_empty();
         };
+        self.host_is_ours(net)
+    }
+
+    /// Whether the authority at the start of `net` (after `//`) is a listed host.
+    fn host_is_ours(&self, net: &str) -> bool {
+        if self.hosts.is_empty() {
+            return false;
+        }
         let authority = net.split(['/', '?', '#']).next().unwrap_or("");
         let authority = authority
             .rsplit('@')
@@ -195,15 +217,30 @@ impl Tagger {
     /// `uri` with the stream parameter added, keeping its query and fragment; `None` when
     /// the URI does not point back through this proxy.
     pub fn tag(&self, uri: &str, id: &str) -> Option<String> {
-        if !self.is_ours(uri) {
-            return None;
-        }
-        let (rest, fragment) = match uri.find('#') {
-            Some(i) => uri.split_at(i),
-            None => (uri, ""),
-        };
         let mut out = String::with_capacity(uri.len() + self.param.len() + id.len() + 2);
-        match rest.split_once('?') {
+        self.tag_into(uri, id, &mut out).then_some(out)
+    }
+
+    /// [`Self::tag`], appended to `out` (no string of its own per URI); `false`, with
+    /// nothing appended, when the URI is not ours.
+    pub fn tag_into(&self, uri: &str, id: &str, out: &mut String) -> bool {
+        if !self.is_ours(uri) {
+            return false;
+        }
+        // One pass for both delimiters.
+        let mut question = None;
+        let mut hash = uri.len();
+        for (i, &c) in uri.as_bytes().iter().enumerate() {
+            if c == b'#' {
+                hash = i;
+                break;
+            }
+            if c == b'?' && question.is_none() {
+                question = Some(i);
+            }
+        }
+        let (rest, fragment) = uri.split_at(hash);
+        match question.map(|q| (&rest[..q], &rest[q + 1..])) {
             Some((path, query)) => {
                 out.push_str(path);
                 out.push('?');
@@ -223,7 +260,12 @@ impl Tagger {
         out.push('=');
         out.push_str(id);
         out.push_str(fragment);
-        Some(out)
+        true
+    }
+
+    /// Bytes a rewrite of a manifest with `uris` URIs may add.
+    fn growth(&self, uris: usize, id: &str) -> usize {
+        uris * (self.param.len() + id.len() + 2)
     }
 }
 
