@@ -341,6 +341,16 @@ async fn preflights_pass_without_identity_and_own_answers_carry_cors() {
         "/watch/seg1.ts?x=1",
         "no parameter on a preflight"
     );
+    // A HEAD probe (a native player checking a URL) needs no identity and opens nothing.
+    let r = proxy
+        .client
+        .head(proxy.url(&format!("/watch/seg2.ts?sg_stream={id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(origin.seen()[2].method, "HEAD");
+    assert_eq!(origin.seen()[2].path, "/watch/seg2.ts");
     assert_eq!(
         proxy.metric(&decisions("admitted")).await,
         0.0,

@@ -34,7 +34,8 @@ use crate::routing::{self, AmbiguousPath, Route, Routes};
 use crate::store::{retry_after_secs, Opened, StoreError, StreamStore};
 
 /// Methods a watch route serves: fetches, heartbeats, `DELETE` to end a stream, and
-/// `OPTIONS` (a browser's CORS preflight, forwarded without identity or stream).
+/// `HEAD` and `OPTIONS` (a probe and a browser's CORS preflight: forwarded without
+/// identity, opening nothing).
 const WATCH_METHODS: [Method; 5] = [
     Method::GET,
     Method::HEAD,
@@ -555,8 +556,14 @@ impl ProxyHttp for StreamGate {
                 }
                 Ok(true)
             }
-            // A CORS preflight names no user and fetches nothing: the origin answers it.
-            Route::Watch if session.req_header().method == Method::OPTIONS => Ok(false),
+            // A CORS preflight, and a HEAD (a player probing a URL's type or size), fetch
+            // no media: forwarded without identity, and they open or renew nothing, so a
+            // probe before the GET cannot cost the viewer a second stream.
+            Route::Watch
+                if matches!(session.req_header().method, Method::OPTIONS | Method::HEAD) =>
+            {
+                Ok(false)
+            }
             Route::Watch => self.watch(session, ctx).await,
             Route::Other => match self.other_paths {
                 OtherPaths::Forward => Ok(false),
