@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # /ready and /health while far more clients than one core can serve hammer a proxy on the
-# Redis store (docs/benchmarks.md, sixth round). Loopback only; stops what it started, by PID.
+# Redis store (docs/tuning.md#store-timeout). Loopback only; stops what it started, by PID.
 #   bench/ready_under_load.sh [store timeout, default 100ms] [connections, default 3000]
 # Needs: nginx, wrk, redis-server, curl, taskset; a release build (cargo build --release).
 set -euo pipefail

@@ -147,7 +147,8 @@ pub struct ServerSection {
 
 /// Client read buffer: none. Pingora's default is a zero-filled 64 KiB per connection; the
 /// requests of a video edge are small GETs that Pingora's own header buffer takes in one
-/// read, and the buffer cost ~4 KiB per held stream for no throughput (docs/benchmarks.md).
+/// read, and the buffer costs memory per held stream for no throughput
+/// (docs/tuning.md#read-buffer).
 pub const READ_BUFFER_DEFAULT: usize = 0;
 /// Where a new process waits for the listening sockets of the one it replaces.
 pub const UPGRADE_SOCK_DEFAULT: &str = "/tmp/streamgate-upgrade.sock";
@@ -666,7 +667,8 @@ impl Config {
         ServerConf {
             threads: self.server.threads,
             // One worker has no one to steal from: Pingora's single-threaded runtime then
-            // saves the multi-threaded scheduler's overhead (+3-4 % req/s, docs/benchmarks.md).
+            // saves the multi-threaded scheduler's overhead
+            // (docs/tuning.md#single-threaded-runtime).
             work_stealing: self.server.work_stealing && self.server.threads > 1,
             upstream_keepalive_pool_size: self.upstream.keepalive_pool_size,
             upgrade_sock: self.server.upgrade_sock.clone(),

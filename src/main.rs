@@ -3,7 +3,7 @@
 use clap::Parser;
 
 /// jemalloc: much cheaper than glibc's malloc for the proxy's many short-lived buffers,
-/// without mimalloc's larger resident size per held connection (docs/benchmarks.md).
+/// without mimalloc's larger resident size per held connection (docs/tuning.md#allocator).
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -120,10 +120,8 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Se
     // Expired users are evicted lazily by moka; a tick keeps gauges and memory settled, and
     // keeps the memory store's users with a request in flight alive (it must come at least
     // every TTL/4, and `lease_ttl` is at least 100 ms). A short tick also means moka's
-    // maintenance mostly runs here rather than inline on a request's thread: with 180 k
-    // leases expiring under 1 MiB segment load, p99 33-35 ms at a 100 ms tick, 24-27 ms at
-    // 10 ms (docs/benchmarks.md). Idle, the whole process used 50 ms of CPU in 20 s with
-    // this tick, 40 ms with a 100 ms one.
+    // maintenance mostly runs here rather than inline on a request's thread, which keeps
+    // tail latency down while many leases expire (docs/tuning.md#housekeeping).
     let every = HOUSEKEEPING_TICK.min(config.streams.lease_ttl / 4);
     server.add_service(background_service(
         "store housekeeping",

@@ -2,7 +2,7 @@
 //! edge proxy must (browsers play protected video only over HTTPS).
 //!
 //! Compiled into Pingora only with the cargo feature `tls`: Pingora's TLS support makes
-//! every connection's state bigger, plain ones too (docs/benchmarks.md). Without it, a
+//! every connection's state bigger, plain ones too (docs/tuning.md#tls-feature). Without it, a
 //! config with `tls.listen` is refused at load.
 //!
 //! Pingora loads the certificate and key only when the listener starts, and panics if they

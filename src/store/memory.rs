@@ -28,9 +28,9 @@
 //! lease, and so how long the `active` gauge may count a lease that has run out.
 //!
 //! Users are keyed in the cache by a 128-bit keyed hash of their session id ([`UserKey`]),
-//! not by the string: an inline 16-byte key saves the string's own allocation (610 -> 546
-//! bytes per single-lease user) and, while moka probes its table, the comparison of
-//! strings behind a pointer. The hash key is random per process, so colliding two users on
+//! not by the string: an inline 16-byte key saves the string's own allocation per user
+//! (docs/benchmarks.md#micro-benchmarks has the bytes per lease today) and, while moka
+//! probes its table, the comparison of strings behind a pointer. The hash key is random per process, so colliding two users on
 //! purpose is infeasible, and by chance it takes ~2^64 users.
 //!
 //! Capacity: moka's size-based eviction is *not* used, because it would silently drop live
@@ -58,8 +58,7 @@ use crate::identity::StreamId;
 /// Independent moka caches the users are spread over. When many leases expire at once,
 /// moka compacts a cache's table in one go on whichever thread trips it (a request's);
 /// spread over segments, each compaction is a fraction of the table, so the stalls are
-/// shorter (1 MiB-segment p99 during such a wave: 55-77 ms -> 33 ms, at -6 % req/s with
-/// random users; docs/benchmarks.md).
+/// shorter (docs/tuning.md#housekeeping).
 const SEGMENTS: usize = 8;
 
 /// Shards of the set of users with a held lease (one lock each).
