@@ -24,6 +24,13 @@ pub enum HoldKind {
     Renewed,
 }
 
+/// The one rule for what a request's end does to its stream's lease: an opened stream
+/// whose request failed is given back at once (so a retry is admitted); anything else keeps
+/// its lease for the TTL. Which endings count as failed: `proxy::hold_failed`.
+pub fn keeps_lease(kind: HoldKind, failed: bool) -> bool {
+    !(failed && kind == HoldKind::Opened)
+}
+
 pub struct LeaseHold {
     store: Arc<dyn StreamStore>,
     user: Arc<str>,
@@ -69,12 +76,9 @@ impl LeaseHold {
         }
     }
 
-    pub fn id(&self) -> StreamId {
-        self.id
-    }
-
-    pub fn kind(&self) -> HoldKind {
-        self.kind
+    /// Whether ending now with `failed` would give the stream back.
+    pub fn gives_back(&self, failed: bool) -> bool {
+        !keeps_lease(self.kind, failed)
     }
 
     fn settle(&mut self) {
@@ -89,7 +93,7 @@ impl LeaseHold {
     /// always keeps its lease for the TTL.
     pub async fn release(mut self, failed: bool) {
         self.settle();
-        let keep = !(failed && self.kind == HoldKind::Opened);
+        let keep = keeps_lease(self.kind, failed);
         if let Err(e) = self.store.release(&self.user, self.id, keep).await {
             warn!(
                 "could not release stream {} of {}: {e}; its lease will expire",
@@ -106,7 +110,7 @@ impl Drop for LeaseHold {
         }
         self.settle();
         // Dropped without `release`: the request ended abnormally, so count it as failed.
-        let keep = self.kind == HoldKind::Renewed;
+        let keep = keeps_lease(self.kind, true);
         let (store, user, id) = (self.store.clone(), self.user.clone(), self.id);
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {

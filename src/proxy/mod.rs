@@ -6,6 +6,8 @@
 //! releases with the request's outcome. Shared state (store, policy, metrics) lives in
 //! [`StreamGate`]; per-request state in [`RequestCtx`].
 
+mod admit;
+pub mod answer;
 pub mod failure;
 pub mod manifests;
 pub mod respond;
@@ -22,16 +24,17 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorSource;
 
+use self::answer::Answer;
 use crate::config::{Config, OtherPaths};
 use crate::framing;
-use crate::identity::{IdentityError, IdentityRules, StreamId, Via};
+use crate::identity::{IdentityRules, StreamId, Via};
 use crate::inflight::{Slot, StreamInflight};
-use crate::lease::{HoldKind, LeaseHold};
+use crate::lease::LeaseHold;
 use crate::manifest::{Kind, Tagger};
 use crate::metrics::{Decision, Metrics, StoreOp};
 use crate::policy::Policy;
 use crate::routing::{self, AmbiguousPath, Route, Routes};
-use crate::store::{retry_after_secs, Opened, StoreError, StreamStore};
+use crate::store::{StoreError, StreamStore};
 
 /// Methods a watch route serves: fetches, heartbeats, `DELETE` to end a stream, and
 /// `HEAD` and `OPTIONS` (a probe and a browser's CORS preflight: forwarded without
@@ -158,47 +161,6 @@ impl StreamGate {
         })
     }
 
-    async fn refuse_identity(&self, session: &mut Session, e: IdentityError) -> Result<bool> {
-        respond::error(session, &self.cors, 400, e.code(), &e.to_string()).await?;
-        Ok(true)
-    }
-
-    /// The store failed while admitting a watch request: fail open (forward without a
-    /// lease, under a fresh stream id) or closed, as the policy says.
-    async fn admission_failed(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        e: StoreError,
-    ) -> Result<bool> {
-        if self.policy.fail_open() && !matches!(e, StoreError::Full) {
-            self.metrics
-                .store_errors
-                .with_label_values(&[e.kind()])
-                .inc();
-            warn!("stream store failed, admitting without a lease: {e}");
-            ctx.stream_id = Some(uuid::Uuid::new_v4());
-            ctx.decision = Some(Decision::FailOpen);
-            self.metrics.decision(Decision::FailOpen);
-            return Ok(false);
-        }
-        self.store_failed(session, e).await
-    }
-
-    async fn store_failed(&self, session: &mut Session, e: StoreError) -> Result<bool> {
-        self.metrics
-            .store_errors
-            .with_label_values(&[e.kind()])
-            .inc();
-        warn!("stream store failed: {e}");
-        let code = match e {
-            StoreError::Full => "store_full",
-            _ => "store_unavailable",
-        };
-        respond::error(session, &self.cors, 503, code, &e.to_string()).await?;
-        Ok(true)
-    }
-
     /// Time a store call into the store-latency histogram.
     async fn timed<T>(
         &self,
@@ -211,219 +173,57 @@ impl StreamGate {
         out
     }
 
-    fn hold(&self, ctx: &mut RequestCtx, user: &Arc<str>, id: StreamId, kind: HoldKind) {
-        ctx.stream_id = Some(id);
-        ctx.hold = Some(LeaseHold::new(
-            self.store.clone(),
-            user.clone(),
-            id,
-            kind,
-            self.metrics.inflight_requests.clone(),
-        ));
-    }
-
-    /// A watch-route request: identify, then end, continue, open or refuse its stream.
-    async fn watch(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let headers = &session.req_header().headers;
-        let user = match self.identity.session_id(headers) {
-            Ok(u) => Arc::<str>::from(u),
-            Err(e) => return self.refuse_identity(session, e).await,
+    /// What to do with a request: forward it, or which answer it gets. Framing and paths
+    /// first (before any route is trusted), then the route.
+    async fn decide(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> std::result::Result<admit::Forward, Answer> {
+        let raw = || match session.as_downstream() {
+            pingora::protocols::http::ServerSession::H1(h1) => Some(h1.get_headers_raw_bytes()),
+            _ => None,
         };
-        let query = session.req_header().uri.query();
-        let (stream, via) = match self.identity.stream_of(headers, query) {
-            Ok(s) => s,
-            Err(e) => return self.refuse_identity(session, e).await,
-        };
-        ctx.via = via;
-        ctx.user = Some(user.clone());
-
-        if session.req_header().method == Method::DELETE {
-            return self.end_stream(session, ctx, &user, stream).await;
-        }
-
-        if let Some(id) = stream {
-            // One stream, one player: a stream with the most requests in flight already is
-            // busy, whatever the store would say.
-            let Some(slot) = self.inflight.enter(&user, id) else {
-                ctx.stream_id = Some(id);
-                ctx.decision = Some(Decision::Busy);
-                self.metrics.decision(Decision::Busy);
-                let body = respond::error_body(
-                    "stream_busy",
-                    "this stream has the most requests in flight allowed; one player per stream",
-                );
-                let retry = HeaderValue::from_static("1");
-                respond::json(
-                    session,
-                    &self.cors,
-                    429,
-                    body,
-                    &[(http::header::RETRY_AFTER, retry)],
-                )
-                .await?;
-                return Ok(true);
-            };
-            ctx.slot = Some(slot);
-            match self
-                .timed(StoreOp::Renew, self.store.renew(&user, id))
-                .await
-            {
-                Ok(true) => {
-                    self.hold(ctx, &user, id, HoldKind::Renewed);
-                    ctx.decision = Some(Decision::Renewed);
-                    self.metrics.decision(Decision::Renewed);
-                    return Ok(false);
-                }
-                // Unknown or expired for this user (ids are only looked up within their
-                // user): the player comes back with URLs naming it, so it is opened again
-                // under the same id, if the user is under the limit.
-                Ok(false) => {}
-                Err(e) => return self.admission_failed(session, ctx, e).await,
-            }
-        }
-
-        let limit = self.policy.limit_for(&user);
-        let opening = match stream {
-            Some(id) => self.store.open_as(&user, limit, id),
-            None => self.store.open(&user, limit),
-        };
-        match self.timed(StoreOp::Open, opening).await {
-            Ok(Opened::Admitted(id)) => {
-                self.hold(ctx, &user, id, HoldKind::Opened);
-                if stream.is_none() && self.redirect_manifests {
-                    if let Some(to) = self.session_url(session, id) {
-                        return self.redirect(session, ctx, to).await;
-                    }
-                }
-                let d = if stream.is_some() {
-                    Decision::Resumed
-                } else {
-                    // A fresh id: its first request is the only one in flight.
-                    ctx.slot = self.inflight.enter(&user, id);
-                    Decision::Admitted
-                };
-                ctx.decision = Some(d);
-                self.metrics.decision(d);
-                Ok(false)
-            }
-            Ok(Opened::Renewed(id)) => {
-                self.hold(ctx, &user, id, HoldKind::Renewed);
-                ctx.decision = Some(Decision::Renewed);
-                self.metrics.decision(Decision::Renewed);
-                Ok(false)
-            }
-            Ok(Opened::Rejected {
-                active,
-                retry_after,
-            }) => {
-                ctx.decision = Some(Decision::Rejected);
-                self.metrics.decision(Decision::Rejected);
-                #[derive(serde::Serialize)]
-                struct Counts {
-                    limit: u32,
-                    active: u32,
-                }
-                let body = respond::error_body_with(
-                    "stream_limit_exceeded",
-                    &format!("this user already has {active} active streams; the limit is {limit}"),
-                    Counts { limit, active },
-                );
-                let retry = HeaderValue::from(retry_after_secs(retry_after));
-                respond::json(
-                    session,
-                    &self.cors,
-                    401,
-                    body,
-                    &[(http::header::RETRY_AFTER, retry)],
-                )
-                .await?;
-                Ok(true)
-            }
-            Err(e) => self.admission_failed(session, ctx, e).await,
-        }
-    }
-
-    /// Where a manifest request that opened a stream without naming one is sent: the same
-    /// URL with the stream parameter. A player reloads a live playlist from the URL it was
-    /// given, which has no stream id; after the redirect that URL is the one it holds (the
-    /// session-URL pattern of ad-insertion services). `None`: not a manifest by its path.
-    fn session_url(&self, session: &Session, id: StreamId) -> Option<HeaderValue> {
         let req = session.req_header();
-        if req.method != Method::GET {
-            return None;
+        if let Some(r) = framing::check(req, raw) {
+            return Err(Answer::Framing(r));
         }
-        let path = req.uri.path().to_ascii_lowercase();
-        if !path.ends_with(".m3u8") && !path.ends_with(".mpd") {
-            return None;
+        let path = routing::canonical(req.uri.path())
+            .map_err(|AmbiguousPath(why)| Answer::InvalidPath(why))?;
+        ctx.route = self.routes.classify(&path);
+        // On every watch request, preflights included: the origin never sees the parameter.
+        ctx.strip_param = ctx.route == Route::Watch
+            && req
+                .uri
+                .query()
+                .is_some_and(|q| q.contains(self.identity.stream_param.as_str()));
+        if ctx.route == Route::Watch && !WATCH_METHODS.contains(&req.method) {
+            return Err(Answer::MethodNotAllowed);
         }
-        let target = req.uri.path_and_query()?.as_str();
-        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let tagged = self
-            .tagger
-            .tag(target, id.hyphenated().encode_lower(&mut buf))?;
-        HeaderValue::from_str(&tagged).ok()
-    }
-
-    /// Answer `302` to the stream's own URL. The lease stays, held for the TTL: the
-    /// redirected request renews it.
-    async fn redirect(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        to: HeaderValue,
-    ) -> Result<bool> {
-        if let Some(hold) = ctx.hold.take() {
-            hold.release(false).await;
-        }
-        ctx.decision = Some(Decision::Admitted);
-        self.metrics.decision(Decision::Admitted);
-        let body = respond::error_body("stream_opened", "continue at this stream's own URL");
-        let mut headers = vec![(http::header::LOCATION, to)];
-        // As on every admitted answer: who, and which stream.
-        if let (Some(user), Some(id)) = (&ctx.user, ctx.stream_id) {
-            if let Ok(v) = HeaderValue::from_str(user) {
-                headers.push((self.identity.session_header.clone(), v));
+        match ctx.route {
+            Route::Health => Err(Answer::Health),
+            Route::Ready => match self.timed(StoreOp::Ping, self.store.ping()).await {
+                Ok(()) => Err(Answer::Ready),
+                Err(e) => {
+                    self.metrics
+                        .store_errors
+                        .with_label_values(&[e.kind()])
+                        .inc();
+                    Err(Answer::Store(e))
+                }
+            },
+            // A CORS preflight, and a HEAD (a player probing a URL's type or size), fetch
+            // no media: forwarded without identity, and they open or renew nothing, so a
+            // probe before the GET cannot cost the viewer a second stream.
+            Route::Watch if matches!(req.method, Method::OPTIONS | Method::HEAD) => {
+                Ok(admit::Forward)
             }
-            if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
-                headers.push((self.identity.stream_header.clone(), v));
-            }
+            Route::Watch => self.admit(req, ctx).await,
+            Route::Other => match self.other_paths {
+                OtherPaths::Forward => Ok(admit::Forward),
+                OtherPaths::NotFound => Err(Answer::NotFound),
+            },
         }
-        respond::json(session, &self.cors, 302, body, &headers).await?;
-        Ok(true)
-    }
-
-    /// `DELETE` on a watch route: end the named stream now.
-    async fn end_stream(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        user: &str,
-        stream: Option<StreamId>,
-    ) -> Result<bool> {
-        let Some(id) = stream else {
-            let e = IdentityError::StreamIdRequired(self.identity.stream_header.to_string());
-            return self.refuse_identity(session, e).await;
-        };
-        ctx.stream_id = Some(id);
-        match self.timed(StoreOp::End, self.store.end(user, id)).await {
-            Ok(true) => {
-                ctx.decision = Some(Decision::Ended);
-                self.metrics.decision(Decision::Ended);
-                respond::json(session, &self.cors, 204, bytes::Bytes::new(), &[]).await?;
-            }
-            Ok(false) => {
-                respond::error(
-                    session,
-                    &self.cors,
-                    404,
-                    "stream_not_found",
-                    "no active stream with this id for this user",
-                )
-                .await?;
-            }
-            Err(e) => return self.store_failed(session, e).await,
-        }
-        Ok(true)
     }
 }
 
@@ -478,7 +278,13 @@ impl ProxyHttp for StreamGate {
         }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    /// Per-connection settings, before anything reads the request (as Pingora's own
+    /// `pipelining.rs` example does).
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
         session.set_read_timeout(Some(self.downstream_read_timeout));
         session.set_write_timeout(Some(self.downstream_write_timeout));
         // Pingora carries the setting to the connection's next request, and feeds it the
@@ -486,99 +292,17 @@ impl ProxyHttp for StreamGate {
         session
             .as_downstream_mut()
             .set_pipelining_enabled(self.pipelining);
-        let raw = || match session.as_downstream() {
-            pingora::protocols::http::ServerSession::H1(h1) => Some(h1.get_headers_raw_bytes()),
-            _ => None,
-        };
-        if let Some(r) = framing::check(session.req_header(), raw) {
-            // The body cannot be trusted to be read correctly: do not reuse the connection.
-            session.set_keepalive(None);
-            respond::error(session, &self.cors, r.status, r.code, r.message).await?;
-            return Ok(true);
-        }
-        let path = match routing::canonical(session.req_header().uri.path()) {
-            Ok(p) => p,
-            Err(AmbiguousPath(why)) => {
-                respond::error(session, &self.cors, 400, "invalid_path", why).await?;
-                return Ok(true);
-            }
-        };
-        ctx.route = self.routes.classify(&path);
-        // On every watch request, preflights included: the origin never sees the parameter.
-        ctx.strip_param = ctx.route == Route::Watch
-            && session
-                .req_header()
-                .uri
-                .query()
-                .is_some_and(|q| q.contains(self.identity.stream_param.as_str()));
-        if ctx.route == Route::Watch && !WATCH_METHODS.contains(&session.req_header().method) {
-            let allow = HeaderValue::from_static("GET, HEAD, POST, DELETE, OPTIONS");
-            let body = respond::error_body(
-                "method_not_allowed",
-                "watch routes accept GET, HEAD, POST, DELETE and OPTIONS",
-            );
-            respond::json(
-                session,
-                &self.cors,
-                405,
-                body,
-                &[(http::header::ALLOW, allow)],
-            )
-            .await?;
-            return Ok(true);
-        }
-        match ctx.route {
-            Route::Health => {
-                let body = bytes::Bytes::from_static(respond::HEALTH_BODY);
-                respond::json(session, &self.cors, 200, body, &[]).await?;
+        Ok(())
+    }
+
+    /// Forward (`Ok(false)`), or write the one [`Answer`] decided for the request.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        match self.decide(session, ctx).await {
+            Ok(admit::Forward) => Ok(false),
+            Err(answer) => {
+                answer.write(session, &self.cors).await?;
                 Ok(true)
             }
-            Route::Ready => {
-                match self.timed(StoreOp::Ping, self.store.ping()).await {
-                    Ok(()) => {
-                        let body = bytes::Bytes::from_static(respond::READY_BODY);
-                        respond::json(session, &self.cors, 200, body, &[]).await?;
-                    }
-                    Err(e) => {
-                        self.metrics
-                            .store_errors
-                            .with_label_values(&[e.kind()])
-                            .inc();
-                        respond::error(
-                            session,
-                            &self.cors,
-                            503,
-                            "store_unavailable",
-                            &e.to_string(),
-                        )
-                        .await?;
-                    }
-                }
-                Ok(true)
-            }
-            // A CORS preflight, and a HEAD (a player probing a URL's type or size), fetch
-            // no media: forwarded without identity, and they open or renew nothing, so a
-            // probe before the GET cannot cost the viewer a second stream.
-            Route::Watch
-                if matches!(session.req_header().method, Method::OPTIONS | Method::HEAD) =>
-            {
-                Ok(false)
-            }
-            Route::Watch => self.watch(session, ctx).await,
-            Route::Other => match self.other_paths {
-                OtherPaths::Forward => Ok(false),
-                OtherPaths::NotFound => {
-                    respond::error(
-                        session,
-                        &self.cors,
-                        404,
-                        "not_found",
-                        "no route for this path",
-                    )
-                    .await?;
-                    Ok(true)
-                }
-            },
         }
     }
 
@@ -677,11 +401,10 @@ impl ProxyHttp for StreamGate {
         }
         // A stream whose opening request the upstream failed is given back before the
         // client sees the answer, so an immediate retry is admitted.
-        if status >= 500
-            && ctx
-                .hold
-                .as_ref()
-                .is_some_and(|h| h.kind() == HoldKind::Opened)
+        if ctx
+            .hold
+            .as_ref()
+            .is_some_and(|h| h.gives_back(hold_failed(None, Some(status))))
         {
             if let Some(hold) = ctx.hold.take() {
                 hold.release(true).await;
@@ -762,11 +485,9 @@ impl ProxyHttp for StreamGate {
         // Once the response header is out, the only honest signal left is closing.
         let can_write = session.response_written().is_none() && f.status != 0;
         if can_write {
-            // The connection is not reused after a failure: say so, or a keep-alive client
-            // sends its next request into a closing socket.
-            session.set_keepalive(None);
-            if let Err(we) = respond::error(session, &self.cors, f.status, f.code, f.message).await
-            {
+            // The connection is not reused after a failure (`Answer::closes`): said in the
+            // answer, or a keep-alive client sends its next request into a closing socket.
+            if let Err(we) = Answer::Upstream(f).write(session, &self.cors).await {
                 warn!("could not send the {} error response: {we}", f.status);
             }
         }

@@ -1,4 +1,5 @@
-//! Every response the proxy writes itself: JSON, with an exact `content-length`.
+//! How the proxy writes its own responses: JSON, with an exact `content-length`. *Which*
+//! answer a request gets is decided in [`super::answer`].
 //!
 //! An exact length matters: without it a keep-alive client cannot tell where the body ends
 //! and hangs (cloudflare/pingora#766). Bodies are built with `serde_json`, so user-supplied
@@ -115,17 +116,6 @@ pub async fn json(
         session.write_response_body(Some(body), true).await?;
     }
     Ok(())
-}
-
-/// Write a JSON error response.
-pub async fn error(
-    session: &mut Session,
-    cors: &Cors,
-    status: u16,
-    code: &str,
-    message: &str,
-) -> Result<()> {
-    json(session, cors, status, error_body(code, message), &[]).await
 }
 
 #[cfg(test)]

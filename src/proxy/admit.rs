@@ -1,0 +1,336 @@
+//! Admission: who is asking, for which stream, and whether it may be served.
+//!
+//! [`StreamGate::admit`] takes a watch request's head and the context, asks the store, and
+//! either lets the request through (holding its stream in the context) or returns the
+//! [`Answer`] to write instead. It never touches the socket, so it is unit-tested without
+//! one (`tests` below); `request_filter` writes the answer.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Method};
+use log::warn;
+use pingora::http::RequestHeader;
+
+use super::answer::Answer;
+use super::{RequestCtx, StreamGate};
+use crate::identity::{IdentityError, StreamId};
+use crate::lease::{HoldKind, LeaseHold};
+use crate::metrics::{Decision, StoreOp};
+use crate::store::{Opened, StoreError};
+
+/// The request goes upstream.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Forward;
+
+impl StreamGate {
+    fn hold(&self, ctx: &mut RequestCtx, user: &Arc<str>, id: StreamId, kind: HoldKind) {
+        ctx.stream_id = Some(id);
+        ctx.hold = Some(LeaseHold::new(
+            self.store.clone(),
+            user.clone(),
+            id,
+            kind,
+            self.metrics.inflight_requests.clone(),
+        ));
+    }
+
+    fn decided(&self, ctx: &mut RequestCtx, d: Decision) {
+        ctx.decision = Some(d);
+        self.metrics.decision(d);
+    }
+
+    /// The store failed: counted, logged, and the answer for it.
+    fn store_failed(&self, e: StoreError) -> Answer {
+        self.metrics
+            .store_errors
+            .with_label_values(&[e.kind()])
+            .inc();
+        warn!("stream store failed: {e}");
+        Answer::Store(e)
+    }
+
+    /// The store failed while admitting: fail open (forward without a lease, under a
+    /// fresh stream id) or closed, as the policy says.
+    fn admission_failed(&self, ctx: &mut RequestCtx, e: StoreError) -> Result<Forward, Answer> {
+        if self.policy.fail_open() && !matches!(e, StoreError::Full) {
+            self.metrics
+                .store_errors
+                .with_label_values(&[e.kind()])
+                .inc();
+            warn!("stream store failed, admitting without a lease: {e}");
+            ctx.stream_id = Some(uuid::Uuid::new_v4());
+            self.decided(ctx, Decision::FailOpen);
+            return Ok(Forward);
+        }
+        Err(self.store_failed(e))
+    }
+
+    /// A watch-route request: identify, then end, continue, open or refuse its stream.
+    pub(super) async fn admit(
+        &self,
+        req: &RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<Forward, Answer> {
+        let user = Arc::<str>::from(
+            self.identity
+                .session_id(&req.headers)
+                .map_err(Answer::Identity)?,
+        );
+        let (stream, via) = self
+            .identity
+            .stream_of(&req.headers, req.uri.query())
+            .map_err(Answer::Identity)?;
+        ctx.via = via;
+        ctx.user = Some(user.clone());
+
+        if req.method == Method::DELETE {
+            return Err(self.end_stream(ctx, &user, stream).await);
+        }
+
+        if let Some(id) = stream {
+            // One stream, one player: a stream with the most requests in flight already is
+            // busy, whatever the store would say.
+            let Some(slot) = self.inflight.enter(&user, id) else {
+                ctx.stream_id = Some(id);
+                self.decided(ctx, Decision::Busy);
+                return Err(Answer::Busy);
+            };
+            ctx.slot = Some(slot);
+            match self
+                .timed(StoreOp::Renew, self.store.renew(&user, id))
+                .await
+            {
+                Ok(true) => {
+                    self.hold(ctx, &user, id, HoldKind::Renewed);
+                    self.decided(ctx, Decision::Renewed);
+                    return Ok(Forward);
+                }
+                // Unknown or expired for this user (ids are only looked up within their
+                // user): the player comes back with URLs naming it, so it is opened again
+                // under the same id, if the user is under the limit.
+                Ok(false) => {}
+                Err(e) => return self.admission_failed(ctx, e),
+            }
+        }
+
+        let limit = self.policy.limit_for(&user);
+        let opening = match stream {
+            Some(id) => self.store.open_as(&user, limit, id),
+            None => self.store.open(&user, limit),
+        };
+        match self.timed(StoreOp::Open, opening).await {
+            Ok(Opened::Admitted(id)) => {
+                self.hold(ctx, &user, id, HoldKind::Opened);
+                if stream.is_none() && self.redirect_manifests {
+                    if let Some(location) = self.session_url(req, id) {
+                        return Err(self.redirect(ctx, &user, id, location).await);
+                    }
+                }
+                let d = if stream.is_some() {
+                    Decision::Resumed
+                } else {
+                    // A fresh id: its first request is the only one in flight.
+                    ctx.slot = self.inflight.enter(&user, id);
+                    Decision::Admitted
+                };
+                self.decided(ctx, d);
+                Ok(Forward)
+            }
+            Ok(Opened::Renewed(id)) => {
+                self.hold(ctx, &user, id, HoldKind::Renewed);
+                self.decided(ctx, Decision::Renewed);
+                Ok(Forward)
+            }
+            Ok(Opened::Rejected {
+                active,
+                retry_after,
+            }) => {
+                self.decided(ctx, Decision::Rejected);
+                Err(Answer::LimitExceeded {
+                    limit,
+                    active,
+                    retry_after,
+                })
+            }
+            Err(e) => self.admission_failed(ctx, e),
+        }
+    }
+
+    /// Where a manifest request that opened a stream without naming one is sent: the same
+    /// URL with the stream parameter. A player reloads a live playlist from the URL it was
+    /// given, which has no stream id; after the redirect that URL is the one it holds (the
+    /// session-URL pattern of ad-insertion services). `None`: not a manifest by its path.
+    fn session_url(&self, req: &RequestHeader, id: StreamId) -> Option<HeaderValue> {
+        if req.method != Method::GET {
+            return None;
+        }
+        let path = req.uri.path().to_ascii_lowercase();
+        if !path.ends_with(".m3u8") && !path.ends_with(".mpd") {
+            return None;
+        }
+        let target = req.uri.path_and_query()?.as_str();
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let tagged = self
+            .tagger
+            .tag(target, id.hyphenated().encode_lower(&mut buf))?;
+        HeaderValue::from_str(&tagged).ok()
+    }
+
+    /// `302` to the stream's own URL. The lease stays, held for the TTL: the redirected
+    /// request renews it.
+    async fn redirect(
+        &self,
+        ctx: &mut RequestCtx,
+        user: &str,
+        id: StreamId,
+        location: HeaderValue,
+    ) -> Answer {
+        if let Some(hold) = ctx.hold.take() {
+            hold.release(false).await;
+        }
+        self.decided(ctx, Decision::Admitted);
+        // As on every admitted answer: who, and which stream.
+        let mut echo = Vec::with_capacity(2);
+        if let Ok(v) = HeaderValue::from_str(user) {
+            echo.push((self.identity.session_header.clone(), v));
+        }
+        if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+            echo.push((self.identity.stream_header.clone(), v));
+        }
+        Answer::Redirect { location, echo }
+    }
+
+    /// `DELETE` on a watch route: end the named stream now.
+    async fn end_stream(
+        &self,
+        ctx: &mut RequestCtx,
+        user: &str,
+        stream: Option<StreamId>,
+    ) -> Answer {
+        let Some(id) = stream else {
+            let header = self.identity.stream_header.to_string();
+            return Answer::Identity(IdentityError::StreamIdRequired(header));
+        };
+        ctx.stream_id = Some(id);
+        match self.timed(StoreOp::End, self.store.end(user, id)).await {
+            Ok(true) => {
+                self.decided(ctx, Decision::Ended);
+                Answer::Ended
+            }
+            Ok(false) => Answer::StreamNotFound,
+            Err(e) => self.store_failed(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::store::MemoryStore;
+    use pingora::proxy::ProxyHttp;
+
+    fn gate(extra: &str) -> StreamGate {
+        let config = Config::from_toml(&format!(
+            "[upstream]\naddrs = [\"127.0.0.1:9\"]\n[streams]\nlimit = 1\n{extra}"
+        ))
+        .unwrap();
+        let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+        let store = Arc::new(MemoryStore::new(
+            config.streams.lease_ttl,
+            100,
+            metrics.lease_counters(),
+        ));
+        StreamGate::new(&config, store, metrics).unwrap()
+    }
+
+    fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build(method, path.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[tokio::test]
+    async fn opens_renews_refuses_and_ends_without_a_socket() {
+        let g = gate("");
+        let mut ctx = g.new_ctx();
+        let r = req("GET", "/watch/a.ts", &[("Session-Id", "u")]);
+        assert!(matches!(g.admit(&r, &mut ctx).await, Ok(Forward)));
+        let id = ctx.stream_id.unwrap();
+        assert_eq!(ctx.decision, Some(Decision::Admitted));
+        drop(ctx);
+
+        let mut ctx = g.new_ctx();
+        let r = req(
+            "GET",
+            &format!("/watch/b.ts?sg_stream={id}"),
+            &[("Session-Id", "u")],
+        );
+        assert!(matches!(g.admit(&r, &mut ctx).await, Ok(Forward)));
+        assert_eq!(ctx.decision, Some(Decision::Renewed));
+
+        let mut other = g.new_ctx();
+        let r = req("GET", "/watch/c.ts", &[("Session-Id", "u")]);
+        match g.admit(&r, &mut other).await {
+            Err(Answer::LimitExceeded {
+                limit: 1,
+                active: 1,
+                ..
+            }) => {}
+            a => panic!("{a:?}"),
+        }
+        drop(ctx);
+
+        let mut ctx = g.new_ctx();
+        let r = req(
+            "DELETE",
+            "/watch",
+            &[("Session-Id", "u"), ("Stream-Id", &id.to_string())],
+        );
+        assert!(matches!(g.admit(&r, &mut ctx).await, Err(Answer::Ended)));
+        let mut ctx = g.new_ctx();
+        assert!(matches!(
+            g.admit(&r, &mut ctx).await,
+            Err(Answer::StreamNotFound)
+        ));
+    }
+
+    #[tokio::test]
+    async fn bad_identity_busy_streams_and_manifest_redirects() {
+        let g = gate("max_inflight_per_stream = 1");
+        let mut ctx = g.new_ctx();
+        let r = req("GET", "/watch", &[]);
+        match g.admit(&r, &mut ctx).await {
+            Err(a @ Answer::Identity(_)) => assert_eq!(a.code(), Some("session_id_required")),
+            a => panic!("{a:?}"),
+        }
+        // A manifest that opens a stream is redirected to the stream's own URL.
+        let mut ctx = g.new_ctx();
+        let r = req("GET", "/watch/v/index.m3u8?x=1", &[("Session-Id", "u")]);
+        let id = match g.admit(&r, &mut ctx).await {
+            Err(Answer::Redirect { location, .. }) => {
+                let l = location.to_str().unwrap().to_string();
+                assert!(l.starts_with("/watch/v/index.m3u8?x=1&sg_stream="), "{l}");
+                l.rsplit('=').next().unwrap().to_string()
+            }
+            a => panic!("{a:?}"),
+        };
+        assert!(
+            ctx.hold.is_none(),
+            "the lease is kept for the redirected request"
+        );
+        // One request of that stream in flight (cap 1): the next one is busy.
+        let mut first = g.new_ctx();
+        let r = req(
+            "GET",
+            &format!("/watch/s.ts?sg_stream={id}"),
+            &[("Session-Id", "u")],
+        );
+        assert!(matches!(g.admit(&r, &mut first).await, Ok(Forward)));
+        let mut second = g.new_ctx();
+        assert!(matches!(g.admit(&r, &mut second).await, Err(Answer::Busy)));
+    }
+}

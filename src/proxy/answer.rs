@@ -1,0 +1,233 @@
+//! Every answer the proxy writes itself, decided in one place.
+//!
+//! A refusal or a failure anywhere in the proxy (framing, routing, identity, the limit, the
+//! store, the upstream) becomes one [`Answer`], and this module alone says what the client
+//! gets for it: status, error code, message, extra headers (`Retry-After`, `Allow`,
+//! `Location`) and whether the connection closes after it. Writing is in
+//! [`super::respond`]. The model is linkerd2-proxy's `errors` module: code elsewhere says
+//! *what happened*, this says *what that means in HTTP*.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue};
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use serde::Serialize;
+
+use super::failure::Failure;
+use super::respond::{self, Cors};
+use crate::framing::Refusal;
+use crate::identity::IdentityError;
+use crate::store::{retry_after_secs, StoreError};
+
+/// What the proxy answers itself instead of forwarding.
+#[derive(Debug)]
+pub enum Answer {
+    /// `GET /health`.
+    Health,
+    /// `GET /ready` while the store answers.
+    Ready,
+    /// `DELETE` ended the stream: `204`.
+    Ended,
+    /// A manifest request that opened a stream, sent to the stream's own URL; `echo` are
+    /// the identity headers every admitted answer carries.
+    Redirect {
+        location: HeaderValue,
+        echo: Vec<(HeaderName, HeaderValue)>,
+    },
+    /// Refused before routing: the body cannot be framed safely.
+    Framing(Refusal),
+    /// A path that could resolve to a watch route without being counted.
+    InvalidPath(&'static str),
+    /// A method watch routes do not serve.
+    MethodNotAllowed,
+    /// A path outside the routes, with `server.other_paths = "not_found"`.
+    NotFound,
+    /// The identity headers or parameter were missing or malformed.
+    Identity(IdentityError),
+    /// `DELETE` of a stream the user does not have.
+    StreamNotFound,
+    /// One stream more than the limit.
+    LimitExceeded {
+        limit: u32,
+        active: u32,
+        retry_after: Duration,
+    },
+    /// The stream has the most requests in flight allowed.
+    Busy,
+    /// The store failed or timed out (and the policy does not fail open).
+    Store(StoreError),
+    /// Proxying failed (upstream refused, slow, broken; an error of ours).
+    Upstream(Failure),
+}
+
+/// The error body's extra fields for a refusal at the limit.
+#[derive(Serialize)]
+struct Counts {
+    limit: u32,
+    active: u32,
+}
+
+impl Answer {
+    pub fn status(&self) -> u16 {
+        match self {
+            Answer::Health | Answer::Ready => 200,
+            Answer::Ended => 204,
+            Answer::Redirect { .. } => 302,
+            Answer::Framing(r) => r.status,
+            Answer::InvalidPath(_) | Answer::Identity(_) => 400,
+            Answer::LimitExceeded { .. } => 401,
+            Answer::NotFound | Answer::StreamNotFound => 404,
+            Answer::MethodNotAllowed => 405,
+            Answer::Busy => 429,
+            Answer::Store(_) => 503,
+            Answer::Upstream(f) => f.status,
+        }
+    }
+
+    /// Whether the connection must close after this answer: after a framing refusal the
+    /// next request's bytes cannot be told from this one's body, and after a failed
+    /// proxying the connection is not reused.
+    pub fn closes(&self) -> bool {
+        matches!(self, Answer::Framing(_) | Answer::Upstream(_))
+    }
+
+    /// The stable error code (`None` for the answers that are not errors).
+    pub fn code(&self) -> Option<&'static str> {
+        Some(match self {
+            Answer::Health | Answer::Ready | Answer::Ended => return None,
+            Answer::Redirect { .. } => "stream_opened",
+            Answer::Framing(r) => r.code,
+            Answer::InvalidPath(_) => "invalid_path",
+            Answer::MethodNotAllowed => "method_not_allowed",
+            Answer::NotFound => "not_found",
+            Answer::Identity(e) => e.code(),
+            Answer::StreamNotFound => "stream_not_found",
+            Answer::LimitExceeded { .. } => "stream_limit_exceeded",
+            Answer::Busy => "stream_busy",
+            Answer::Store(StoreError::Full) => "store_full",
+            Answer::Store(_) => "store_unavailable",
+            Answer::Upstream(f) => f.code,
+        })
+    }
+
+    fn body(&self) -> Bytes {
+        let Some(code) = self.code() else {
+            return match self {
+                Answer::Health => Bytes::from_static(respond::HEALTH_BODY),
+                Answer::Ready => Bytes::from_static(respond::READY_BODY),
+                _ => Bytes::new(),
+            };
+        };
+        match self {
+            Answer::LimitExceeded { limit, active, .. } => respond::error_body_with(
+                code,
+                &format!("this user already has {active} active streams; the limit is {limit}"),
+                Counts {
+                    limit: *limit,
+                    active: *active,
+                },
+            ),
+            Answer::Identity(e) => respond::error_body(code, &e.to_string()),
+            Answer::Store(e) => respond::error_body(code, &e.to_string()),
+            _ => respond::error_body(code, self.message()),
+        }
+    }
+
+    /// The human-readable message of the answers whose message is fixed.
+    fn message(&self) -> &'static str {
+        match self {
+            Answer::Redirect { .. } => "continue at this stream's own URL",
+            Answer::Framing(r) => r.message,
+            Answer::InvalidPath(why) => why,
+            Answer::MethodNotAllowed => "watch routes accept GET, HEAD, POST, DELETE and OPTIONS",
+            Answer::NotFound => "no route for this path",
+            Answer::StreamNotFound => "no active stream with this id for this user",
+            Answer::Busy => {
+                "this stream has the most requests in flight allowed; one player per stream"
+            }
+            Answer::Upstream(f) => f.message,
+            _ => "",
+        }
+    }
+
+    fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        match self {
+            Answer::LimitExceeded { retry_after, .. } => vec![(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(*retry_after)),
+            )],
+            Answer::Busy => vec![(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+            Answer::MethodNotAllowed => vec![(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, DELETE, OPTIONS"),
+            )],
+            Answer::Redirect { location, echo } => {
+                let mut h = vec![(header::LOCATION, location.clone())];
+                h.extend(echo.iter().cloned());
+                h
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Write this answer as the response to the session's request.
+    pub async fn write(&self, session: &mut Session, cors: &Cors) -> Result<()> {
+        if self.closes() {
+            session.set_keepalive(None);
+        }
+        respond::json(session, cors, self.status(), self.body(), &self.headers()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn body(a: &Answer) -> Value {
+        serde_json::from_slice(&a.body()).unwrap()
+    }
+
+    #[test]
+    fn each_refusal_has_its_status_code_and_headers() {
+        let limit = Answer::LimitExceeded {
+            limit: 3,
+            active: 3,
+            retry_after: Duration::from_millis(1500),
+        };
+        assert_eq!(limit.status(), 401);
+        assert_eq!(
+            body(&limit),
+            serde_json::json!({"error": "stream_limit_exceeded",
+                "message": "this user already has 3 active streams; the limit is 3",
+                "limit": 3, "active": 3})
+        );
+        assert_eq!(
+            limit.headers(),
+            vec![(header::RETRY_AFTER, HeaderValue::from(2))]
+        );
+        assert_eq!(Answer::Busy.status(), 429);
+        assert_eq!(body(&Answer::Busy)["error"], "stream_busy");
+        assert_eq!(Answer::Store(StoreError::Full).code(), Some("store_full"));
+        assert_eq!(
+            Answer::Store(StoreError::Timeout).code(),
+            Some("store_unavailable")
+        );
+        assert_eq!(Answer::MethodNotAllowed.headers()[0].0, header::ALLOW);
+        assert!(Answer::Framing(Refusal {
+            status: 400,
+            code: "x",
+            message: "y"
+        })
+        .closes());
+        assert!(
+            !limit.closes(),
+            "a refused player may retry on its connection"
+        );
+        assert_eq!(Answer::Ended.status(), 204);
+        assert!(Answer::Ended.body().is_empty());
+        assert_eq!(&Answer::Health.body()[..], respond::HEALTH_BODY);
+    }
+}
