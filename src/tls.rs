@@ -6,60 +6,19 @@
 //! config with `tls.listen` is refused at load.
 //!
 //! Pingora loads the certificate and key only when the listener starts, and panics if they
-//! are bad. So they are loaded here first, at config load, the way Pingora will load them
-//! (rustls on ring): a missing file, a file without PEM in it, or a key that does not fit
-//! the certificate is one config error naming its key, and exit code 2.
-
-use std::path::Path;
-use std::sync::Arc;
+//! are bad, so config validation loads them first (`config/tls.rs`).
 
 #[cfg(feature = "tls")]
 use pingora::listeners::tls::TlsSettings;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{KeyError, TlsSection};
+#[cfg(feature = "tls")]
+use crate::config::TlsSection;
 
-/// One of the two files, as a UTF-8 path (what Pingora takes).
-fn path<'a>(key: &str, p: Option<&'a Path>) -> Result<&'a str, KeyError> {
-    let p = p.ok_or_else(|| KeyError::new(key, "required with tls.listen"))?;
-    p.to_str()
-        .ok_or_else(|| KeyError::new(key, "must be a UTF-8 path"))
-}
-
-/// The certificate chain and key files.
-fn paths(tls: &TlsSection) -> Result<(&str, &str), KeyError> {
-    Ok((
-        path("tls.cert_file", tls.cert_file.as_deref())?,
-        path("tls.key_file", tls.key_file.as_deref())?,
-    ))
-}
-
-/// Check that the certificate chain and key load, and that the key is the certificate's.
-pub fn check(tls: &TlsSection) -> Result<(), KeyError> {
-    let (cert_file, key_file) = paths(tls)?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .map_err(|e| KeyError::new("tls.cert_file", format!("cannot read it: {e}")))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| KeyError::new("tls.cert_file", format!("bad PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(KeyError::new("tls.cert_file", "holds no PEM certificate"));
-    }
-    let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|e| KeyError::new("tls.key_file", format!("no PEM private key read: {e}")))?;
-    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| KeyError::new("tls.cert_file", e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| KeyError::new("tls.key_file", format!("does not fit the certificate: {e}")))?;
-    Ok(())
-}
-
-/// Pingora's settings for one HTTPS listener. Call only on a config that passed [`check`].
+/// Pingora's settings for one HTTPS listener. Call only on a validated config (its files were
+/// checked in `config::tls`).
 #[cfg(feature = "tls")]
 pub fn listener_settings(tls: &TlsSection) -> pingora::Result<TlsSettings> {
-    let (cert_file, key_file) = paths(tls).map_err(|e| {
+    let (cert_file, key_file) = tls.files().map_err(|e| {
         pingora::Error::explain(
             pingora::ErrorType::InvalidCert,
             format!("{}: {}", e.key, e.message),

@@ -1,0 +1,340 @@
+//! The configuration file's shape: one struct per section, each with its defaults (one
+//! `impl Default` per section; `Config::default()` is the whole file's).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerSection,
+    pub upstream: UpstreamSection,
+    #[serde(default)]
+    pub identity: IdentitySection,
+    #[serde(default)]
+    pub streams: StreamsSection,
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    #[serde(default)]
+    pub tls: TlsSection,
+}
+
+/// HTTPS listeners (`[tls]`); none by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// Addresses serving HTTPS, beside (or instead of) `server.listen`.
+    pub listen: Vec<String>,
+    /// PEM certificate chain, the server's own certificate first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    pub key_file: Option<PathBuf>,
+    /// Offer HTTP/2 by ALPN (HTTP/1.1 is always offered).
+    pub h2: bool,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            cert_file: None,
+            key_file: None,
+            h2: true,
+        }
+    }
+}
+
+/// What to do with requests outside the watch routes (and outside `/health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtherPaths {
+    /// Forward them to the upstream without counting (an edge proxy for everything else).
+    Forward,
+    /// Answer them `404` JSON.
+    NotFound,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Addresses the proxy listens on.
+    pub listen: Vec<String>,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// Let idle worker threads steal tasks from busy ones (only meaningful with `threads > 1`).
+    pub work_stealing: bool,
+    /// What happens to paths that are neither `/health` nor a watch route.
+    pub other_paths: OtherPaths,
+    /// How long a client may take to accept response bytes before the request fails.
+    #[serde(with = "humantime_serde")]
+    pub downstream_write_timeout: Duration,
+    /// How long a client may take to send its request headers and body.
+    #[serde(with = "humantime_serde")]
+    pub downstream_read_timeout: Duration,
+    /// On SIGTERM: how long to keep accepting before starting to shut down.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// On SIGTERM: how long in-flight requests get to finish after the grace period.
+    #[serde(with = "humantime_serde")]
+    pub graceful_shutdown_timeout: Duration,
+    /// Bytes of read buffer per client connection (0: read straight from the socket).
+    pub read_buffer: usize,
+    /// Serve HTTP/1.1 requests a client pipelines (sends before the previous response),
+    /// one after another in order, as nginx does. Off: Pingora's default, which answers
+    /// the first and closes the connection, dropping the rest.
+    pub pipelining: bool,
+    /// Unix socket a new process (`--upgrade`) takes the listening sockets over on, when
+    /// this one gets `SIGQUIT`: Pingora's zero-downtime upgrade. One per instance.
+    pub upgrade_sock: String,
+}
+
+/// Client read buffer: none. Pingora's default is a zero-filled 64 KiB per connection; the
+/// requests of a video edge are small GETs that Pingora's own header buffer takes in one
+/// read, and the buffer costs memory per held stream for no throughput
+/// (docs/tuning.md#read-buffer).
+pub const READ_BUFFER_DEFAULT: usize = 0;
+/// Where a new process waits for the listening sockets of the one it replaces.
+pub const UPGRADE_SOCK_DEFAULT: &str = "/tmp/streamgate-upgrade.sock";
+/// Longest Unix socket path Linux accepts (`sun_path` is 108 bytes with its NUL).
+pub(super) const UNIX_PATH_MAX: usize = 107;
+/// Largest accepted `server.read_buffer`.
+pub const READ_BUFFER_MAX: usize = 1024 * 1024;
+
+/// Longest `store.refusal_cache`: how late a slot freed on another instance may be seen.
+pub const MAX_REFUSAL_CACHE: Duration = Duration::from_secs(10);
+/// Largest `streams.max_manifest_size`: a manifest is held whole in memory to be rewritten.
+pub(super) const MAX_MANIFEST_SIZE: usize = 64 << 20;
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: vec!["0.0.0.0:3001".into()],
+            threads: 1,
+            work_stealing: true,
+            other_paths: OtherPaths::Forward,
+            downstream_write_timeout: Duration::from_secs(30),
+            downstream_read_timeout: Duration::from_secs(30),
+            grace_period: Duration::from_secs(5),
+            graceful_shutdown_timeout: Duration::from_secs(30),
+            read_buffer: READ_BUFFER_DEFAULT,
+            pipelining: true,
+            upgrade_sock: UPGRADE_SOCK_DEFAULT.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// Content servers (`host:port`), chosen round-robin; a refused connection tries the next.
+    pub addrs: Vec<String>,
+    #[serde(default = "d_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest silence while waiting for upstream response bytes.
+    #[serde(default = "d_io_timeout", with = "humantime_serde")]
+    pub read_timeout: Duration,
+    #[serde(default = "d_io_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// How long an idle upstream connection is kept for reuse.
+    #[serde(default = "d_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Idle upstream connections kept for reuse, per process.
+    #[serde(default = "d_keepalive_pool")]
+    pub keepalive_pool_size: usize,
+    /// Append the client's address to `X-Forwarded-For` on forwarded requests (as Envoy
+    /// does, and nginx with `$proxy_add_x_forwarded_for`): an origin that checks the
+    /// viewer's region or binds tokens to an address needs it.
+    #[serde(default = "d_forwarded_for")]
+    pub forwarded_for: bool,
+}
+
+fn d_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn d_io_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn d_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn d_keepalive_pool() -> usize {
+    256
+}
+fn d_forwarded_for() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentitySection {
+    /// The request header that names the user.
+    pub header: String,
+    /// Longest accepted identity value, in bytes.
+    pub max_len: usize,
+}
+
+impl Default for IdentitySection {
+    fn default() -> Self {
+        Self {
+            header: "Session-Id".into(),
+            max_len: 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsSection {
+    /// Path prefixes that are watch routes: `/watch` covers `/watch` and `/watch/...`.
+    pub routes: Vec<String>,
+    /// Concurrent streams per user.
+    pub limit: u32,
+    /// How long a stream outlives its last request.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// The header that carries the stream id, both ways.
+    pub stream_id_header: String,
+    /// The query parameter that carries the stream id in URLs (players cannot echo a
+    /// header); removed before the request goes upstream.
+    pub stream_id_param: String,
+    /// Hosts of absolute manifest URIs that point back through this proxy (relative URIs
+    /// always do); their URIs get the stream id too.
+    pub rewrite_hosts: Vec<String>,
+    /// Largest manifest rewritten; a bigger one goes through unchanged (and is counted).
+    pub max_manifest_size: usize,
+    /// Origins whose browser players may read the proxy's own answers (`"*"`: any).
+    pub cors_origins: Vec<String>,
+    /// Most requests of one stream in flight at once through this instance; one more is
+    /// `429 stream_busy`. Real players keep at most a handful (docs/players.md).
+    pub max_inflight_per_stream: u32,
+    /// A manifest request (`.m3u8`, `.mpd`) that opens a stream without naming one is
+    /// redirected (`302`) to its URL with the stream parameter, so a player reloading a live
+    /// playlist reloads it as this stream.
+    pub redirect_manifests: bool,
+}
+
+impl Default for StreamsSection {
+    fn default() -> Self {
+        Self {
+            routes: vec!["/watch".into()],
+            limit: 3,
+            lease_ttl: Duration::from_secs(60),
+            stream_id_header: "Stream-Id".into(),
+            stream_id_param: "sg_stream".into(),
+            rewrite_hosts: Vec::new(),
+            max_manifest_size: 4 << 20,
+            cors_origins: Vec::new(),
+            max_inflight_per_stream: 8,
+            redirect_manifests: true,
+        }
+    }
+}
+
+/// Where active streams live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    /// In this process, in a moka cache: one instance, nothing to set up.
+    Memory,
+    /// One Redis or Valkey server (or a primary behind a proxy), shared by all instances.
+    Redis,
+    /// A Redis Cluster, reached through its seed nodes.
+    RedisCluster,
+}
+
+/// What a decision does when the store fails or times out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Refuse with `503 store_unavailable` (fail closed).
+    Deny,
+    /// Admit without a lease, and count it as `fail_open` (fail open).
+    Allow,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    pub kind: StoreKind,
+    /// Memory store: most users with live streams at once. A new user past it gets `503`;
+    /// no live lease is ever evicted to make room.
+    pub max_users: u64,
+    /// `kind = "redis"`: `redis://[[user]:password@]host:port[/db]`, `rediss://` for TLS.
+    pub url: Option<String>,
+    /// `kind = "redis-cluster"`: seed node URLs.
+    pub nodes: Vec<String>,
+    /// Key prefix, so several deployments can share one Redis: keys are
+    /// `<prefix>:{<user>}:streams`.
+    pub prefix: String,
+    /// Longest wait for any one store call.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub on_store_error: OnStoreError,
+    /// Redis stores: how long this instance answers a refused user's further opens itself,
+    /// without asking the store (`0s`: never). See `store::refusals`.
+    #[serde(with = "humantime_serde")]
+    pub refusal_cache: Duration,
+    /// `rediss://` only: a PEM file of the CA(s) to trust instead of the system roots.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// Never print the store section: its URLs may carry a password.
+impl std::fmt::Debug for StoreSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSection")
+            .field("kind", &self.kind)
+            .field("max_users", &self.max_users)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("on_store_error", &self.on_store_error)
+            .field("refusal_cache", &self.refusal_cache)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Memory,
+            max_users: 1_000_000,
+            url: None,
+            nodes: Vec::new(),
+            prefix: "sg".into(),
+            timeout: Duration::from_millis(100),
+            on_store_error: OnStoreError::Deny,
+            refusal_cache: Duration::ZERO,
+            tls_ca_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Where Prometheus scrapes `/metrics`; leave out to serve no metrics.
+    pub listen: Option<String>,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            listen: Some("127.0.0.1:9091".into()),
+        }
+    }
+}
+
+/// Command-line values that take precedence over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Vec<String>,
+    pub upstream: Vec<String>,
+    pub limit: Option<u32>,
+    pub metrics: Option<String>,
+}
