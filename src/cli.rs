@@ -72,9 +72,7 @@ pub fn run(cli: Cli) -> ExitCode {
             let mut o = cli.overrides();
             o.upstream = vec![origin.clone()];
             // The defaults, with the demo origin as upstream and the flags applied.
-            let cfg = Config::parse("[upstream]\naddrs = []\n")
-                .map(|c| c.with_overrides(&o))
-                .and_then(Config::validate);
+            let cfg = Config::default().with_overrides(&o).validate();
             match cfg {
                 Ok(c) => (c, Some(origin.clone())),
                 Err(e) => {

@@ -259,7 +259,8 @@ impl Metrics {
     }
 
     pub fn decision(&self, d: Decision) {
-        let i = DECISIONS.iter().position(|x| *x == d).unwrap_or(0);
+        // Indexed by the variant itself: `DECISIONS` lists them in declaration order.
+        let i = d as usize;
         self.handles.decisions[i].inc();
     }
 
@@ -272,7 +273,7 @@ impl Metrics {
             500..=599 => 4,
             _ => 5,
         };
-        let r = ROUTES.iter().position(|x| *x == route).unwrap_or(3);
+        let r = route as usize;
         self.handles.requests[r][class].inc();
         self.handles.durations[r].observe(elapsed.as_secs_f64());
     }
@@ -284,7 +285,7 @@ impl Metrics {
     }
 
     pub fn store_op(&self, op: StoreOp, elapsed: Duration) {
-        let i = StoreOp::ALL.iter().position(|x| *x == op).unwrap_or(0);
+        let i = op as usize;
         self.handles.store_ops[i].observe(elapsed.as_secs_f64());
     }
 }
@@ -343,6 +344,25 @@ impl ServeHttp for MetricsApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handle_tables_list_every_variant_at_its_own_index() {
+        for (i, d) in DECISIONS.iter().enumerate() {
+            assert_eq!(*d as usize, i, "{d:?}");
+        }
+        for (i, r) in ROUTES.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+        for (i, o) in StoreOp::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{o:?}");
+        }
+        for (i, k) in MANIFEST_KINDS.iter().enumerate() {
+            assert_eq!(*k as usize, i, "{k:?}");
+        }
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{o:?}");
+        }
+    }
 
     #[test]
     fn metrics_register_on_a_fresh_registry_with_conventional_names() {

@@ -40,7 +40,8 @@ pub enum ConfigError {
 }
 
 /// A problem with one key, before we know which file it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
 pub struct KeyError {
     pub key: String,
     pub message: String,

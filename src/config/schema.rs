@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+/// The whole configuration file. `Config::default()` is every default, with no upstream
+/// (which the file must name): what `demo` starts from.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -152,6 +153,21 @@ pub struct UpstreamSection {
     /// viewer's region or binds tokens to an address needs it.
     #[serde(default = "d_forwarded_for")]
     pub forwarded_for: bool,
+}
+
+/// Every default, and no address (the file must name at least one).
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        Self {
+            addrs: Vec::new(),
+            connect_timeout: d_connect_timeout(),
+            read_timeout: d_io_timeout(),
+            write_timeout: d_io_timeout(),
+            idle_timeout: d_idle_timeout(),
+            keepalive_pool_size: d_keepalive_pool(),
+            forwarded_for: d_forwarded_for(),
+        }
+    }
 }
 
 fn d_connect_timeout() -> Duration {

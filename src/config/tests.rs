@@ -187,3 +187,13 @@ fn error_display_is_one_line_with_file_and_key() {
     assert_eq!(s, "x.toml: streams.limit: must be at least 1");
     assert!(!s.contains('\n'));
 }
+
+/// The shipped file shows the defaults it claims to: parsed, it is exactly
+/// `Config::default()` plus its upstream (as Pingora pins its own in `test_default`).
+#[test]
+fn shipped_config_is_the_defaults_plus_its_upstream() {
+    let shipped = Config::from_toml(include_str!("../../conf/streamgate.toml")).unwrap();
+    let mut want = Config::default();
+    want.upstream.addrs = vec!["127.0.0.1:8080".into()];
+    assert_eq!(format!("{shipped:?}"), format!("{want:?}"));
+}
