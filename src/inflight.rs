@@ -66,6 +66,7 @@ impl StreamInflight {
     }
 
     /// Requests of `user`'s stream `id` in flight here.
+    #[cfg(test)]
     pub fn count(&self, user: &Arc<str>, id: StreamId) -> u32 {
         let key = (user.clone(), id);
         self.shard(&id).lock().get(&key).copied().unwrap_or(0)

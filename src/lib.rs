@@ -6,16 +6,16 @@
 
 pub mod cli;
 pub mod config;
-pub mod demo;
-pub mod framing;
+mod demo;
+mod framing;
 pub mod identity;
-pub mod inflight;
-pub mod lease;
+mod inflight;
+mod lease;
 pub mod manifest;
-pub mod metrics;
-pub mod policy;
-pub mod proxy;
+mod metrics;
+mod policy;
+mod proxy;
 pub mod routing;
 pub mod server;
 pub mod store;
-pub mod tls;
+mod tls;
