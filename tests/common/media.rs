@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Segments of the live source (1 s each); the live window shows `LIVE_WINDOW` of them.
@@ -267,27 +267,9 @@ async fn serve(
 ) -> std::io::Result<()> {
     let mut r = BufReader::new(sock);
     loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).await? == 0 {
+        let Some((method, target, headers)) = super::read_head(&mut r).await? else {
             return Ok(());
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_string();
-        let target = parts.next().unwrap_or("").to_string();
-        let mut headers = HashMap::new();
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).await? == 0 {
-                return Ok(());
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-            }
-        }
+        };
         let stream = headers.get("stream-id").cloned();
         let _inflight = {
             let mut s = st.lock().unwrap();

@@ -201,30 +201,41 @@ fn query(path: &str, key: &str) -> Option<u64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
+/// One request head read off a connection, for the harness's origins: method, target,
+/// and headers (names lowercased). `None` when the client closed the connection.
+pub async fn read_head(
+    reader: &mut BufReader<TcpStream>,
+) -> std::io::Result<Option<(String, String, HashMap<String, String>)>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).await? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let target = parts.next().unwrap_or("").to_string();
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).await? == 0 {
+            return Ok(None);
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    Ok(Some((method, target, headers)))
+}
+
 async fn serve_conn(sock: TcpStream, st: Arc<OriginState>) -> std::io::Result<()> {
     let mut reader = BufReader::new(sock);
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).await? == 0 {
+        let Some((method, path, headers)) = read_head(&mut reader).await? else {
             return Ok(());
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_string();
-        let path = parts.next().unwrap_or("").to_string();
-        let mut headers = HashMap::new();
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).await? == 0 {
-                return Ok(());
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-            }
-        }
+        };
         if let Some(len) = headers
             .get("content-length")
             .and_then(|v| v.parse::<u64>().ok())
