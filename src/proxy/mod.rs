@@ -8,23 +8,25 @@
 
 mod admit;
 pub mod answer;
+mod ending;
 pub mod failure;
 pub mod manifests;
 pub mod respond;
+mod upstream;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue, Method};
-use log::{info, warn};
+use log::warn;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::{selection::RoundRobin, LoadBalancer};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::ErrorSource;
 
 use self::answer::Answer;
+use self::ending::hold_failed;
 use crate::config::{Config, OtherPaths};
 use crate::framing;
 use crate::identity::{IdentityRules, StreamId, Via};
@@ -227,35 +229,6 @@ impl StreamGate {
     }
 }
 
-const X_FORWARDED_FOR: &str = "X-Forwarded-For";
-
-/// The `X-Forwarded-For` to send upstream: the client's own list (all its headers, in
-/// order) with the address it connected from appended, as nginx's
-/// `$proxy_add_x_forwarded_for` and Envoy do. Only the last entry is ours; what comes before
-/// is whatever the client claimed.
-fn forwarded_for<'a>(
-    sent: impl IntoIterator<Item = &'a HeaderValue>,
-    client: std::net::IpAddr,
-) -> Option<HeaderValue> {
-    let mut value = Vec::with_capacity(64);
-    for v in sent.into_iter().filter(|v| !v.is_empty()) {
-        value.extend_from_slice(v.as_bytes());
-        value.extend_from_slice(b", ");
-    }
-    // Formatted straight into the value: no string of its own on every forwarded request.
-    std::io::Write::write_fmt(&mut value, format_args!("{client}")).ok()?;
-    HeaderValue::from_bytes(&value).ok()
-}
-
-/// Whether a request failed in a way that gives an opened stream back at once: any failure
-/// of the upstream or of the proxy. A client that went away keeps its lease (the TTL frees
-/// it).
-fn hold_failed(e: Option<&Error>, upstream_status: Option<u16>) -> bool {
-    let client_gone = e.is_some_and(|e| *e.esource() == ErrorSource::Downstream);
-    let upstream_failed = upstream_status.is_none_or(|s| s >= 500);
-    !client_gone && (e.is_some() || upstream_failed)
-}
-
 #[async_trait]
 impl ProxyHttp for StreamGate {
     type CTX = RequestCtx;
@@ -311,19 +284,7 @@ impl ProxyHttp for StreamGate {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        ctx.tries += 1;
-        let backend = self
-            .upstreams
-            .select(b"", 256)
-            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no upstream available"))?;
-        let mut peer = HttpPeer::new(backend.addr, false, String::new());
-        let o = &mut peer.options;
-        o.connection_timeout = Some(self.timeouts.connect);
-        o.total_connection_timeout = Some(self.timeouts.connect);
-        o.read_timeout = Some(self.timeouts.read);
-        o.write_timeout = Some(self.timeouts.write);
-        o.idle_timeout = Some(self.timeouts.idle);
-        Ok(Box::new(peer))
+        self.peer(ctx)
     }
 
     fn fail_to_connect(
@@ -346,47 +307,7 @@ impl ProxyHttp for StreamGate {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if self.forwarded_for {
-            let client = session.client_addr().and_then(|a| a.as_inet());
-            if let Some(value) = client.and_then(|a| {
-                forwarded_for(upstream_request.headers.get_all(X_FORWARDED_FOR), a.ip())
-            }) {
-                upstream_request.insert_header(X_FORWARDED_FOR, value)?;
-            }
-        }
-        if ctx.strip_param {
-            // The origin (and any cache before it) sees one URL for every viewer: the
-            // stream parameter goes, the rest of the query stays as it was.
-            let uri = &upstream_request.uri;
-            let kept = crate::manifest::strip_param(
-                uri.query().unwrap_or_default(),
-                &self.identity.stream_param,
-            );
-            let pq = if kept.is_empty() {
-                uri.path().to_string()
-            } else {
-                format!("{}?{kept}", uri.path())
-            };
-            let mut parts = uri.clone().into_parts();
-            parts.path_and_query = Some(
-                http::uri::PathAndQuery::try_from(pq)
-                    .explain_err(ErrorType::InvalidHTTPHeader, |_| "request path")?,
-            );
-            let uri = http::Uri::from_parts(parts)
-                .explain_err(ErrorType::InvalidHTTPHeader, |_| "request path")?;
-            upstream_request.set_uri(uri);
-        }
-        if let Some(id) = ctx.stream_id {
-            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-            let id = id.hyphenated().encode_lower(&mut buf);
-            // A renewal already carries exactly this id: leave the header map alone (an
-            // insert grows and copies it).
-            let sent = upstream_request.headers.get(&self.identity.stream_header);
-            if sent.is_none_or(|v| v.as_bytes() != id.as_bytes()) {
-                upstream_request.insert_header(self.stream_header_case.clone(), &*id)?;
-            }
-        }
-        Ok(())
+        self.prepare_upstream_request(session, upstream_request, ctx)
     }
 
     async fn upstream_response_filter(
@@ -505,106 +426,6 @@ impl ProxyHttp for StreamGate {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(0);
-        if let Some(err) = e {
-            if let Some(kind) = failure::upstream_error_kind(err.etype(), err.esource()) {
-                self.metrics
-                    .upstream_errors
-                    .with_label_values(&[kind])
-                    .inc();
-            }
-        }
-        if ctx.upstream_status.is_some_and(|s| s >= 500) {
-            self.metrics
-                .upstream_errors
-                .with_label_values(&["status_5xx"])
-                .inc();
-        }
-        if let Some(hold) = ctx.hold.take() {
-            hold.release(hold_failed(e, ctx.upstream_status)).await;
-        }
-        let manifest = match &ctx.manifest {
-            Some(m) => m.outcome.map(|o| (m.kind, o)),
-            None => ctx.manifest_skipped,
-        };
-        if let Some((kind, outcome)) = manifest {
-            self.metrics.manifest(kind, outcome);
-        }
-        let elapsed = ctx.start.elapsed();
-        self.metrics.request_done(ctx.route, status, elapsed);
-        let req = session.req_header();
-        info!(
-            target: "streamgate::access",
-            "method={} path={} status={} route={} user={} stream={} via={} decision={} upstream_status={} duration_ms={:.3}{}",
-            req.method,
-            req.uri.path(),
-            status,
-            ctx.route.label(),
-            ctx.user.as_deref().unwrap_or("-"),
-            ctx.stream_id.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-            ctx.via.label(),
-            ctx.decision.map(Decision::label).unwrap_or("-"),
-            ctx.upstream_status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-            elapsed.as_secs_f64() * 1000.0,
-            e.map(|e| format!(" error=\"{}\"", e.etype().as_str())).unwrap_or_default(),
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forwarded_for_appends_the_client_to_what_was_sent() {
-        let v4: std::net::IpAddr = "192.0.2.7".parse().unwrap();
-        let v6: std::net::IpAddr = "2001:db8::1".parse().unwrap();
-        let hv = HeaderValue::from_static;
-        assert_eq!(forwarded_for([], v4).unwrap(), "192.0.2.7");
-        assert_eq!(forwarded_for([], v6).unwrap(), "2001:db8::1");
-        assert_eq!(
-            forwarded_for([&hv("203.0.113.1")], v4).unwrap(),
-            "203.0.113.1, 192.0.2.7"
-        );
-        // Several headers are one list, in order; empty ones add nothing.
-        assert_eq!(
-            forwarded_for([&hv("a, b"), &hv(""), &hv("c")], v6).unwrap(),
-            "a, b, c, 2001:db8::1"
-        );
-    }
-
-    fn err(source: ErrorSource) -> Box<Error> {
-        let mut e = Error::new(ErrorType::ConnectionClosed);
-        match source {
-            ErrorSource::Downstream => e.as_down(),
-            ErrorSource::Upstream => e.as_up(),
-            _ => {}
-        }
-        e
-    }
-
-    #[test]
-    fn which_endings_give_an_opened_stream_back() {
-        assert!(
-            !hold_failed(None, Some(200)),
-            "a served stream keeps its lease"
-        );
-        assert!(!hold_failed(None, Some(404)));
-        assert!(hold_failed(None, Some(503)), "upstream 5xx");
-        assert!(
-            hold_failed(Some(&err(ErrorSource::Upstream)), Some(200)),
-            "died mid-body"
-        );
-        assert!(
-            hold_failed(Some(&err(ErrorSource::Upstream)), None),
-            "unreachable"
-        );
-        assert!(
-            !hold_failed(Some(&err(ErrorSource::Downstream)), Some(200)),
-            "a client abort keeps the lease for the TTL"
-        );
+        self.finish(session, e, ctx).await;
     }
 }

@@ -1,0 +1,123 @@
+//! The upstream side of a forwarded request: which content server, with what timeouts,
+//! and the request as the origin must see it (the client's address appended to
+//! `X-Forwarded-For`, the stream parameter removed, the stream id added).
+
+use http::HeaderValue;
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+use super::{RequestCtx, StreamGate};
+
+const X_FORWARDED_FOR: &str = "X-Forwarded-For";
+
+/// The `X-Forwarded-For` to send upstream: the client's own list (all its headers, in
+/// order) with the address it connected from appended, as nginx's
+/// `$proxy_add_x_forwarded_for` and Envoy do. Only the last entry is ours; what comes before
+/// is whatever the client claimed.
+fn forwarded_for<'a>(
+    sent: impl IntoIterator<Item = &'a HeaderValue>,
+    client: std::net::IpAddr,
+) -> Option<HeaderValue> {
+    let mut value = Vec::with_capacity(64);
+    for v in sent.into_iter().filter(|v| !v.is_empty()) {
+        value.extend_from_slice(v.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    // Formatted straight into the value: no string of its own on every forwarded request.
+    std::io::Write::write_fmt(&mut value, format_args!("{client}")).ok()?;
+    HeaderValue::from_bytes(&value).ok()
+}
+
+impl StreamGate {
+    /// The next content server for this request, with every timeout set: no request may
+    /// hold a slot forever on a silent upstream.
+    pub(super) fn peer(&self, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        ctx.tries += 1;
+        let backend = self
+            .upstreams
+            .select(b"", 256)
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no upstream available"))?;
+        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.timeouts.connect);
+        o.total_connection_timeout = Some(self.timeouts.connect);
+        o.read_timeout = Some(self.timeouts.read);
+        o.write_timeout = Some(self.timeouts.write);
+        o.idle_timeout = Some(self.timeouts.idle);
+        Ok(Box::new(peer))
+    }
+
+    /// The request as it goes upstream.
+    pub(super) fn prepare_upstream_request(
+        &self,
+        session: &Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &RequestCtx,
+    ) -> Result<()> {
+        if self.forwarded_for {
+            let client = session.client_addr().and_then(|a| a.as_inet());
+            if let Some(value) = client.and_then(|a| {
+                forwarded_for(upstream_request.headers.get_all(X_FORWARDED_FOR), a.ip())
+            }) {
+                upstream_request.insert_header(X_FORWARDED_FOR, value)?;
+            }
+        }
+        if ctx.strip_param {
+            // The origin (and any cache before it) sees one URL for every viewer: the
+            // stream parameter goes, the rest of the query stays as it was.
+            let uri = &upstream_request.uri;
+            let kept = crate::manifest::strip_param(
+                uri.query().unwrap_or_default(),
+                &self.identity.stream_param,
+            );
+            let pq = if kept.is_empty() {
+                uri.path().to_string()
+            } else {
+                format!("{}?{kept}", uri.path())
+            };
+            let mut parts = uri.clone().into_parts();
+            parts.path_and_query = Some(
+                http::uri::PathAndQuery::try_from(pq)
+                    .explain_err(ErrorType::InvalidHTTPHeader, |_| "request path")?,
+            );
+            let uri = http::Uri::from_parts(parts)
+                .explain_err(ErrorType::InvalidHTTPHeader, |_| "request path")?;
+            upstream_request.set_uri(uri);
+        }
+        if let Some(id) = ctx.stream_id {
+            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let id = id.hyphenated().encode_lower(&mut buf);
+            // A renewal already carries exactly this id: leave the header map alone (an
+            // insert grows and copies it).
+            let sent = upstream_request.headers.get(&self.identity.stream_header);
+            if sent.is_none_or(|v| v.as_bytes() != id.as_bytes()) {
+                upstream_request.insert_header(self.stream_header_case.clone(), &*id)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_appends_the_client_to_what_was_sent() {
+        let v4: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        let v6: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        let hv = HeaderValue::from_static;
+        assert_eq!(forwarded_for([], v4).unwrap(), "192.0.2.7");
+        assert_eq!(forwarded_for([], v6).unwrap(), "2001:db8::1");
+        assert_eq!(
+            forwarded_for([&hv("203.0.113.1")], v4).unwrap(),
+            "203.0.113.1, 192.0.2.7"
+        );
+        // Several headers are one list, in order; empty ones add nothing.
+        assert_eq!(
+            forwarded_for([&hv("a, b"), &hv(""), &hv("c")], v6).unwrap(),
+            "a, b, c, 2001:db8::1"
+        );
+    }
+}
