@@ -37,27 +37,45 @@ impl Kind {
     /// generic (absent, `application/octet-stream`, `text/plain`: origins that serve files
     /// by extension often know no better).
     pub fn of(content_type: Option<&[u8]>, path: &str) -> Option<Kind> {
-        let essence = content_type
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            });
-        match essence.as_deref() {
-            Some("application/vnd.apple.mpegurl" | "application/x-mpegurl" | "audio/mpegurl")
-            | Some("audio/x-mpegurl") => return Some(Kind::Hls),
-            Some("application/dash+xml") => return Some(Kind::Dash),
-            None | Some("" | "application/octet-stream" | "text/plain" | "binary/octet-stream") => {
-            }
-            Some(_) => return None,
+        // Runs on every admitted response, segments included: compared in place, no
+        // lowercased copies.
+        let essence = content_type.map(|v| {
+            let end = v.iter().position(|&b| b == b';').unwrap_or(v.len());
+            v[..end].trim_ascii()
+        });
+        let is = |name: &str| essence.is_some_and(|e| e.eq_ignore_ascii_case(name.as_bytes()));
+        if [
+            "application/vnd.apple.mpegurl",
+            "application/x-mpegurl",
+            "audio/mpegurl",
+            "audio/x-mpegurl",
+        ]
+        .iter()
+        .any(|t| is(t))
+        {
+            return Some(Kind::Hls);
         }
-        let path = path.to_ascii_lowercase();
-        if path.ends_with(".m3u8") {
+        if is("application/dash+xml") {
+            return Some(Kind::Dash);
+        }
+        let generic = essence.is_none_or(|e| e.is_empty())
+            || [
+                "application/octet-stream",
+                "text/plain",
+                "binary/octet-stream",
+            ]
+            .iter()
+            .any(|t| is(t));
+        if !generic {
+            return None;
+        }
+        let ends = |ext: &str| {
+            path.len() >= ext.len()
+                && path.as_bytes()[path.len() - ext.len()..].eq_ignore_ascii_case(ext.as_bytes())
+        };
+        if ends(".m3u8") {
             Some(Kind::Hls)
-        } else if path.ends_with(".mpd") {
+        } else if ends(".mpd") {
             Some(Kind::Dash)
         } else {
             None
