@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 mod demo;
+mod drain;
 mod framing;
 pub mod identity;
 mod inflight;

@@ -8,13 +8,14 @@ use async_trait::async_trait;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::Opt;
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use prometheus::Registry;
 
 use crate::config::{Config, StoreKind};
 use crate::demo::DemoOrigin;
+use crate::drain::{Drain, Draining, Signals};
 use crate::metrics::{Metrics, MetricsApp};
 use crate::proxy::StreamGate;
 use crate::store::{MemoryStore, RedisStore, RefusalCache, StreamStore, Target};
@@ -79,9 +80,28 @@ pub struct Launch<'a> {
     pub upgrade: bool,
 }
 
+/// The assembled server, and the count of its requests in flight that decides when a stop
+/// may exit.
+pub struct Built {
+    pub server: Server,
+    drain: Arc<Drain>,
+}
+
+impl Built {
+    /// Run until a signal stops it, as the binary does: streamgate's own signal handling
+    /// and the exit once a graceful stop has drained (src/drain.rs).
+    pub fn run_forever(self) -> ! {
+        crate::drain::exit_when_drained(self.drain.clone(), self.server.watch_execution_phase());
+        self.server.run(RunArgs {
+            shutdown_signal: Box::new(Signals::new(self.drain)),
+        });
+        std::process::exit(0)
+    }
+}
+
 /// Build the whole server: the proxy on `server.listen`, metrics on `metrics.listen`, and
 /// store housekeeping; see [`Launch`] for the demo origin and upgrades.
-pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Server, BuildError> {
+pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Built, BuildError> {
     let metrics = Metrics::new(registry)?;
     let store = build_store(config, &metrics)?;
 
@@ -92,9 +112,17 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Se
     let mut server = Server::new_with_opt_and_conf(Some(opt), config.pingora_server_conf());
     server.bootstrap();
 
-    let gate = StreamGate::new(config, store.clone(), metrics).map_err(BuildError::Upstream)?;
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gate, "streamgate");
+    let drain = Drain::new(
+        config.server.grace_period,
+        config.server.graceful_shutdown_timeout,
+    );
+    let gate = StreamGate::new(config, store.clone(), metrics, drain.clone())
+        .map_err(BuildError::Upstream)?;
+    let app = Draining::new(
+        pingora::proxy::http_proxy(&server.configuration, gate),
+        drain.clone(),
+    );
+    let mut proxy = Service::new("streamgate".into(), app);
     let buffers = L4BufferSettings::default().read(config.server.read_buffer);
     for addr in &config.server.listen {
         proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
@@ -133,7 +161,7 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Se
         svc.add_tcp(addr);
         server.add_service(svc);
     }
-    Ok(server)
+    Ok(Built { server, drain })
 }
 
 /// How often store housekeeping runs.

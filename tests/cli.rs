@@ -107,6 +107,27 @@ fn flags_override_the_file_and_are_validated_too() {
 /// Kills the child it holds (by PID, through `Child`) when dropped.
 struct Running(std::process::Child);
 
+impl Running {
+    /// Send `sig` to our own child.
+    fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.0.id()).unwrap();
+        // SAFETY: signals our own child process, which is still running (not yet waited for).
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    /// Wait (bounded) for the child to exit.
+    async fn exited_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.0.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "still running after {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -240,19 +261,10 @@ async fn upgrade_takes_the_sockets_over_without_refusing_a_connection() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let pid = libc::pid_t::try_from(old.0.id()).unwrap();
-    // SAFETY: signals our own child process, which is still running (not yet waited for).
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGQUIT) }, 0);
+    old.signal(libc::SIGQUIT);
 
     // The old process hands its sockets over, drains, and exits cleanly.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = old.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "the old instance did not exit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = old.exited_within(Duration::from_secs(20)).await;
     assert!(status.success(), "{status:?}");
     // Only the new process is left to answer, on the same sockets.
     assert_eq!(health_on_a_new_connection(&listen).await, 200);
@@ -269,6 +281,96 @@ async fn upgrade_takes_the_sockets_over_without_refusing_a_connection() {
         "a health check failed during the handover: {:?}",
         answers.iter().filter(|&&s| s != 200).count()
     );
+}
+
+/// Issue #16 item 8 (and 9): a `SIGTERM` keeps accepting for `grace_period` with `/ready`
+/// failing, then serves the stream in flight to its end and exits as soon as it has, well
+/// before `graceful_shutdown_timeout`. `SIGHUP` and `SIGUSR1/2` no longer kill it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_stream_in_flight_and_exits_once_it_ends() {
+    let origin = common::Origin::start().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = write_config(&format!(
+        "[server]\nlisten = [\"{listen}\"]\ngrace_period = \"1s\"\n\
+         graceful_shutdown_timeout = \"20s\"\n[upstream]\naddrs = [\"{}\"]\n",
+        origin.addr
+    ));
+    let mut proxy = Running(
+        streamgate()
+            .arg("--config")
+            .arg(config.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while health_on_a_new_connection(&listen).await != 200 {
+        assert!(Instant::now() < deadline, "the proxy did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for sig in [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
+        proxy.signal(sig);
+        assert_eq!(
+            health_on_a_new_connection(&listen).await,
+            200,
+            "signal {sig} stopped the proxy"
+        );
+    }
+    assert!(proxy.0.try_wait().unwrap().is_none());
+
+    // A 4 s stream (40 chunks, 100 ms apart) is under way when the SIGTERM comes.
+    let client = reqwest::Client::new();
+    let mut stream = client
+        .get(format!("http://{listen}/watch/slow?chunks=40&ms=100"))
+        .header("Session-Id", "drain-user")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let first = stream.chunk().await.unwrap().expect("a first chunk");
+    proxy.signal(libc::SIGTERM);
+    let stopping = Instant::now();
+
+    // During grace_period new connections are still served, and /ready sends load
+    // balancers elsewhere.
+    let ready = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let answer = loop {
+        let r = ready
+            .get(format!("http://{listen}/ready"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 503 {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "/ready never failed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        answer.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["error"], "draining");
+
+    // The stream in flight is served to its end.
+    let mut body = first.to_vec();
+    while let Some(c) = stream.chunk().await.unwrap() {
+        body.extend_from_slice(&c);
+    }
+    let body = String::from_utf8(body).unwrap();
+    assert_eq!(body.matches("chunk").count(), 40, "{body}");
+
+    // And the process exits once it is, not at graceful_shutdown_timeout.
+    let status = proxy.exited_within(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}");
+    eprintln!("exited {:?} after the SIGTERM", stopping.elapsed());
 }
 
 #[cfg(not(feature = "tls"))]

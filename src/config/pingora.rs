@@ -15,11 +15,19 @@ impl Config {
             work_stealing: self.server.work_stealing && self.server.threads > 1,
             upstream_keepalive_pool_size: self.upstream.keepalive_pool_size,
             upgrade_sock: self.server.upgrade_sock.clone(),
-            grace_period_seconds: Some(self.server.grace_period.as_secs()),
-            graceful_shutdown_timeout_seconds: Some(
-                self.server.graceful_shutdown_timeout.as_secs(),
-            ),
+            // Pingora's "grace period" is its fixed wait between closing the listeners and
+            // dropping every task: our longest drain. Our `grace_period` (accepting on after
+            // SIGTERM) and the early exit once drained are `drain`'s (src/drain.rs).
+            grace_period_seconds: Some(whole_seconds(self.server.graceful_shutdown_timeout)),
+            // Tokio drops async tasks at once on runtime shutdown; this only bounds
+            // blocking work, which the proxy has none of.
+            graceful_shutdown_timeout_seconds: Some(1),
             ..ServerConf::default()
         }
     }
+}
+
+/// Pingora takes whole seconds: round up, so a drain is never cut short of its setting.
+fn whole_seconds(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }

@@ -78,10 +78,12 @@ pub struct ServerSection {
     /// How long a client may take to send its request headers and body.
     #[serde(with = "humantime_serde")]
     pub downstream_read_timeout: Duration,
-    /// On SIGTERM: how long to keep accepting before starting to shut down.
+    /// On SIGTERM: how long to keep accepting (while `/ready` fails) before the listeners
+    /// close.
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
-    /// On SIGTERM: how long in-flight requests get to finish after the grace period.
+    /// On a stop (SIGTERM, SIGQUIT): how long requests in flight get to finish after the
+    /// listeners close; the process exits as soon as none is left.
     #[serde(with = "humantime_serde")]
     pub graceful_shutdown_timeout: Duration,
     /// Bytes of read buffer per client connection (0: read straight from the socket).
@@ -122,7 +124,7 @@ impl Default for ServerSection {
             downstream_write_timeout: Duration::from_secs(30),
             downstream_read_timeout: Duration::from_secs(30),
             grace_period: Duration::from_secs(5),
-            graceful_shutdown_timeout: Duration::from_secs(30),
+            graceful_shutdown_timeout: Duration::from_secs(25),
             read_buffer: READ_BUFFER_DEFAULT,
             pipelining: true,
             upgrade_sock: UPGRADE_SOCK_DEFAULT.into(),

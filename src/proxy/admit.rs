@@ -242,7 +242,13 @@ mod tests {
             100,
             metrics.lease_counters(),
         ));
-        StreamGate::new(&config, store, metrics).unwrap()
+        StreamGate::new(
+            &config,
+            store,
+            metrics,
+            crate::drain::Drain::new(std::time::Duration::ZERO, std::time::Duration::ZERO),
+        )
+        .unwrap()
     }
 
     fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestHeader {

@@ -28,6 +28,8 @@ pub enum Answer {
     Health,
     /// `GET /ready` while the store answers.
     Ready,
+    /// `GET /ready` while a `SIGTERM` drains the instance.
+    Draining,
     /// `DELETE` ended the stream: `204`.
     Ended,
     /// A manifest request that opened a stream, sent to the stream's own URL; `echo` are
@@ -81,7 +83,7 @@ impl Answer {
             Answer::NotFound | Answer::StreamNotFound => 404,
             Answer::MethodNotAllowed => 405,
             Answer::Busy => 429,
-            Answer::Store(_) => 503,
+            Answer::Store(_) | Answer::Draining => 503,
             Answer::Upstream(f) => f.status,
         }
     }
@@ -90,7 +92,10 @@ impl Answer {
     /// next request's bytes cannot be told from this one's body, and after a failed
     /// proxying the connection is not reused.
     pub fn closes(&self) -> bool {
-        matches!(self, Answer::Framing(_) | Answer::Upstream(_))
+        matches!(
+            self,
+            Answer::Framing(_) | Answer::Upstream(_) | Answer::Draining
+        )
     }
 
     /// The stable error code (`None` for the answers that are not errors).
@@ -106,6 +111,7 @@ impl Answer {
             Answer::StreamNotFound => "stream_not_found",
             Answer::LimitExceeded { .. } => "stream_limit_exceeded",
             Answer::Busy => "stream_busy",
+            Answer::Draining => "draining",
             Answer::Store(StoreError::Full) => "store_full",
             Answer::Store(_) => "store_unavailable",
             Answer::Upstream(f) => f.code,
@@ -148,6 +154,7 @@ impl Answer {
                 "this stream has the most requests in flight allowed; one player per stream"
             }
             Answer::Upstream(f) => f.message,
+            Answer::Draining => "this instance is stopping; send new requests elsewhere",
             _ => "",
         }
     }
@@ -229,5 +236,11 @@ mod tests {
         assert_eq!(Answer::Ended.status(), 204);
         assert!(Answer::Ended.body().is_empty());
         assert_eq!(&Answer::Health.body()[..], respond::HEALTH_BODY);
+        assert_eq!(Answer::Draining.status(), 503);
+        assert_eq!(body(&Answer::Draining)["error"], "draining");
+        assert!(
+            Answer::Draining.closes(),
+            "a draining instance sheds its connections"
+        );
     }
 }

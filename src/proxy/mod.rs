@@ -28,6 +28,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use self::answer::Answer;
 use self::ending::hold_failed;
 use crate::config::{Config, OtherPaths};
+use crate::drain::{Drain, InFlight};
 use crate::framing;
 use crate::identity::{IdentityRules, StreamId, Via};
 use crate::inflight::{Slot, StreamInflight};
@@ -81,6 +82,7 @@ pub struct StreamGate {
     max_manifest_size: usize,
     redirect_manifests: bool,
     inflight: Arc<StreamInflight>,
+    drain: Arc<Drain>,
 }
 
 /// Per-request state, from `new_ctx` to `logging`.
@@ -105,6 +107,8 @@ pub struct RequestCtx {
     manifest: Option<manifests::ManifestBody>,
     /// A manifest left unchanged at its header (too large, unknown encoding).
     manifest_skipped: Option<(Kind, manifests::Outcome)>,
+    /// Counts the request in while it is served, so a stop waits for it.
+    _in_flight: InFlight,
 }
 
 impl StreamGate {
@@ -112,6 +116,7 @@ impl StreamGate {
         config: &Config,
         store: Arc<dyn StreamStore>,
         metrics: Metrics,
+        drain: Arc<Drain>,
     ) -> std::io::Result<Self> {
         let header = |name: &str| {
             HeaderName::from_bytes(name.as_bytes())
@@ -160,6 +165,7 @@ impl StreamGate {
             max_manifest_size: config.streams.max_manifest_size,
             redirect_manifests: config.streams.redirect_manifests,
             inflight: StreamInflight::new(config.streams.max_inflight_per_stream),
+            drain,
         })
     }
 
@@ -204,6 +210,7 @@ impl StreamGate {
         }
         match ctx.route {
             Route::Health => Err(Answer::Health),
+            Route::Ready if self.drain.draining() => Err(Answer::Draining),
             Route::Ready => match self.timed(StoreOp::Ping, self.store.ping()).await {
                 Ok(()) => Err(Answer::Ready),
                 Err(e) => {
@@ -248,6 +255,7 @@ impl ProxyHttp for StreamGate {
             slot: None,
             manifest: None,
             manifest_skipped: None,
+            _in_flight: self.drain.enter(),
         }
     }
 
@@ -340,6 +348,10 @@ impl ProxyHttp for StreamGate {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if self.drain.draining() {
+            // Stopping: the client's next request goes to another instance.
+            session.set_keepalive(None);
+        }
         if let (Some(user), Some(id)) = (&ctx.user, ctx.stream_id) {
             // The request's own header values share its read buffer: echo them as they
             // are (no copy) when they already say what the response must.

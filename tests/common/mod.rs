@@ -535,6 +535,7 @@ impl Proxy {
         let config = streamgate::config::Config::from_toml(&text).expect("test config is valid");
         let registry = prometheus::Registry::new();
         let server = streamgate::server::build(&config, &registry, &Default::default())
+            .map(|built| built.server)
             .expect("server builds");
         let (stop, rx) = watch::channel(false);
         let thread = std::thread::spawn(move || {
