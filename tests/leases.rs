@@ -249,6 +249,55 @@ async fn a_failed_open_gives_the_slot_back() {
     assert_eq!(proxy.watch("/watch", "abc", Some(&id)).await.status(), 200);
 }
 
+/// Issue #16 item 4: an opening request whose answer is not a success gives its slot back
+/// at once, whoever answered: the origin's 3xx/4xx, or the proxy refusing the request
+/// after admitting it (`Connection: X-Forwarded-For` is a 400 that never reaches the
+/// origin). A renewal's refusal keeps the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_that_is_not_a_success_gives_the_slot_back() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1)).await;
+    for code in [302u16, 403, 404, 410, 416, 429] {
+        for _ in 0..2 {
+            let r = proxy
+                .watch(&format!("/watch/status?code={code}"), "abc", None)
+                .await;
+            assert_eq!(r.status().as_u16(), code, "not refused by the limit");
+        }
+    }
+    let served = origin.served();
+    for _ in 0..3 {
+        let answer = raw(
+            proxy.addr,
+            b"GET /watch/x HTTP/1.1\r\nHost: t\r\nSession-Id: abc\r\nConnection: X-Forwarded-For\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+    }
+    assert_eq!(origin.served(), served, "refused before the origin");
+    let r = proxy.watch("/watch", "abc", None).await;
+    assert_eq!(r.status(), 200, "every failed open gave its slot back");
+    let id = stream_id(&r);
+    assert_eq!(
+        proxy
+            .watch("/watch/status?code=404", "abc", Some(&id))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        proxy.watch("/watch", "other-stream", None).await.status(),
+        200,
+        "another user is unaffected"
+    );
+    assert_eq!(
+        proxy.watch("/watch", "abc", None).await.status(),
+        401,
+        "a renewal's 404 kept the stream"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_upstream_never_blocks_the_user() {
     let origin = Origin::start().await;

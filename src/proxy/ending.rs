@@ -4,18 +4,20 @@
 use log::info;
 use pingora::prelude::*;
 use pingora::proxy::Session;
-use pingora::ErrorSource;
 
 use super::{failure, RequestCtx, StreamGate};
 use crate::metrics::Decision;
 
-/// Whether a request failed in a way that gives an opened stream back at once: any failure
-/// of the upstream or of the proxy. A client that went away keeps its lease (the TTL frees
-/// it).
-pub(super) fn hold_failed(e: Option<&Error>, upstream_status: Option<u16>) -> bool {
-    let client_gone = e.is_some_and(|e| *e.esource() == ErrorSource::Downstream);
-    let upstream_failed = upstream_status.is_none_or(|s| s >= 500);
-    !client_gone && (e.is_some() || upstream_failed)
+/// Whether a request failed in a way that gives an opened stream back at once: an answer
+/// that is not a success (2xx, or 304), whoever gave it (the upstream, or the proxy after
+/// admitting), and any failure of the upstream or the proxy. A client that went away keeps
+/// its lease (it may come back; the TTL frees it). `status` is what the client got, or the
+/// upstream's status when nothing was written yet.
+pub(super) fn hold_failed(e: Option<&Error>, status: Option<u16>) -> bool {
+    match e {
+        Some(e) => failure::classify(e.etype(), e.esource()).status != 0,
+        None => !status.is_some_and(|s| (200..300).contains(&s) || s == 304),
+    }
 }
 
 impl StreamGate {
@@ -40,7 +42,8 @@ impl StreamGate {
                 .inc();
         }
         if let Some(hold) = ctx.hold.take() {
-            hold.release(hold_failed(e, ctx.upstream_status)).await;
+            let answered = Some(status).filter(|&s| s != 0).or(ctx.upstream_status);
+            hold.release(hold_failed(e, answered)).await;
         }
         let manifest = match &ctx.manifest {
             Some(m) => m.outcome.map(|o| (m.kind, o)),
@@ -73,6 +76,7 @@ impl StreamGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora::ErrorSource;
 
     fn err(source: ErrorSource) -> Box<Error> {
         let mut e = Error::new(ErrorType::ConnectionClosed);
@@ -90,8 +94,21 @@ mod tests {
             !hold_failed(None, Some(200)),
             "a served stream keeps its lease"
         );
-        assert!(!hold_failed(None, Some(404)));
-        assert!(hold_failed(None, Some(503)), "upstream 5xx");
+        assert!(!hold_failed(None, Some(206)), "a range is a success");
+        assert!(!hold_failed(None, Some(304)), "so is not modified");
+        for refused in [302, 400, 403, 404, 410, 416, 429, 503] {
+            assert!(
+                hold_failed(None, Some(refused)),
+                "{refused} is not watching"
+            );
+        }
+        assert!(hold_failed(None, None), "nothing answered");
+        let mut bad_request = Error::new(ErrorType::InvalidHTTPHeader);
+        bad_request.as_down();
+        assert!(
+            hold_failed(Some(&bad_request), None),
+            "a request the proxy refused after admitting it"
+        );
         assert!(
             hold_failed(Some(&err(ErrorSource::Upstream)), Some(200)),
             "died mid-body"

@@ -330,10 +330,11 @@ impl ProxyHttp for StreamGate {
         }
         // A stream whose opening request the upstream failed is given back before the
         // client sees the answer, so an immediate retry is admitted.
-        if ctx
-            .hold
-            .as_ref()
-            .is_some_and(|h| h.gives_back(hold_failed(None, Some(status))))
+        if !upstream_response.status.is_informational()
+            && ctx
+                .hold
+                .as_ref()
+                .is_some_and(|h| h.gives_back(hold_failed(None, Some(status))))
         {
             if let Some(hold) = ctx.hold.take() {
                 hold.release(true).await;

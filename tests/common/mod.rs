@@ -65,6 +65,7 @@ struct OriginState {
 
 /// The content server behind the proxy. Paths choose behaviour:
 /// - `.../fail`: `500`;
+/// - `.../status?code=N`: `N` with a short body;
 /// - `.../gate`: `200` chunked, sends `first`, waits for [`Origin::open_gate`], sends `last`;
 /// - `.../slow?chunks=N&ms=M`: `200` chunked, N chunks M ms apart;
 /// - `.../reset`: promises 100000 bytes, sends 10, closes;
@@ -253,10 +254,11 @@ async fn serve_conn(sock: TcpStream, st: Arc<OriginState>) -> std::io::Result<()
         let _mark = LiveMark::new(&st, &seen);
         let sock = reader.get_mut();
         let bare = path.split('?').next().unwrap_or("");
-        if bare.ends_with("/fail") {
+        if bare.ends_with("/fail") || bare.ends_with("/status") {
+            let code = query(&path, "code").unwrap_or(500);
             let body = "origin failure";
             let resp = format!(
-                "HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\n\r\n{body}",
+                "HTTP/1.1 {code} Origin Says\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             );
             sock.write_all(resp.as_bytes()).await?;
