@@ -39,6 +39,32 @@ impl IdentityError {
     }
 }
 
+/// How users appear in logs. A session id is a bearer credential, so a log line carries a
+/// keyed hash of it instead: 12 hex digits, the key random per process. One user's
+/// requests, streams and refusals line up within an instance's log; across instances (and
+/// restarts) follow `stream=`, the stream id, which is shared through the store and is not
+/// a credential.
+#[derive(Debug, Clone, Default)]
+pub struct UserTags(std::hash::RandomState);
+
+impl UserTags {
+    /// The tag of `user` in this process's logs.
+    pub fn tag(&self, user: &str) -> UserTag {
+        use std::hash::BuildHasher;
+        UserTag(self.0.hash_one(user))
+    }
+}
+
+/// A user's log tag (see [`UserTags`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserTag(u64);
+
+impl std::fmt::Display for UserTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:012x}", self.0 >> 16)
+    }
+}
+
 /// A stream's id: a UUID the proxy issued.
 pub type StreamId = Uuid;
 
@@ -309,5 +335,20 @@ mod tests {
         let e = r.stream_of(&h, Some(&disagree)).unwrap_err();
         assert_eq!(e.code(), "invalid_stream_id");
         assert!(e.to_string().contains("different streams"), "{e}");
+    }
+
+    #[test]
+    fn a_users_log_tag_is_stable_and_shows_nothing_of_the_session() {
+        let tags = UserTags::default();
+        let a = tags.tag("secret-session-1").to_string();
+        assert_eq!(a, tags.tag("secret-session-1").to_string());
+        assert_ne!(a, tags.tag("secret-session-2").to_string());
+        assert_eq!(a.len(), 12);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(
+            a,
+            UserTags::default().tag("secret-session-1").to_string(),
+            "the key is per process (per instance of the tags)"
+        );
     }
 }

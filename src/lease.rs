@@ -96,8 +96,8 @@ impl LeaseHold {
         let keep = keeps_lease(self.kind, failed);
         if let Err(e) = self.store.release(&self.user, self.id, keep).await {
             warn!(
-                "could not release stream {} of {}: {e}; its lease will expire",
-                self.id, self.user
+                "could not release stream {}: {e}; its lease will expire",
+                self.id
             );
         }
     }

@@ -373,6 +373,64 @@ async fn sigterm_drains_a_stream_in_flight_and_exits_once_it_ends() {
     eprintln!("exited {:?} after the SIGTERM", stopping.elapsed());
 }
 
+/// Issue #16 item 12: a session id is a bearer credential. Access lines carry a keyed hash
+/// of it (the same for one user's lines), never the id itself; answers do not echo it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_and_answers_never_show_the_session_id() {
+    let origin = common::Origin::start().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = write_config(&format!(
+        "[server]\nlisten = [\"{listen}\"]\n[upstream]\naddrs = [\"{}\"]\n[streams]\nlimit = 1\n",
+        origin.addr
+    ));
+    let mut proxy = Running(
+        streamgate()
+            .arg("--config")
+            .arg(config.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while health_on_a_new_connection(&listen).await != 200 {
+        assert!(Instant::now() < deadline, "the proxy did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    const SECRET: &str = "secret-session-4f1d";
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        client
+            .get(format!("http://{listen}{path}"))
+            .header("Session-Id", SECRET)
+            .send()
+    };
+    let admitted = get("/watch/a.ts").await.unwrap();
+    assert_eq!(admitted.status(), 200);
+    assert!(admitted.headers().get("session-id").is_none());
+    let refused = get("/watch/b.ts?other").await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(!refused.text().await.unwrap().contains(SECRET));
+
+    proxy.signal(libc::SIGINT);
+    proxy.exited_within(Duration::from_secs(10)).await;
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut proxy.0.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(
+        !log.contains(SECRET),
+        "the session id reached the log:\n{log}"
+    );
+    let users: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("route=watch"))
+        .filter_map(|l| l.split(" user=").nth(1)?.split(' ').next())
+        .collect();
+    assert_eq!(users.len(), 2, "{log}");
+    assert_eq!(users[0], users[1], "one user, one tag: {log}");
+    assert_eq!(users[0].len(), 12, "{log}");
+}
+
 #[cfg(not(feature = "tls"))]
 #[test]
 fn https_listeners_need_the_tls_feature() {

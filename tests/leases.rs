@@ -37,9 +37,14 @@ async fn requests_carrying_the_stream_id_renew_without_counting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_carry_the_canonical_stream_id_and_the_session_id() {
     let origin = Origin::start().await;
-    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1)).await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1).identity("echo = true")).await;
     let r = proxy.watch("/watch", "Abc", None).await;
     assert_eq!(r.headers()["session-id"], "Abc");
+    assert_eq!(
+        r.headers()["cache-control"],
+        "private",
+        "an answer naming its user is for that user only"
+    );
     let id = stream_id(&r);
     assert_eq!(id, id.to_lowercase());
     for sent in [id.clone(), id.to_uppercase()] {

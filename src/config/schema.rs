@@ -195,6 +195,9 @@ pub struct IdentitySection {
     pub header: String,
     /// Longest accepted identity value, in bytes.
     pub max_len: usize,
+    /// Send the identity header back on admitted answers (and make them `private` for
+    /// caches). Off: a session id is a credential, and a shared cache would keep it.
+    pub echo: bool,
 }
 
 impl Default for IdentitySection {
@@ -202,6 +205,7 @@ impl Default for IdentitySection {
         Self {
             header: "Session-Id".into(),
             max_len: 128,
+            echo: false,
         }
     }
 }

@@ -191,8 +191,10 @@ impl StreamGate {
         self.decided(ctx, Decision::Admitted);
         // As on every admitted answer: who, and which stream.
         let mut echo = Vec::with_capacity(2);
-        if let Ok(v) = HeaderValue::from_str(user) {
-            echo.push((self.identity.session_header.clone(), v));
+        if self.echo_session {
+            if let Ok(v) = HeaderValue::from_str(user) {
+                echo.push((self.identity.session_header.clone(), v));
+            }
         }
         if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
             echo.push((self.identity.stream_header.clone(), v));

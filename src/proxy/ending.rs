@@ -62,7 +62,7 @@ impl StreamGate {
             req.uri.path(),
             status,
             ctx.route.label(),
-            ctx.user.as_deref().unwrap_or("-"),
+            UserField(ctx.user.as_deref().map(|u| self.user_tags.tag(u))),
             ctx.stream_id.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
             ctx.via.label(),
             ctx.decision.map(Decision::label).unwrap_or("-"),
@@ -70,6 +70,18 @@ impl StreamGate {
             elapsed.as_secs_f64() * 1000.0,
             e.map(|e| format!(" error=\"{}\"", e.etype().as_str())).unwrap_or_default(),
         );
+    }
+}
+
+/// `user=` in the access log: the user's tag, or `-`.
+struct UserField(Option<crate::identity::UserTag>);
+
+impl std::fmt::Display for UserField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(tag) => tag.fmt(f),
+            None => f.write_str("-"),
+        }
     }
 }
 

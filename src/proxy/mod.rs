@@ -30,7 +30,7 @@ use self::ending::hold_failed;
 use crate::config::{Config, OtherPaths};
 use crate::drain::{Drain, InFlight};
 use crate::framing;
-use crate::identity::{IdentityRules, StreamId, Via};
+use crate::identity::{IdentityRules, StreamId, UserTags, Via};
 use crate::inflight::{Slot, StreamInflight};
 use crate::lease::LeaseHold;
 use crate::manifest::{Kind, Tagger};
@@ -83,6 +83,10 @@ pub struct StreamGate {
     redirect_manifests: bool,
     inflight: Arc<StreamInflight>,
     drain: Arc<Drain>,
+    /// `identity.echo`: send the session id back on admitted answers.
+    echo_session: bool,
+    /// How users appear in log lines (never their session id).
+    user_tags: UserTags,
 }
 
 /// Per-request state, from `new_ctx` to `logging`.
@@ -166,6 +170,8 @@ impl StreamGate {
             redirect_manifests: config.streams.redirect_manifests,
             inflight: StreamInflight::new(config.streams.max_inflight_per_stream),
             drain,
+            echo_session: config.identity.echo,
+            user_tags: UserTags::default(),
         })
     }
 
@@ -357,13 +363,20 @@ impl ProxyHttp for StreamGate {
             // The request's own header values share its read buffer: echo them as they
             // are (no copy) when they already say what the response must.
             let sent = &session.req_header().headers;
-            let user_value = match sent.get(&self.identity.session_header) {
-                Some(v) if v.as_bytes() == user.as_bytes() => v.clone(),
-                _ => HeaderValue::from_str(user)
-                    .explain_err(ErrorType::InvalidHTTPHeader, |_| {
-                        "session id is not a header value"
-                    })?,
-            };
+            if self.echo_session {
+                let user_value = match sent.get(&self.identity.session_header) {
+                    Some(v) if v.as_bytes() == user.as_bytes() => v.clone(),
+                    _ => HeaderValue::from_str(user)
+                        .explain_err(ErrorType::InvalidHTTPHeader, |_| {
+                            "session id is not a header value"
+                        })?,
+                };
+                response.insert_header(self.session_header_case.clone(), user_value)?;
+                let cache = response.headers.get(http::header::CACHE_CONTROL);
+                if let Some(cc) = respond::private_cache_control(cache.map(|v| v.as_bytes())) {
+                    response.insert_header(http::header::CACHE_CONTROL, cc)?;
+                }
+            }
             let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
             let id = id.hyphenated().encode_lower(&mut buf);
             let id_value = match sent.get(&self.identity.stream_header) {
@@ -372,7 +385,6 @@ impl ProxyHttp for StreamGate {
                     "stream id is not a header value"
                 })?,
             };
-            response.insert_header(self.session_header_case.clone(), user_value)?;
             response.insert_header(self.stream_header_case.clone(), id_value)?;
             if session.req_header().method != Method::HEAD {
                 let path = session.req_header().uri.path();

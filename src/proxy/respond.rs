@@ -16,6 +16,32 @@ use serde::Serialize;
 pub const HEALTH_BODY: &[u8] = br#"{"status":"UP"}"#;
 pub const READY_BODY: &[u8] = br#"{"status":"READY"}"#;
 
+/// The `Cache-Control` of a forwarded answer that carries the user's session id: `private`,
+/// so no shared cache keeps it, with the origin's other directives kept (`public` and
+/// `s-maxage`, which are for shared caches, dropped). `None`: already `private` or
+/// `no-store`, leave it.
+pub fn private_cache_control(existing: Option<&[u8]>) -> Option<String> {
+    let existing = existing
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .unwrap_or("");
+    let directive = |d: &str| {
+        d.split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    };
+    let mut kept = vec!["private".to_string()];
+    for d in existing.split(',').filter(|d| !d.trim().is_empty()) {
+        match directive(d).as_str() {
+            "private" | "no-store" => return None,
+            "public" | "s-maxage" => {}
+            _ => kept.push(d.trim().to_string()),
+        }
+    }
+    Some(kept.join(", "))
+}
+
 /// What every error body says, plus fields of its own (`()` for none).
 #[derive(Serialize)]
 struct ErrorBody<'a, E: Serialize> {
@@ -121,6 +147,22 @@ pub async fn json(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_with_the_session_becomes_private() {
+        let p = |v: Option<&str>| private_cache_control(v.map(str::as_bytes));
+        assert_eq!(p(None).as_deref(), Some("private"));
+        assert_eq!(
+            p(Some("public, max-age=60, s-maxage=600")).as_deref(),
+            Some("private, max-age=60")
+        );
+        assert_eq!(
+            p(Some("max-age=10, must-revalidate")).as_deref(),
+            Some("private, max-age=10, must-revalidate")
+        );
+        assert_eq!(p(Some("Private, max-age=5")), None);
+        assert_eq!(p(Some("no-store")), None);
+    }
     use serde_json::Value;
 
     #[test]

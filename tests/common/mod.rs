@@ -336,6 +336,8 @@ pub struct TestConfig {
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Extra lines for the `[streams]` table.
     pub streams: String,
+    /// Extra lines for the `[identity]` table.
+    pub identity: String,
 }
 
 impl TestConfig {
@@ -359,7 +361,15 @@ impl TestConfig {
             forwarded_for: true,
             tls: None,
             streams: String::new(),
+            identity: String::new(),
         }
+    }
+
+    /// One more line in the `[identity]` table (`key = value`).
+    pub fn identity(mut self, line: &str) -> Self {
+        self.identity.push_str(line);
+        self.identity.push('\n');
+        self
     }
 
     /// One more line in the `[streams]` table (`key = value`).
@@ -471,6 +481,9 @@ connect_timeout = "{connect}"
 read_timeout = "{read}"
 forwarded_for = {forwarded_for}
 
+[identity]
+{identity}
+
 [streams]
 limit = {limit}
 lease_ttl = "{ttl}"
@@ -495,6 +508,7 @@ listen = "{metrics}"
             pipelining = self.pipelining,
             forwarded_for = self.forwarded_for,
             streams = self.streams,
+            identity = self.identity,
         )
     }
 }
