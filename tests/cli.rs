@@ -412,6 +412,32 @@ async fn logs_and_answers_never_show_the_session_id() {
     let refused = get("/watch/b.ts?other").await.unwrap();
     assert_eq!(refused.status(), 401);
     assert!(!refused.text().await.unwrap().contains(SECRET));
+    // Item 13: a signed-URL token in the query of a request whose proxying fails (the
+    // origin dies mid-body) stays out of the error line, and a player that hangs up
+    // mid-body is not an ERROR.
+    let other = |path: &str, user: &str| {
+        client
+            .get(format!("http://{listen}{path}"))
+            .header("Session-Id", user)
+            .send()
+    };
+    let broken = other("/watch/reset?token=SIGNED-URL-TOKEN", "u2")
+        .await
+        .unwrap();
+    assert!(broken.bytes().await.is_err(), "the body was cut");
+    let mut hung_up = other("/watch/slow?chunks=50&ms=20", "u3").await.unwrap();
+    assert!(hung_up.chunk().await.unwrap().is_some());
+    drop(hung_up);
+    // The origin learns the client left once the proxy stops writing; its live count of
+    // requests for u3 then drops to zero.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while origin.live_streams("u3") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the abort never reached the origin"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     proxy.signal(libc::SIGINT);
     proxy.exited_within(Duration::from_secs(10)).await;
@@ -421,9 +447,18 @@ async fn logs_and_answers_never_show_the_session_id() {
         !log.contains(SECRET),
         "the session id reached the log:\n{log}"
     );
+    assert!(
+        !log.contains("SIGNED-URL-TOKEN"),
+        "a query reached the log:\n{log}"
+    );
+    assert!(
+        log.contains("proxy failed: ") && log.contains("path=/watch/reset"),
+        "the failure has its own line:\n{log}"
+    );
+    assert!(!log.contains("ERROR"), "nothing here is an ERROR:\n{log}");
     let users: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("route=watch"))
+        .filter(|l| l.contains("path=/watch/a.ts") || l.contains("path=/watch/b.ts"))
         .filter_map(|l| l.split(" user=").nth(1)?.split(' ').next())
         .collect();
     assert_eq!(users.len(), 2, "{log}");

@@ -423,6 +423,27 @@ impl ProxyHttp for StreamGate {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let f = failure::classify(e.etype(), e.esource());
+        // Our own line instead of Pingora's ERROR (`suppress_error_log`): stable fields, the
+        // path without its query, and a client that left is not an error.
+        {
+            let req = session.req_header();
+            let level = if f.status == 0 {
+                log::Level::Debug
+            } else {
+                log::Level::Warn
+            };
+            log::log!(
+                level,
+                "proxy failed: {} ({:?}, {}) status={} method={} path={} route={}",
+                e.etype().as_str(),
+                e.esource(),
+                e.root_cause(),
+                f.status,
+                req.method,
+                req.uri.path(),
+                ctx.route.label()
+            );
+        }
         // Release before answering, so a client retrying at once finds its slot free.
         if let Some(hold) = ctx.hold.take() {
             hold.release(hold_failed(Some(e), ctx.upstream_status))
@@ -441,6 +462,11 @@ impl ProxyHttp for StreamGate {
             error_code: f.status,
             can_reuse_downstream: false,
         }
+    }
+
+    /// Pingora's own error lines are replaced by the one `fail_to_proxy` writes.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        true
     }
 
     /// What Pingora's own error lines name a request by: method and path, without the

@@ -146,6 +146,16 @@ impl Origin {
     pub fn served(&self) -> usize {
         self.state.served.load(Ordering::SeqCst)
     }
+
+    /// How many of `user`'s streams the origin is serving right now.
+    pub fn live_streams(&self, user: &str) -> usize {
+        self.state
+            .live
+            .lock()
+            .unwrap()
+            .get(user)
+            .map_or(0, |streams| streams.values().filter(|&&n| n > 0).count())
+    }
 }
 
 impl Drop for Origin {
