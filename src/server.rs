@@ -32,6 +32,37 @@ pub enum BuildError {
     #[cfg(feature = "tls")]
     #[error("tls: {0}")]
     Tls(Box<pingora::Error>),
+    #[error("{key}: cannot listen on {addr}: {source}")]
+    Listen {
+        key: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Try every address the server will listen on, so that one already taken (or not this
+/// host's) is one clear error before anything starts; Pingora itself would panic in the
+/// service's thread and leave the other services running. Not on `--upgrade`: the old
+/// process holds them.
+fn check_listeners(config: &Config, launch: &Launch) -> Result<(), BuildError> {
+    let keyed = [
+        ("server.listen", config.server.listen.as_slice()),
+        ("tls.listen", config.tls.listen.as_slice()),
+        ("metrics.listen", config.metrics.listen.as_slice()),
+    ];
+    let demo = launch.demo_origin.map(|a| ("demo origin", a));
+    let all = keyed
+        .iter()
+        .flat_map(|(key, addrs)| addrs.iter().map(move |a| (*key, a.as_str())))
+        .chain(demo);
+    for (key, addr) in all {
+        std::net::TcpListener::bind(addr).map_err(|source| BuildError::Listen {
+            key,
+            addr: addr.to_string(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// Build the store the config asks for.
@@ -102,6 +133,9 @@ impl Built {
 /// Build the whole server: the proxy on `server.listen`, metrics on `metrics.listen`, and
 /// store housekeeping; see [`Launch`] for the demo origin and upgrades.
 pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Built, BuildError> {
+    if !launch.upgrade {
+        check_listeners(config, launch)?;
+    }
     let metrics = Metrics::new(registry)?;
     let store = build_store(config, &metrics)?;
 

@@ -61,6 +61,20 @@ fn bad_files_give_one_line_naming_file_and_key_and_exit_2() {
         ("[streams]\nlimit = 2\n".to_string(), "upstream"),
         (format!("{VALID}[store]\nkind = \"disk\"\n"), "store.kind"),
         ("this is not toml".to_string(), "line 1"),
+        // Issue #16 item 11: configs that pass a form check but cannot work.
+        ("[upstream]\naddrs = [\"127.0.0.1:0\"]\n".to_string(), "upstream.addrs"),
+        ("[upstream]\naddrs = [\"origin.internal:0\"]\n".to_string(), "upstream.addrs"),
+        (format!("{VALID}[streams]\nroutes = [\"/wa\\u0000tch\"]\n"), "streams.routes"),
+        (format!("{VALID}[streams]\nroutes = [\"/watch;x\"]\n"), "streams.routes"),
+        (format!("{VALID}[streams]\nstream_id_header = \"Host\"\n"), "streams.stream_id_header"),
+        (format!("{VALID}[identity]\nheader = \"transfer-encoding\"\n"), "identity.header"),
+        (format!("{VALID}[identity]\nheader = \"Connection\"\n"), "identity.header"),
+        (format!("{VALID}[server]\nthreads = 100000\n"), "server.threads"),
+        // Item 10: an address listened on twice.
+        (format!("{VALID}[server]\nlisten = [\"127.0.0.1:8000\", \"127.0.0.1:8000\"]\n"), "server.listen"),
+        (format!("{VALID}[server]\nlisten = [\"0.0.0.0:8000\"]\n[metrics]\nlisten = \"127.0.0.1:8000\"\n"), "metrics.listen"),
+        (format!("{VALID}[server]\nlisten = [\"[::]:8000\"]\n[metrics]\nlisten = \"127.0.0.1:8000\"\n"), "metrics.listen"),
+        (format!("{VALID}[server]\nlisten = [\"127.0.0.1:0\"]\n"), "server.listen"),
     ] {
         let (code, stdout, stderr, file) = check(&text, &[]);
         assert_eq!(code, 2, "{text:?}: {stderr}");
@@ -90,6 +104,78 @@ fn unreadable_file_exits_2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1);
     assert!(stderr.contains("/nonexistent/streamgate.toml"));
+}
+
+/// Item 11: a FIFO given as the config file used to block `--check` forever.
+#[test]
+fn a_config_that_is_not_a_regular_file_exits_2_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("streamgate.toml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path in our own temporary directory.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut child = streamgate()
+        .arg("--check")
+        .arg("--config")
+        .arg(&fifo)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("--check on a FIFO still running after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(2));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("not a regular file"), "{stderr}");
+}
+
+/// Item 10: a listen address already taken is one line naming the key and the address,
+/// and exit code 2, instead of a panicking proxy thread beside a live metrics listener.
+#[test]
+fn a_taken_listen_address_exits_2_naming_key_and_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let config = write_config(&format!(
+        "[server]\nlisten = [\"{addr}\"]\n[upstream]\naddrs = [\"127.0.0.1:9\"]\n\
+         [metrics]\nlisten = \"127.0.0.1:{}\"\n",
+        free_port()
+    ));
+    let mut child = streamgate()
+        .arg("--config")
+        .arg(config.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running after 10 s with its address taken");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(2));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("server.listen"), "{stderr}");
+    assert!(stderr.contains(&addr), "{stderr}");
+    drop(taken);
 }
 
 #[test]
@@ -292,8 +378,10 @@ async fn sigterm_drains_a_stream_in_flight_and_exits_once_it_ends() {
     let listen = format!("127.0.0.1:{}", free_port());
     let config = write_config(&format!(
         "[server]\nlisten = [\"{listen}\"]\ngrace_period = \"1s\"\n\
-         graceful_shutdown_timeout = \"20s\"\n[upstream]\naddrs = [\"{}\"]\n",
-        origin.addr
+         graceful_shutdown_timeout = \"20s\"\n[upstream]\naddrs = [\"{}\"]\n\
+         [metrics]\nlisten = \"127.0.0.1:{}\"\n",
+        origin.addr,
+        free_port()
     ));
     let mut proxy = Running(
         streamgate()
@@ -380,8 +468,10 @@ async fn logs_and_answers_never_show_the_session_id() {
     let origin = common::Origin::start().await;
     let listen = format!("127.0.0.1:{}", free_port());
     let config = write_config(&format!(
-        "[server]\nlisten = [\"{listen}\"]\n[upstream]\naddrs = [\"{}\"]\n[streams]\nlimit = 1\n",
-        origin.addr
+        "[server]\nlisten = [\"{listen}\"]\n[upstream]\naddrs = [\"{}\"]\n[streams]\nlimit = 1\n\
+         [metrics]\nlisten = \"127.0.0.1:{}\"\n",
+        origin.addr,
+        free_port()
     ));
     let mut proxy = Running(
         streamgate()

@@ -67,10 +67,19 @@ impl KeyError {
 impl Config {
     /// Read, parse, apply overrides and validate the file at `path`.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read = |source| ConfigError::Read {
             file: path.to_path_buf(),
             source,
-        })?;
+        };
+        // A FIFO or a device would block the read (or never end): regular files only.
+        let meta = std::fs::metadata(path).map_err(read)?;
+        if !meta.is_file() {
+            return Err(read(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(read)?;
         Self::parse(&text)
             .map(|c| c.with_overrides(overrides))
             .and_then(Config::validate)

@@ -15,7 +15,7 @@ impl Config {
         self.identity.validate()?;
         self.streams.validate(&self.identity)?;
         self.store.validate()?;
-        self.metrics.validate(&self.server)?;
+        self.metrics.validate(&self.server, &self.tls.listen)?;
         Ok(self)
     }
 }
@@ -35,6 +35,7 @@ impl ServerSection {
         for a in &tls.listen {
             check_socket_addr("tls.listen", a)?;
         }
+        check_no_overlap(&[("server.listen", &s.listen), ("tls.listen", &tls.listen)])?;
         if !tls.listen.is_empty() {
             if !cfg!(feature = "tls") {
                 return Err(KeyError::new(
@@ -44,8 +45,11 @@ impl ServerSection {
             }
             super::tls::check(tls)?;
         }
-        if s.threads == 0 {
-            return Err(KeyError::new("server.threads", "must be at least 1"));
+        if s.threads == 0 || s.threads > MAX_THREADS {
+            return Err(KeyError::new(
+                "server.threads",
+                format!("must be between 1 and {MAX_THREADS}"),
+            ));
         }
         if s.upgrade_sock.is_empty() || s.upgrade_sock.len() > UNIX_PATH_MAX {
             return Err(KeyError::new(
@@ -99,6 +103,7 @@ impl UpstreamSection {
 impl IdentitySection {
     fn validate(&self) -> Result<(), KeyError> {
         check_header_name("identity.header", &self.header)?;
+        check_end_to_end("identity.header", &self.header)?;
         if self.max_len == 0 || self.max_len > 4096 {
             return Err(KeyError::new(
                 "identity.max_len",
@@ -119,6 +124,7 @@ impl StreamsSection {
             return Err(KeyError::new("streams.lease_ttl", "must be at least 100ms"));
         }
         check_header_name("streams.stream_id_header", &st.stream_id_header)?;
+        check_end_to_end("streams.stream_id_header", &st.stream_id_header)?;
         if st.stream_id_header.eq_ignore_ascii_case(&identity.header) {
             return Err(KeyError::new(
                 "streams.stream_id_header",
@@ -168,10 +174,13 @@ impl StreamsSection {
             return Err(KeyError::new("streams.routes", "needs at least one route"));
         }
         for r in &st.routes {
-            if !r.starts_with('/') || r.contains(['?', '#', ' ']) {
+            if !r.starts_with('/')
+                || r.contains(['?', '#', ';', '%'])
+                || !r.bytes().all(|b| b.is_ascii_graphic())
+            {
                 return Err(KeyError::new(
                     "streams.routes",
-                    "each route must be a path starting with '/'",
+                    "each route must be a path starting with '/', of visible ASCII without '?', '#', ';' or '%'",
                 ));
             }
             if crate::routing::is_reserved(r) {
@@ -237,35 +246,96 @@ impl StoreSection {
 }
 
 impl MetricsSection {
-    fn validate(&self, server: &ServerSection) -> Result<(), KeyError> {
+    fn validate(&self, server: &ServerSection, tls_listen: &[String]) -> Result<(), KeyError> {
         if let Some(m) = &self.listen {
             check_socket_addr("metrics.listen", m)?;
-            if server.listen.iter().any(|l| l == m) {
-                return Err(KeyError::new(
-                    "metrics.listen",
-                    "must differ from server.listen",
-                ));
-            }
+            check_no_overlap(&[
+                ("server.listen", &server.listen),
+                ("tls.listen", tls_listen),
+                ("metrics.listen", std::slice::from_ref(m)),
+            ])?;
         }
         Ok(())
     }
 }
 
+/// Most worker threads: each is a runtime of its own, and far more than cores only costs.
+const MAX_THREADS: usize = 1024;
+
 fn check_socket_addr(key: &str, addr: &str) -> Result<(), KeyError> {
-    addr.parse::<SocketAddr>()
-        .map(|_| ())
-        .map_err(|_| KeyError::new(key, "not an IP:port address"))
+    match addr.parse::<SocketAddr>() {
+        Ok(a) if a.port() == 0 => Err(KeyError::new(key, "port 0 is not a port to listen on")),
+        Ok(_) => Ok(()),
+        Err(_) => Err(KeyError::new(key, "not an IP:port address")),
+    }
+}
+
+/// Whether two listeners would want the same socket: the same port, and the same address
+/// or a wildcard covering the other (`0.0.0.0` covers IPv4, `[::]` both families).
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers =
+        |w: SocketAddr, o: SocketAddr| w.ip().is_unspecified() && (w.is_ipv6() || o.is_ipv4());
+    a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+}
+
+/// No address is listened on twice, within one key or across them (already parsed).
+fn check_no_overlap(lists: &[(&str, &[String])]) -> Result<(), KeyError> {
+    let all: Vec<(&str, SocketAddr)> = lists
+        .iter()
+        .flat_map(|(key, addrs)| {
+            addrs
+                .iter()
+                .filter_map(move |a| Some((*key, a.parse().ok()?)))
+        })
+        .collect();
+    for (i, (key_a, a)) in all.iter().enumerate() {
+        if let Some((key_b, _)) = all[i + 1..].iter().find(|(_, b)| overlaps(*a, *b)) {
+            return Err(KeyError::new(
+                *key_b,
+                format!("listens on {a} again (also in {key_a}): each address once"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Headers a proxy consumes or rewrites (framing, hop-by-hop, `Host`) cannot carry an id.
+fn check_end_to_end(key: &str, name: &str) -> Result<(), KeyError> {
+    const NOT_END_TO_END: [&str; 12] = [
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "content-length",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "proxy-authorization",
+        "proxy-authenticate",
+    ];
+    if NOT_END_TO_END.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+        return Err(KeyError::new(
+            key,
+            "must be an end-to-end header (not Host, a hop-by-hop or a framing header)",
+        ));
+    }
+    Ok(())
 }
 
 /// `host:port` or `[v6]:port`, checked without resolving (no DNS at check time: the
 /// name is resolved when the server starts).
 fn check_host_port(key: &str, addr: &str) -> Result<(), KeyError> {
-    if addr.parse::<SocketAddr>().is_ok() {
-        return Ok(());
+    let bad = || KeyError::new(key, "not a host:port address (port 1 to 65535)");
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return if a.port() == 0 { Err(bad()) } else { Ok(()) };
     }
-    let bad = || KeyError::new(key, "not a host:port address");
     let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
-    port.parse::<u16>().map_err(|_| bad())?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(bad)?;
     let valid_host = !host.is_empty()
         && host.len() <= 253
         && host
