@@ -44,6 +44,28 @@ pub fn check(req: &RequestHeader, raw: impl FnOnce() -> Option<bytes::Bytes>) ->
             message: "Transfer-Encoding and Content-Length together are ambiguous",
         });
     }
+    // RFC 9112 3.2: a client MUST send Host in every HTTP/1.1 request; a server MUST
+    // answer 400 to one without it.
+    if req.version == http::Version::HTTP_11 && !h.contains_key(http::header::HOST) {
+        return Some(Refusal {
+            status: 400,
+            code: "bad_request",
+            message: "an HTTP/1.1 request needs a Host header",
+        });
+    }
+    // One Content-Length of digits: a list ("5, 5") is framing a proxy must not guess at.
+    let mut lengths = h.get_all(http::header::CONTENT_LENGTH).iter();
+    let bad_length = lengths
+        .next()
+        .is_some_and(|v| v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
+        || lengths.next().is_some();
+    if bad_length {
+        return Some(Refusal {
+            status: 400,
+            code: "bad_request",
+            message: "Content-Length must be one number",
+        });
+    }
     let size: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     if size > MAX_HEADER_BYTES {
         return Some(Refusal {
@@ -61,6 +83,7 @@ mod tests {
 
     fn req(headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("POST", b"/watch", None).unwrap();
+        r.append_header("Host", "test").unwrap();
         for (k, v) in headers {
             r.append_header(k.to_string(), *v).unwrap();
         }
@@ -82,6 +105,25 @@ mod tests {
             ))
         };
         assert_eq!(check(&te, raw).map(|x| x.status), Some(400));
+    }
+
+    #[test]
+    fn http11_without_host_and_listed_lengths_are_refused() {
+        let mut no_host = RequestHeader::build("GET", b"/watch", None).unwrap();
+        assert_eq!(
+            check(&no_host, || None).map(|x| x.message),
+            Some("an HTTP/1.1 request needs a Host header")
+        );
+        no_host.set_version(http::Version::HTTP_10);
+        assert_eq!(check(&no_host, || None), None, "HTTP/1.0 may leave it out");
+        for bad in ["5, 5", "5,5", "", "+5", "0x5"] {
+            assert_eq!(
+                check(&req(&[("Content-Length", bad)]), || None).map(|x| x.status),
+                Some(400),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(check(&req(&[("Content-Length", "5")]), || None), None);
     }
 
     #[test]

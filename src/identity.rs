@@ -97,6 +97,28 @@ pub struct IdentityRules {
     pub max_len: usize,
 }
 
+impl IdentityRules {
+    /// A header that is not the session or stream header but that an origin may read as
+    /// one: spelled with `_` or `.` for `-` (CGI, PHP, many frameworks fold them). Such
+    /// headers are dropped before forwarding, as nginx drops underscore headers by default,
+    /// so no client can hand the origin an identity the proxy did not check.
+    pub fn is_lookalike(&self, name: &HeaderName) -> bool {
+        let n = name.as_str();
+        if !n.contains(['_', '.']) {
+            return false;
+        }
+        let folds_to = |real: &HeaderName| {
+            let real = real.as_str();
+            real.len() == n.len()
+                && n.bytes().zip(real.bytes()).all(|(a, b)| {
+                    let a = if a == b'_' || a == b'.' { b'-' } else { a };
+                    a == b
+                })
+        };
+        folds_to(&self.session_header) || folds_to(&self.stream_header)
+    }
+}
+
 /// Every value of the query parameter `name`, as written (no percent-decoding: an id has
 /// one spelling).
 fn param_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
@@ -350,5 +372,27 @@ mod tests {
             UserTags::default().tag("secret-session-1").to_string(),
             "the key is per process (per instance of the tags)"
         );
+    }
+
+    #[test]
+    fn lookalike_identity_headers_are_recognised() {
+        let rules = IdentityRules {
+            session_header: HeaderName::from_static("session-id"),
+            stream_header: HeaderName::from_static("stream-id"),
+            stream_param: "sg_stream".into(),
+            max_len: 128,
+        };
+        for h in ["session_id", "session.id", "stream_id", "stream.id"] {
+            assert!(rules.is_lookalike(&HeaderName::from_static(h)), "{h}");
+        }
+        for h in [
+            "session-id",
+            "stream-id",
+            "x_session_id",
+            "session_idx",
+            "x-other",
+        ] {
+            assert!(!rules.is_lookalike(&HeaderName::from_static(h)), "{h}");
+        }
     }
 }

@@ -5,9 +5,13 @@
 //! keeps `request_filter` a short dispatcher.
 //!
 //! The path is classified the way an origin would read it, or refused: percent-escapes of
-//! unreserved characters are decoded (`/%77atch` is `/watch`), and paths an origin could
-//! resolve differently from us (`/x/../watch`, `//watch`, `/watch%2F1`, backslashes) are
-//! rejected, so no spelling of a watch route can slip past the limit uncounted.
+//! unreserved characters are decoded (`/%77atch` is `/watch`), watch routes match without
+//! regard to case by default (Express, IIS and ASP.NET route that way), and paths an
+//! origin could resolve differently from us are rejected: dot segments and `//`, encoded
+//! `/`, backslashes, `;` (Tomcat, Jetty and Spring strip `;` parameters and resolve
+//! `/..;/`), double encoding (`%25`), whitespace raw, control bytes raw or encoded, a segment
+//! ending in `.` or an encoded space (Windows drops them) and overlong or invalid UTF-8. So no spelling of a watch
+//! route slips past the limit uncounted.
 
 use std::borrow::Cow;
 
@@ -39,11 +43,14 @@ impl Route {
 #[derive(Debug, Clone)]
 pub struct Routes {
     prefixes: Vec<String>,
+    /// `streams.case_sensitive_routes`: match the prefixes byte for byte.
+    case_sensitive: bool,
 }
 
 impl Routes {
-    pub fn new(prefixes: &[String]) -> Self {
+    pub fn new(prefixes: &[String], case_sensitive: bool) -> Self {
         Self {
+            case_sensitive,
             prefixes: prefixes
                 .iter()
                 .map(|p| {
@@ -66,7 +73,14 @@ impl Routes {
         if path == READY {
             return Route::Ready;
         }
-        if self.prefixes.iter().any(|p| covers(p, path)) {
+        let covered = |p: &String| {
+            if self.case_sensitive {
+                covers(p, path)
+            } else {
+                covers_ignoring_case(p, path)
+            }
+        };
+        if self.prefixes.iter().any(covered) {
             Route::Watch
         } else {
             Route::Other
@@ -95,16 +109,28 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, AmbiguousPath> {
     if !path.starts_with('/') {
         return Err(AmbiguousPath("the path must start with '/'"));
     }
-    if path.contains('\\') {
-        return Err(AmbiguousPath("the path may not contain a backslash"));
+    for b in path.bytes() {
+        match b {
+            b'\\' => return Err(AmbiguousPath("the path may not contain a backslash")),
+            b';' => return Err(AmbiguousPath("the path may not contain ';'")),
+            b if !b.is_ascii_graphic() => {
+                return Err(AmbiguousPath(
+                    "the path may not contain whitespace, control or non-ASCII bytes",
+                ))
+            }
+            _ => {}
+        }
     }
     let decoded: Cow<'_, str> = if path.contains('%') {
         let bytes = path.as_bytes();
         let mut out = Vec::with_capacity(bytes.len());
+        // The path with every escape decoded, as an origin reads it: must be UTF-8.
+        let mut full = Vec::with_capacity(bytes.len());
         let mut i = 0;
         while i < bytes.len() {
             if bytes[i] != b'%' {
                 out.push(bytes[i]);
+                full.push(bytes[i]);
                 i += 1;
                 continue;
             }
@@ -115,14 +141,27 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, AmbiguousPath> {
                 return Err(AmbiguousPath("the path has a malformed percent-escape"));
             };
             let c = h * 16 + l;
+            full.push(c);
             if unreserved(c) {
                 out.push(c);
             } else if matches!(c, b'/' | b'\\' | 0) {
                 return Err(AmbiguousPath("the path may not encode '/', '\\' or NUL"));
+            } else if c == b'%' {
+                return Err(AmbiguousPath("the path may not be encoded twice (%25)"));
+            } else if c == b';' {
+                return Err(AmbiguousPath("the path may not contain ';'"));
+            } else if c < b' ' || c == 0x7f {
+                return Err(AmbiguousPath(
+                    "the path may not encode control bytes (tab included)",
+                ));
             } else {
                 out.extend_from_slice(&bytes[i..i + 3]);
             }
             i += 3;
+        }
+        // Overlong forms (%C0%AF for '/') and other invalid sequences are not UTF-8.
+        if std::str::from_utf8(&full).is_err() {
+            return Err(AmbiguousPath("the path encodes bytes that are not UTF-8"));
         }
         // Only ASCII was decoded into ASCII, so this is still valid UTF-8.
         Cow::Owned(String::from_utf8(out).map_err(|_| AmbiguousPath("the path is not UTF-8"))?)
@@ -136,12 +175,32 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, AmbiguousPath> {
                 "the path may not contain '.' or '..' segments",
             ));
         }
+        // Windows origins drop a segment's trailing dots and spaces.
+        if seg.ends_with('.') || seg.ends_with("%20") {
+            return Err(AmbiguousPath(
+                "a path segment may not end with '.' or a space",
+            ));
+        }
         // Only the last segment may be empty (a trailing '/').
         if seg.is_empty() && segments.peek().is_some() {
             return Err(AmbiguousPath("the path may not contain '//'"));
         }
     }
     Ok(decoded)
+}
+
+/// [`covers`], with ASCII letters compared without regard to case.
+fn covers_ignoring_case(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.get(..prefix.len()) {
+        Some(head) if head.eq_ignore_ascii_case(prefix) => {
+            let rest = &path[prefix.len()..];
+            rest.is_empty() || rest.starts_with('/')
+        }
+        _ => false,
+    }
 }
 
 /// `/watch` covers `/watch` and `/watch/...`, but not `/watchlist`.
@@ -167,7 +226,7 @@ mod tests {
     use super::*;
 
     fn routes() -> Routes {
-        Routes::new(&["/watch".into(), "/live/".into()])
+        Routes::new(&["/watch".into(), "/live/".into()], false)
     }
 
     #[test]
@@ -180,7 +239,13 @@ mod tests {
         assert_eq!(r.classify("/live"), Route::Watch);
         assert_eq!(r.classify("/watchlist"), Route::Other);
         assert_eq!(r.classify("/"), Route::Other);
-        assert_eq!(r.classify("/WATCH"), Route::Other);
+        assert_eq!(r.classify("/WATCH"), Route::Watch, "case does not matter");
+        assert_eq!(r.classify("/Watch/a.ts"), Route::Watch);
+        assert_eq!(r.classify("/LIVE"), Route::Watch);
+        assert_eq!(r.classify("/WATCHLIST"), Route::Other);
+        let exact = Routes::new(&["/watch".into()], true);
+        assert_eq!(exact.classify("/WATCH"), Route::Other);
+        assert_eq!(exact.classify("/watch/x"), Route::Watch);
     }
 
     #[test]
@@ -196,6 +261,12 @@ mod tests {
         assert_eq!(canonical("/watch/a.ts").unwrap(), "/watch/a.ts");
         assert_eq!(canonical("/%77atch").unwrap(), "/watch");
         assert_eq!(canonical("/watch/a%20b").unwrap(), "/watch/a%20b");
+        assert_eq!(
+            canonical("/watch/caf%C3%A9.ts").unwrap(),
+            "/watch/caf%C3%A9.ts",
+            "UTF-8 names stay usable"
+        );
+        assert_eq!(canonical("/watch/a.b.ts").unwrap(), "/watch/a.b.ts");
         assert_eq!(canonical("/").unwrap(), "/");
         assert_eq!(canonical("/watch/").unwrap(), "/watch/");
         assert_eq!(canonical("*").unwrap(), "*");
@@ -218,6 +289,26 @@ mod tests {
             "/watch%4",
             "watch",
             "/..",
+            // Issue #16 item 5: spellings that origins fold onto /watch.
+            "/watch;jsessionid=1",
+            "/watch;/seg.ts",
+            "/;x/watch",
+            "/other/..;/watch",
+            "/watch%3B",
+            "/watch%3bx",
+            "/watch.",
+            "/watch%2e",
+            "/watch%20",
+            "/watch%20/x",
+            "/watch%09",
+            "/watch\tx",
+            "/watch x",
+            "/%2577atch",
+            "/watch%C0%AF..%C0%AFx",
+            "/watch/%C0%AF",
+            "/watch/%E0%80%AF",
+            "/watch/%FF",
+            "/watch/\u{e9}",
         ] {
             assert!(canonical(p).is_err(), "{p:?} should be refused");
         }

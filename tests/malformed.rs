@@ -99,6 +99,93 @@ async fn every_kind_of_bad_request_gets_a_clear_4xx() {
     );
 }
 
+/// Issue #16 item 5: spellings that origins fold onto a watch route (case, `;` parameters,
+/// trailing dots and spaces, double encoding, overlong UTF-8, a tab, `GET *`) are refused
+/// or counted, never forwarded uncounted; headers an origin may read as the identity are
+/// dropped; HTTP/1.1 without `Host` and a listed `Content-Length` are `400`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spellings_origins_fold_onto_watch_routes_never_pass_uncounted() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(3)).await;
+    for _ in 0..3 {
+        assert_eq!(proxy.watch("/watch", "u", None).await.status(), 200);
+    }
+    let served = origin.served();
+    let spellings = [
+        "/WATCH",
+        "/Watch",
+        "/watch;jsessionid=1",
+        "/watch;/seg.ts",
+        "/;x/watch",
+        "/other/..;/watch",
+        "/watch%3B",
+        "/watch.",
+        "/watch%2e",
+        "/watch%20",
+        "/%2577atch",
+        "/watch%C0%AF..%C0%AFx",
+        "/watch\tx",
+        "*",
+    ];
+    for path in spellings {
+        let got = status_of(&proxy, &get(path, "Session-Id: u\r\n")).await;
+        assert!(got == 400 || got == 401, "{path:?} got {got}");
+    }
+    assert_eq!(origin.served(), served, "none reached the origin");
+    assert_eq!(
+        status_of(&proxy, &get("/WATCH/seg.ts", "Session-Id: u\r\n")).await,
+        401,
+        "case does not get around the limit: counted, and refused at it"
+    );
+
+    for (name, request) in [
+        (
+            "HTTP/1.1 without Host",
+            b"GET /other HTTP/1.1\r\n\r\n".to_vec(),
+        ),
+        (
+            "Content-Length: 5, 5",
+            b"POST /other HTTP/1.1\r\nHost: t\r\nContent-Length: 5, 5\r\n\r\nabcde".to_vec(),
+        ),
+    ] {
+        assert_eq!(status_of(&proxy, &request).await, 400, "{name}");
+    }
+    assert_eq!(origin.served(), served);
+
+    // Lookalike identity headers never reach the origin, on any route.
+    let r = raw(
+        proxy.addr,
+        b"GET /watch/a HTTP/1.1\r\nHost: t\r\nSession-Id: v\r\nSession_Id: forged\r\nSession.Id: forged\r\nStream_Id: forged\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let r = raw(
+        proxy.addr,
+        b"GET /other HTTP/1.1\r\nHost: t\r\nsession_id: forged\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let seen = origin.seen();
+    for s in &seen[seen.len() - 2..] {
+        for h in ["session_id", "session.id", "stream_id"] {
+            assert!(
+                !s.headers.contains_key(h),
+                "{h} reached the origin: {:?}",
+                s.headers
+            );
+        }
+    }
+    assert_eq!(
+        seen[seen.len() - 2]
+            .headers
+            .get("session-id")
+            .map(String::as_str),
+        Some("v")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_on_watch_requests_are_forwarded_and_refused_ones_drained() {
     let origin = Origin::start().await;

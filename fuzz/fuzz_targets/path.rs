@@ -7,7 +7,7 @@ use streamgate::routing::{canonical, Route, Routes};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(path) = std::str::from_utf8(data) else { return };
-    let routes = Routes::new(&["/watch".to_string()]);
+    let routes = Routes::new(&["/watch".to_string()], true);
     if let Ok(c) = canonical(path) {
         if c != "*" {
             assert!(c.starts_with('/'));

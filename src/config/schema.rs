@@ -215,6 +215,9 @@ impl Default for IdentitySection {
 pub struct StreamsSection {
     /// Path prefixes that are watch routes: `/watch` covers `/watch` and `/watch/...`.
     pub routes: Vec<String>,
+    /// Match the routes byte for byte. Off: `/WATCH` and `/Watch` are watch requests too,
+    /// as origins that route without regard to case (Express, IIS, ASP.NET) read them.
+    pub case_sensitive_routes: bool,
     /// Concurrent streams per user.
     pub limit: u32,
     /// How long a stream outlives its last request.
@@ -245,6 +248,7 @@ impl Default for StreamsSection {
     fn default() -> Self {
         Self {
             routes: vec!["/watch".into()],
+            case_sensitive_routes: false,
             limit: 3,
             lease_ttl: Duration::from_secs(60),
             stream_id_header: "Stream-Id".into(),

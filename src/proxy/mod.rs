@@ -129,7 +129,7 @@ impl StreamGate {
         let upstreams =
             LoadBalancer::try_from_iter(config.upstream.addrs.iter().map(String::as_str))?;
         Ok(Self {
-            routes: Routes::new(&config.streams.routes),
+            routes: Routes::new(&config.streams.routes, config.streams.case_sensitive_routes),
             identity: IdentityRules {
                 session_header: header(&config.identity.header)?,
                 stream_header: header(&config.streams.stream_id_header)?,
@@ -204,6 +204,9 @@ impl StreamGate {
         }
         let path = routing::canonical(req.uri.path())
             .map_err(|AmbiguousPath(why)| Answer::InvalidPath(why))?;
+        if path == "*" && req.method != Method::OPTIONS {
+            return Err(Answer::InvalidPath("only OPTIONS may ask for '*'"));
+        }
         ctx.route = self.routes.classify(&path);
         // On every watch request, preflights included: the origin never sees the parameter.
         ctx.strip_param = ctx.route == Route::Watch

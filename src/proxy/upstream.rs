@@ -55,6 +55,17 @@ impl StreamGate {
         upstream_request: &mut RequestHeader,
         ctx: &RequestCtx,
     ) -> Result<()> {
+        let headers = &upstream_request.headers;
+        if headers.keys().any(|k| self.identity.is_lookalike(k)) {
+            let lookalikes: Vec<_> = headers
+                .keys()
+                .filter(|k| self.identity.is_lookalike(k))
+                .cloned()
+                .collect();
+            for name in lookalikes {
+                upstream_request.remove_header(&name);
+            }
+        }
         if self.forwarded_for {
             let client = session.client_addr().and_then(|a| a.as_inet());
             if let Some(value) = client.and_then(|a| {
