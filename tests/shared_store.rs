@@ -64,6 +64,89 @@ async fn a_stream_in_flight_on_one_instance_does_not_expire_for_the_other() {
     .await;
 }
 
+/// Issue #16 item 3: Redis loses its data (`FLUSHALL`, like a restart without persistence
+/// or a failover) under three live streams. Their holds write the leases back at the next
+/// refresh, so the limit holds; a stream ended on purpose is not brought back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_leases_lost_by_redis_are_written_back_ended_ones_are_not() {
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let cfg = TestConfig::new(&origin)
+        .limit(3)
+        .ttl("600ms")
+        .redis(&redis.url(), "sg", "deny");
+    let a = Proxy::start(&cfg).await;
+    let b = Proxy::start(&cfg).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let r = a.watch("/watch/gate", "u", None).await;
+        assert_eq!(r.status(), 200);
+        held.push(r);
+    }
+    origin.wait_gated(3).await;
+    let mut conn = redis.connection();
+    let card = |conn: &mut redis::Connection| -> usize {
+        redis::cmd("ZCARD")
+            .arg("sg:{u}:streams")
+            .query(conn)
+            .unwrap()
+    };
+    assert_eq!(card(&mut conn), 3);
+    let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
+    assert_eq!(card(&mut conn), 0);
+    // Within one refresh interval (TTL/3) the three holds have written their leases back.
+    let deadline = Instant::now() + SETTLE;
+    while card(&mut conn) < 3 {
+        assert!(Instant::now() < deadline, "the held leases never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for proxy in [&a, &b] {
+        assert_eq!(proxy.watch("/watch", "u", None).await.status(), 401);
+    }
+    assert_eq!(
+        origin.max_concurrent("u"),
+        3,
+        "never more than 3 at the origin"
+    );
+
+    // A stream ended on purpose while its request is still in flight stays ended.
+    let ended = stream_id(&held[0]);
+    assert_eq!(b.delete("u", &ended).await.status(), 204);
+    // Await two refreshes of the other holds: the ended one's hold ticks on the same
+    // interval, so it has tried to refresh at least once by then.
+    let expiries = |conn: &mut redis::Connection| -> Vec<(String, f64)> {
+        redis::cmd("ZRANGE")
+            .arg("sg:{u}:streams")
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query(conn)
+            .unwrap()
+    };
+    // Each remaining expiry 400 ms (two refresh intervals of 200 ms) past where it was:
+    // that long has passed, so the ended stream's hold has ticked at least once.
+    let before = expiries(&mut conn);
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let now = expiries(&mut conn);
+        let moved = before
+            .iter()
+            .all(|(id, s)| now.iter().any(|(id2, s2)| id2 == id && *s2 >= *s + 400.0));
+        if moved {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the holds stopped refreshing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ids: Vec<String> = expiries(&mut conn).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(!ids.contains(&ended), "the ended stream was written back");
+    origin.open_gate(3);
+    for mut r in held {
+        while r.chunk().await.unwrap().is_some() {}
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_denies_fast_then_recovers_exactly() {
     let mut redis = RedisServer::start();

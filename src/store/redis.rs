@@ -6,6 +6,12 @@
 //! loaded again on `NOSCRIPT` by the `redis` crate), atomic in Redis: prune what has run out,
 //! count, admit or refuse, and set the key's own expiry so idle users cost nothing.
 //!
+//! A stream ended on purpose (`DELETE`, a failed open) leaves a tombstone in
+//! `<prefix>:{<user>}:ended` for one TTL, so that a hold still refreshing it cannot bring it
+//! back; a held lease that is simply *missing* (Redis flushed, restarted empty, failed over
+//! to a replica that never saw it) is written back by its next refresh, or the limit would
+//! lift under live streams.
+//!
 //! Time comes from Redis (`TIME` inside the script), never from the proxy, so instances
 //! with skewed clocks agree. Redis cannot see in-flight requests, so a held lease is
 //! refreshed every third of the TTL while its request runs ([`LeaseHold`] does it); if the
@@ -57,6 +63,7 @@ if n >= tonumber(ARGV[1]) then
   return {0, n, math.floor(tonumber(first[2])) - now, expired}
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[3])
 touch()
 return {1, n + 1, 0, expired}
 "#;
@@ -72,9 +79,31 @@ touch()
 return {1, expired}
 "#;
 
-/// ARGV: id. Removes a lease. Returns {removed 0|1, expired}.
+/// ARGV: id, ttl_ms. A held lease's refresh: pushes its expiry out, and writes it back if
+/// it is missing without having been ended (a tombstone in KEYS[2]). Returns {0 ended |
+/// 1 refreshed | 2 written back, expired}.
+const REFRESH: &str = r#"
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+  touch()
+  return {1, expired}
+end
+local ended = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if ended and tonumber(ended) > now then
+  return {0, expired}
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+touch()
+return {2, expired}
+"#;
+
+/// ARGV: id, ttl_ms. Removes a lease and leaves a tombstone for one TTL. Returns
+/// {removed 0|1, expired}.
 const END: &str = r#"
 local ok = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + 1000)
 return {ok, expired}
 "#;
 
@@ -103,6 +132,7 @@ enum Conn {
 struct Scripts {
     open: Script,
     renew: Script,
+    refresh: Script,
     end: Script,
     list: Script,
 }
@@ -150,6 +180,7 @@ impl RedisStore {
             scripts: Scripts {
                 open: script(OPEN),
                 renew: script(RENEW),
+                refresh: script(REFRESH),
                 end: script(END),
                 list: script(LIST),
             },
@@ -176,6 +207,11 @@ impl RedisStore {
     /// The one key holding a user's leases; the braces make it a Cluster hash tag.
     pub fn key(&self, user: &str) -> String {
         format!("{}:{{{}}}:streams", self.prefix, user)
+    }
+
+    /// The user's tombstones: streams ended on purpose, for one TTL (same hash slot).
+    pub fn ended_key(&self, user: &str) -> String {
+        format!("{}:{{{}}}:ended", self.prefix, user)
     }
 
     /// Connect on first use (and after a failed first attempt), inside the proxy's runtime.
@@ -252,9 +288,28 @@ impl RedisStore {
         Ok(ok == 1)
     }
 
+    /// A hold's refresh (and its release with `keep`): the lease written back if it went
+    /// missing without being ended.
+    async fn refresh_held(&self, user: &str, id: StreamId) -> Result<(), StoreError> {
+        let mut inv = self.scripts.refresh.prepare_invoke();
+        inv.key(self.key(user))
+            .key(self.ended_key(user))
+            .arg(id.to_string())
+            .arg(self.ttl_ms);
+        let (outcome, expired): (i64, i64) = self.invoke(inv).await?;
+        self.count_expired(expired);
+        if outcome == 2 {
+            log::warn!("held stream {id} was missing from Redis (flushed, restarted or failed over?): written back");
+        }
+        Ok(())
+    }
+
     async fn remove(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
         let mut inv = self.scripts.end.prepare_invoke();
-        inv.key(self.key(user)).arg(id.to_string());
+        inv.key(self.key(user))
+            .key(self.ended_key(user))
+            .arg(id.to_string())
+            .arg(self.ttl_ms);
         let (ok, expired): (i64, i64) = self.invoke(inv).await?;
         self.count_expired(expired);
         Ok(ok == 1)
@@ -266,6 +321,7 @@ impl StreamStore for RedisStore {
     async fn open_as(&self, user: &str, limit: u32, id: StreamId) -> Result<Opened, StoreError> {
         let mut inv = self.scripts.open.prepare_invoke();
         inv.key(self.key(user))
+            .key(self.ended_key(user))
             .arg(limit)
             .arg(self.ttl_ms)
             .arg(id.to_string());
@@ -289,7 +345,7 @@ impl StreamStore for RedisStore {
 
     async fn release(&self, user: &str, id: StreamId, keep: bool) -> Result<(), StoreError> {
         if keep {
-            self.renew_lease(user, id).await.map(|_| ())
+            self.refresh_held(user, id).await
         } else {
             self.remove(user, id).await.map(|_| ())
         }
@@ -342,7 +398,7 @@ impl StreamStore for RedisStore {
     }
 
     async fn refresh(&self, user: &str, id: StreamId) -> Result<(), StoreError> {
-        self.renew_lease(user, id).await.map(|_| ())
+        self.refresh_held(user, id).await
     }
 }
 
