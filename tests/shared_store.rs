@@ -147,6 +147,60 @@ async fn held_leases_lost_by_redis_are_written_back_ended_ones_are_not() {
     }
 }
 
+/// Issue #16 item 2: Redis slower than `store.timeout` (`CLIENT PAUSE 400 WRITE`). The
+/// proxy answers `503`, but Redis runs the open scripts once the pause ends; those leases
+/// must not count. After three such 503s the user still has the whole limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_the_proxy_gave_up_on_do_not_count() {
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let cfg = TestConfig::new(&origin)
+        .limit(3)
+        .redis(&redis.url(), "sg", "deny")
+        .store_timeout("100ms");
+    let proxy = Proxy::start(&cfg).await;
+    // Connected before the pause.
+    assert_eq!(proxy.watch("/watch", "warm", None).await.status(), 200);
+    let mut conn = redis.connection();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(400)
+        .arg("WRITE")
+        .query(&mut conn)
+        .unwrap();
+    let paused = Instant::now();
+    let statuses = futures::future::join_all(
+        (0..3).map(|_| async { proxy.watch("/watch", "p", None).await.status() }),
+    )
+    .await;
+    assert!(
+        paused.elapsed() < Duration::from_millis(400),
+        "answered within the pause"
+    );
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+    // Once Redis answers again, the user opens three streams: none of the given-up opens
+    // holds a slot.
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let s = proxy.watch("/watch", "p", None).await.status();
+        if s == 200 {
+            break;
+        }
+        assert_eq!(s, 503, "refused while Redis is paused, never 401");
+        assert!(Instant::now() < deadline, "Redis never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..2 {
+        assert_eq!(proxy.watch("/watch", "p", None).await.status(), 200);
+    }
+    assert_eq!(proxy.watch("/watch", "p", None).await.status(), 401);
+    let card: usize = redis::cmd("ZCARD")
+        .arg("sg:{p}:streams")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(card, 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_denies_fast_then_recovers_exactly() {
     let mut redis = RedisServer::start();

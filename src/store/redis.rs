@@ -23,7 +23,8 @@
 //! [`LeaseHold`]: crate::lease::LeaseHold
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -124,10 +125,39 @@ pub enum Target {
     Cluster(Vec<String>),
 }
 
+#[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
+
+impl Conn {
+    async fn query<T: redis::FromRedisValue + Send>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, RedisError> {
+        match self {
+            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
+    }
+
+    async fn invoke<T: redis::FromRedisValue + Send>(
+        &self,
+        inv: &ScriptInvocation<'_>,
+    ) -> Result<T, RedisError> {
+        match self {
+            Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
+            Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
+        }
+    }
+}
+
+/// Most abandoned opens being cleaned up at once; past it, their leases expire by TTL.
+const MAX_CLEANUPS: usize = 4096;
+
+/// How often an abandoned open's cleanup tries again while Redis does not answer.
+const CLEANUP_RETRY: Duration = Duration::from_millis(250);
 
 struct Scripts {
     open: Script,
@@ -143,6 +173,8 @@ pub struct RedisStore {
     tls_ca: Option<Vec<u8>>,
     conn: OnceCell<Conn>,
     scripts: Scripts,
+    /// Opens given up on whose lease is being removed (see [`RedisStore::abandon`]).
+    cleanups: Arc<tokio::sync::Semaphore>,
     prefix: String,
     ttl_ms: u64,
     timeout: Duration,
@@ -184,6 +216,7 @@ impl RedisStore {
                 end: script(END),
                 list: script(LIST),
             },
+            cleanups: Arc::new(tokio::sync::Semaphore::new(MAX_CLEANUPS)),
             prefix: prefix.to_owned(),
             ttl_ms: u64::try_from(lease_ttl.as_millis()).unwrap_or(u64::MAX / 4),
             timeout,
@@ -254,13 +287,8 @@ impl RedisStore {
         &self,
         inv: ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        self.bounded(async {
-            match self.connect().await? {
-                Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
-                Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
-            }
-        })
-        .await
+        self.bounded(async { self.connect().await?.invoke(&inv).await })
+            .await
     }
 
     async fn bounded<T>(
@@ -304,6 +332,47 @@ impl RedisStore {
         Ok(())
     }
 
+    /// An open the proxy gave up on (it timed out, so the client got `503`) may still run
+    /// in Redis later: a paused or busy server executes it once it gets to it. Its lease
+    /// would then count for a whole TTL with nobody watching. So its removal is sent at
+    /// once and again until Redis answers (for at most one TTL, after which the lease is
+    /// gone anyway). On the same multiplexed connection the removal runs after the open
+    /// it follows; on a new connection the old one's unread open is never run.
+    fn abandon(&self, user: &str, id: StreamId) {
+        let Some(conn) = self.conn.get().cloned() else {
+            return; // never connected: the open was never sent
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Ok(permit) = self.cleanups.clone().try_acquire_owned() else {
+            log::warn!("too many abandoned opens to clean up: stream {id} expires by TTL");
+            return;
+        };
+        // `EVAL` with the whole script, not `EVALSHA`: a server that never ran it would
+        // answer NOSCRIPT only after the pause, and the retry with the script would come
+        // after the client's next open instead of right behind the abandoned one.
+        let mut end = redis::cmd("EVAL");
+        end.arg(format!("{PRELUDE}{END}"))
+            .arg(2)
+            .arg(self.key(user))
+            .arg(self.ended_key(user))
+            .arg(id.to_string())
+            .arg(self.ttl_ms);
+        let (ttl_ms, timeout) = (self.ttl_ms, self.timeout);
+        rt.spawn(async move {
+            let _permit = permit;
+            let give_up = Instant::now() + Duration::from_millis(ttl_ms);
+            loop {
+                let done = tokio::time::timeout(timeout, conn.query::<(i64, i64)>(&end)).await;
+                if matches!(done, Ok(Ok(_))) || Instant::now() >= give_up {
+                    return;
+                }
+                tokio::time::sleep(CLEANUP_RETRY).await;
+            }
+        });
+    }
+
     async fn remove(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
         let mut inv = self.scripts.end.prepare_invoke();
         inv.key(self.key(user))
@@ -316,16 +385,27 @@ impl RedisStore {
     }
 }
 
-#[async_trait]
-impl StreamStore for RedisStore {
-    async fn open_as(&self, user: &str, limit: u32, id: StreamId) -> Result<Opened, StoreError> {
+impl RedisStore {
+    /// Open under `id`; `fresh` when the id was made for this open (nobody else can hold
+    /// it), so a timed-out open can be [abandoned](Self::abandon) safely.
+    async fn open_id(
+        &self,
+        user: &str,
+        limit: u32,
+        id: StreamId,
+        fresh: bool,
+    ) -> Result<Opened, StoreError> {
         let mut inv = self.scripts.open.prepare_invoke();
         inv.key(self.key(user))
             .key(self.ended_key(user))
             .arg(limit)
             .arg(self.ttl_ms)
             .arg(id.to_string());
-        let (admitted, active, retry_ms, expired): (i64, i64, i64, i64) = self.invoke(inv).await?;
+        let reply: Result<(i64, i64, i64, i64), _> = self.invoke(inv).await;
+        if fresh && matches!(reply, Err(StoreError::Timeout)) {
+            self.abandon(user, id);
+        }
+        let (admitted, active, retry_ms, expired) = reply?;
         self.count_expired(expired);
         if admitted == 1 {
             Ok(Opened::Admitted(id))
@@ -337,6 +417,19 @@ impl StreamStore for RedisStore {
                 retry_after: Duration::from_millis(u64::try_from(retry_ms).unwrap_or(0)),
             })
         }
+    }
+}
+
+#[async_trait]
+impl StreamStore for RedisStore {
+    async fn open(&self, user: &str, limit: u32) -> Result<Opened, StoreError> {
+        self.open_id(user, limit, Uuid::new_v4(), true).await
+    }
+
+    /// A resume under the player's own id: a timed-out one is not abandoned (the id may be
+    /// live through another request), its lease expires by TTL at worst.
+    async fn open_as(&self, user: &str, limit: u32, id: StreamId) -> Result<Opened, StoreError> {
+        self.open_id(user, limit, id, false).await
     }
 
     async fn renew(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
@@ -382,15 +475,10 @@ impl StreamStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.bounded(async {
-            let cmd = redis::cmd("PING");
-            match self.connect().await? {
-                Conn::Single(c) => cmd.query_async::<String>(&mut c.clone()).await,
-                Conn::Cluster(c) => cmd.query_async::<String>(&mut c.clone()).await,
-            }
-        })
-        .await
-        .map(|_| ())
+        let ping = redis::cmd("PING");
+        self.bounded(async { self.connect().await?.query::<String>(&ping).await })
+            .await
+            .map(|_| ())
     }
 
     fn hold_refresh_interval(&self) -> Option<Duration> {

@@ -93,16 +93,17 @@ impl RefusalCache {
 }
 
 impl RefusalCache {
-    /// Open through the store, answering from a remembered refusal first when `cached`.
+    /// Open through the store (under `id` when given), answering a fresh open from a
+    /// remembered refusal first.
     async fn open_checked(
         &self,
         user: &str,
         limit: u32,
-        id: StreamId,
-        cached: bool,
+        id: Option<StreamId>,
     ) -> Result<Opened, StoreError> {
         let now = Instant::now();
-        if let Some(r) = self.remembered(user, limit, now).filter(|_| cached) {
+        // Only a fresh open may be answered from memory (see `open_as`).
+        if let Some(r) = self.remembered(user, limit, now).filter(|_| id.is_none()) {
             self.answered.inc();
             return Ok(Opened::Rejected {
                 active: r.active,
@@ -111,7 +112,11 @@ impl RefusalCache {
         }
         let freed = self.freed(user);
         let before = freed.load(Ordering::Acquire);
-        let opened = self.inner.open_as(user, limit, id).await?;
+        // A fresh open stays one for the store (which may then clean up after a timeout).
+        let opened = match id {
+            Some(id) => self.inner.open_as(user, limit, id).await?,
+            None => self.inner.open(user, limit).await?,
+        };
         if let Opened::Rejected {
             active,
             retry_after,
@@ -143,14 +148,13 @@ impl RefusalCache {
 #[async_trait]
 impl StreamStore for RefusalCache {
     async fn open(&self, user: &str, limit: u32) -> Result<Opened, StoreError> {
-        self.open_checked(user, limit, uuid::Uuid::new_v4(), true)
-            .await
+        self.open_checked(user, limit, None).await
     }
 
     /// A given id may be live already (a resume that raced another), and then the store
     /// renews it even at the limit: only the store can tell, so it is always asked.
     async fn open_as(&self, user: &str, limit: u32, id: StreamId) -> Result<Opened, StoreError> {
-        self.open_checked(user, limit, id, false).await
+        self.open_checked(user, limit, Some(id)).await
     }
 
     async fn renew(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
