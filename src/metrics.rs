@@ -119,6 +119,9 @@ pub struct Metrics {
     /// Opens refused from this instance's memory of a shared store's recent refusal
     /// (`store.refusal_cache`), without asking the store.
     pub cached_refusals: IntCounter,
+    /// 1 while the store answered its last background health check (always 1 for the
+    /// memory store).
+    pub store_up: IntGauge,
     /// Manifests by kind (`hls`, `dash`) and outcome (`rewritten`, `too_large`, `unchanged`).
     pub manifests: IntCounterVec,
     handles: Handles,
@@ -185,6 +188,10 @@ impl Metrics {
                 Opts::new("streamgate_store_errors_total", "Store failures by kind."),
                 &["kind"],
             )?,
+            store_up: IntGauge::new(
+                "streamgate_store_up",
+                "1 while the store answered its last background health check.",
+            )?,
             cached_refusals: IntCounter::new(
                 "streamgate_store_cached_refusals_total",
                 "Opens refused from this instance's memory of a recent store refusal.",
@@ -246,6 +253,7 @@ impl Metrics {
         registry.register(Box::new(m.store_latency.clone()))?;
         registry.register(Box::new(m.store_errors.clone()))?;
         registry.register(Box::new(m.cached_refusals.clone()))?;
+        registry.register(Box::new(m.store_up.clone()))?;
         registry.register(Box::new(m.manifests.clone()))?;
         Ok(m)
     }

@@ -137,6 +137,7 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
         check_listeners(config, launch)?;
     }
     let metrics = Metrics::new(registry)?;
+    let metrics_up = metrics.store_up.clone();
     let store = build_store(config, &metrics)?;
 
     let opt = Opt {
@@ -187,7 +188,13 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
     let every = HOUSEKEEPING_TICK.min(config.streams.lease_ttl / 4);
     server.add_service(background_service(
         "store housekeeping",
-        Housekeeping { store, every },
+        Housekeeping {
+            store,
+            every,
+            health: (config.store.kind != StoreKind::Memory)
+                .then_some(config.store.health_interval),
+            up: metrics_up,
+        },
     ));
 
     if let Some(addr) = launch.demo_origin {
@@ -204,16 +211,53 @@ const HOUSEKEEPING_TICK: Duration = Duration::from_millis(10);
 struct Housekeeping {
     store: Arc<dyn StreamStore>,
     every: Duration,
+    /// How often to check a shared store's connection (`store.health_interval`); `None`
+    /// for the memory store.
+    health: Option<Duration>,
+    up: prometheus::IntGauge,
+}
+
+impl Housekeeping {
+    /// `PING` the store: a connection Redis closed while this instance was idle is
+    /// replaced here, not by the next request (which would fail). Logs once per change.
+    async fn check_health(&self, was_up: &mut Option<bool>) {
+        let result = self.store.ping().await;
+        let up = result.is_ok();
+        self.up.set(i64::from(up));
+        if *was_up != Some(up) {
+            match result {
+                Ok(()) if was_up.is_some() => log::info!("the store answers again"),
+                Ok(()) => {}
+                Err(e) => log::warn!("the store does not answer its health check: {e}"),
+            }
+            *was_up = Some(up);
+        }
+    }
 }
 
 #[async_trait]
 impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(self.every);
+        self.up.set(1);
+        let Some(every) = self.health else {
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tick.tick() => self.store.maintain(),
+                }
+            }
+        };
+        // The first check runs at once: a wrong password or an unreachable Redis is one
+        // line at start, not a surprise at the first viewer.
+        let mut health = tokio::time::interval(every);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_up = None;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => self.store.maintain(),
+                _ = health.tick() => self.check_health(&mut was_up).await,
             }
         }
     }

@@ -556,6 +556,60 @@ async fn logs_and_answers_never_show_the_session_id() {
     assert_eq!(users[0].len(), 12, "{log}");
 }
 
+/// Issue #16 item 7: a wrong Redis password is said as such, once at start and in
+/// `/ready`'s body, and the password itself appears nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_redis_password_is_reported_as_authentication_failed() {
+    let redis = common::redis_server::RedisServer::start();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("the-right-one")
+        .query(&mut redis.connection())
+        .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = write_config(&format!(
+        "[server]\nlisten = [\"{listen}\"]\n[upstream]\naddrs = [\"127.0.0.1:9\"]\n\
+         [metrics]\nlisten = \"127.0.0.1:{}\"\n[store]\nkind = \"redis\"\n\
+         url = \"redis://:Wr0ng-Passw0rd@127.0.0.1:{}\"\n",
+        free_port(),
+        redis.port
+    ));
+    let mut proxy = Running(
+        streamgate()
+            .arg("--config")
+            .arg(config.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while health_on_a_new_connection(&listen).await != 200 {
+        assert!(Instant::now() < deadline, "the proxy did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ready = reqwest::get(format!("http://{listen}/ready"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let body = ready.text().await.unwrap();
+    assert!(body.contains("authentication failed"), "{body}");
+    assert!(!body.contains("Wr0ng"), "{body}");
+
+    proxy.signal(libc::SIGINT);
+    proxy.exited_within(Duration::from_secs(10)).await;
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut proxy.0.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(!log.contains("Wr0ng"), "{log}");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("health check") && l.contains("authentication failed"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line at start: {log}");
+}
+
 #[cfg(not(feature = "tls"))]
 #[test]
 fn https_listeners_need_the_tls_feature() {

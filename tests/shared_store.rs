@@ -201,6 +201,92 @@ async fn opens_the_proxy_gave_up_on_do_not_count() {
     assert_eq!(card, 3);
 }
 
+/// The ids of the clients connected to Redis other than `conn` itself.
+fn other_clients(conn: &mut redis::Connection) -> Vec<String> {
+    let me: i64 = redis::cmd("CLIENT").arg("ID").query(conn).unwrap();
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(conn).unwrap();
+    list.lines()
+        .filter_map(|l| l.split(' ').next()?.strip_prefix("id="))
+        .filter(|id| *id != me.to_string())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Wait until a client that is not in `gone` (nor `conn`) is connected: the proxy has
+/// connected again.
+async fn await_new_client(conn: &mut redis::Connection, gone: &[String]) {
+    let deadline = Instant::now() + SETTLE;
+    while !other_clients(conn).iter().any(|c| !gone.contains(c)) {
+        assert!(Instant::now() < deadline, "the proxy never connected again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue #16 item 6: an instance idle while its Redis connection is closed (`CLIENT
+/// KILL`, a Redis restart, Redis's own idle `timeout`) answers its next request
+/// normally: the background health check (`store.health_interval`) replaced the
+/// connection first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_instance_replaces_a_closed_connection_before_it_is_needed() {
+    let mut redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let cfg = TestConfig::new(&origin)
+        .limit(100)
+        .redis(&redis.url(), "sg", "deny");
+    let proxy = Proxy::start(&cfg).await;
+    assert_eq!(proxy.watch("/watch", "u", None).await.status(), 200);
+
+    let mut conn = redis.connection();
+    let before = other_clients(&mut conn);
+    assert!(!before.is_empty(), "the proxy is connected");
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query(&mut conn)
+        .unwrap();
+    await_new_client(&mut conn, &before).await;
+    assert_eq!(
+        proxy.watch("/watch", "u", None).await.status(),
+        200,
+        "after CLIENT KILL"
+    );
+    assert_eq!(proxy.status("/ready").await, 200);
+
+    redis.restart();
+    let mut conn = redis.connection();
+    await_new_client(&mut conn, &[]).await;
+    assert_eq!(
+        proxy.watch("/watch", "u", None).await.status(),
+        200,
+        "after a restart"
+    );
+
+    // Redis closes connections idle for a second; the health checks keep ours busy.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("timeout")
+        .arg(1)
+        .query(&mut conn)
+        .unwrap();
+    let connected = other_clients(&mut conn);
+    // Redis's own timer needs real time to pass: there is no event to await.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        proxy.watch("/watch", "u", None).await.status(),
+        200,
+        "past Redis's idle timeout"
+    );
+    // (Our own idle connection was closed meanwhile.)
+    let still: Vec<String> = other_clients(&mut redis.connection());
+    assert!(
+        connected.iter().any(|c| still.contains(c)),
+        "the connection was never idle"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_denies_fast_then_recovers_exactly() {
     let mut redis = RedisServer::start();

@@ -308,6 +308,11 @@ pub struct StoreSection {
     pub refusal_cache: Duration,
     /// `rediss://` only: a PEM file of the CA(s) to trust instead of the system roots.
     pub tls_ca_file: Option<PathBuf>,
+    /// Redis stores: how often the connection is checked (`PING`) in the background, so
+    /// a connection Redis closed (restart, `CLIENT KILL`, its idle `timeout`) is
+    /// replaced before a request needs it.
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
 }
 
 /// Never print the store section: its URLs may carry a password.
@@ -321,6 +326,7 @@ impl std::fmt::Debug for StoreSection {
             .field("on_store_error", &self.on_store_error)
             .field("refusal_cache", &self.refusal_cache)
             .field("tls_ca_file", &self.tls_ca_file)
+            .field("health_interval", &self.health_interval)
             .finish_non_exhaustive()
     }
 }
@@ -337,6 +343,7 @@ impl Default for StoreSection {
             on_store_error: OnStoreError::Deny,
             refusal_cache: Duration::ZERO,
             tls_ca_file: None,
+            health_interval: Duration::from_secs(1),
         }
     }
 }

@@ -201,6 +201,12 @@ impl StoreSection {
             return Err(KeyError::new("store.max_users", "must be at least 1"));
         }
         check_positive("store.timeout", store.timeout)?;
+        if store.health_interval < Duration::from_millis(50) {
+            return Err(KeyError::new(
+                "store.health_interval",
+                "must be at least 50ms",
+            ));
+        }
         if store.refusal_cache > MAX_REFUSAL_CACHE {
             return Err(KeyError::new(
                 "store.refusal_cache",

@@ -55,6 +55,8 @@ pub enum StoreError {
     Unavailable(String),
     #[error("the store answered something unexpected: {0}")]
     Protocol(String),
+    #[error("the store refused our credentials (authentication failed): check the password in store.url")]
+    Auth,
 }
 
 impl StoreError {
@@ -65,6 +67,7 @@ impl StoreError {
             StoreError::Timeout => "timeout",
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Protocol(_) => "protocol",
+            StoreError::Auth => "auth",
         }
     }
 }

@@ -187,7 +187,11 @@ fn unavailable(e: RedisError) -> StoreError {
         Some(d) => format!("{:?}: {d}", e.kind()),
         None => format!("{:?}", e.kind()),
     };
-    if e.is_timeout() {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
+    {
+        StoreError::Auth
+    } else if e.is_timeout() {
         StoreError::Timeout
     } else {
         StoreError::Unavailable(detail)
@@ -260,7 +264,11 @@ impl RedisStore {
                         let config = ConnectionManagerConfig::new()
                             .set_connection_timeout(self.timeout)
                             .set_response_timeout(self.timeout)
-                            .set_number_of_retries(1)
+                            // No retry inside one attempt: a refused password (or a
+                            // down server) is then its own error within `store.timeout`,
+                            // not a timeout after backing off; the health check
+                            // (`store.health_interval`) tries again in the background.
+                            .set_number_of_retries(0)
                             .set_max_delay(1000);
                         Ok(Conn::Single(
                             client.get_connection_manager_with_config(config).await?,

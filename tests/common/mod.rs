@@ -431,7 +431,7 @@ impl TestConfig {
     /// stopped server refuses the connection.
     pub fn redis(mut self, url: &str, prefix: &str, on_error: &str) -> Self {
         self.store = format!(
-            "kind = \"redis\"\nurl = \"{url}\"\nprefix = \"{prefix}\"\non_store_error = \"{on_error}\"\ntimeout = \"2s\""
+            "kind = \"redis\"\nurl = \"{url}\"\nprefix = \"{prefix}\"\non_store_error = \"{on_error}\"\ntimeout = \"2s\"\nhealth_interval = \"100ms\""
         );
         self
     }
@@ -458,7 +458,7 @@ impl TestConfig {
     pub fn redis_cluster(mut self, nodes: &[String], prefix: &str) -> Self {
         let nodes: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
         self.store = format!(
-            "kind = \"redis-cluster\"\nnodes = [{}]\nprefix = \"{prefix}\"\ntimeout = \"2s\"",
+            "kind = \"redis-cluster\"\nnodes = [{}]\nprefix = \"{prefix}\"\ntimeout = \"2s\"\nhealth_interval = \"100ms\"",
             nodes.join(", ")
         );
         self
