@@ -9,10 +9,18 @@
 //!
 //! A slot is an RAII [`Slot`] kept in the request context, so it is given back however the
 //! request ends.
+//!
+//! The same table is how ending a stream reaches its requests in flight: [`StreamInflight::
+//! cut`] marks every slot of the stream, the proxy fails each marked response at its next
+//! body chunk (the client sees the connection close), and [`StreamInflight::wait_released`]
+//! waits until they are gone. Without it a `DELETE` freed the slot while the response went
+//! on, and one user could be served any number of bodies at once.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -22,17 +30,37 @@ const SHARDS: usize = 16;
 
 type Key = (Arc<str>, StreamId);
 
+/// Whether a stream's requests in flight must stop, and who waits for them to.
+#[derive(Default)]
+struct Cut {
+    cut: AtomicBool,
+    released: tokio::sync::Notify,
+}
+
+struct Entry {
+    n: u32,
+    cut: Arc<Cut>,
+}
+
 /// In-flight requests per (user, stream), in shards with a lock each.
 pub struct StreamInflight {
     max: u32,
     hasher: RandomState,
-    shards: Vec<Mutex<HashMap<Key, u32>>>,
+    shards: Vec<Mutex<HashMap<Key, Entry>>>,
 }
 
 /// One request's place in [`StreamInflight`]; dropping it gives the place back.
 pub struct Slot {
     table: Arc<StreamInflight>,
     key: Key,
+    cut: Arc<Cut>,
+}
+
+impl Slot {
+    /// The stream was ended while this request was in flight: stop serving it.
+    pub fn is_cut(&self) -> bool {
+        self.cut.cut.load(Ordering::Acquire)
+    }
 }
 
 impl StreamInflight {
@@ -44,7 +72,7 @@ impl StreamInflight {
         })
     }
 
-    fn shard(&self, id: &StreamId) -> &Mutex<HashMap<Key, u32>> {
+    fn shard(&self, id: &StreamId) -> &Mutex<HashMap<Key, Entry>> {
         &self.shards[self.hasher.hash_one(id) as usize % SHARDS]
     }
 
@@ -53,33 +81,76 @@ impl StreamInflight {
     pub fn enter(self: &Arc<Self>, user: &Arc<str>, id: StreamId) -> Option<Slot> {
         let key = (user.clone(), id);
         let mut shard = self.shard(&id).lock();
-        let n = shard.entry(key.clone()).or_insert(0);
-        if *n >= self.max {
+        let e = shard.entry(key.clone()).or_insert_with(|| Entry {
+            n: 0,
+            cut: Arc::default(),
+        });
+        if e.n >= self.max {
             return None;
         }
-        *n += 1;
+        e.n += 1;
+        let cut = e.cut.clone();
         drop(shard);
         Some(Slot {
             table: self.clone(),
             key,
+            cut,
         })
     }
 
     /// Requests of `user`'s stream `id` in flight here.
-    #[cfg(test)]
-    pub fn count(&self, user: &Arc<str>, id: StreamId) -> u32 {
-        let key = (user.clone(), id);
-        self.shard(&id).lock().get(&key).copied().unwrap_or(0)
+    pub fn count(&self, user: &str, id: StreamId) -> u32 {
+        let key: Key = (user.into(), id);
+        self.shard(&id).lock().get(&key).map_or(0, |e| e.n)
+    }
+
+    /// Mark every request of `user`'s stream `id` in flight here to be stopped; how many
+    /// there are.
+    pub fn cut(&self, user: &str, id: StreamId) -> u32 {
+        let key: Key = (user.into(), id);
+        match self.shard(&id).lock().get(&key) {
+            Some(e) => {
+                e.cut.cut.store(true, Ordering::Release);
+                e.n
+            }
+            None => 0,
+        }
+    }
+
+    /// Wait (at most `within`) until no request of the stream is in flight here; whether
+    /// none is.
+    pub async fn wait_released(&self, user: &str, id: StreamId, within: Duration) -> bool {
+        let key: Key = (user.into(), id);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let cut = match self.shard(&id).lock().get(&key) {
+                Some(e) => e.cut.clone(),
+                None => return true,
+            };
+            let released = cut.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.count(user, id) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return self.count(user, id) == 0;
+            }
+        }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut shard = self.table.shard(&self.key.1).lock();
-        if let Some(n) = shard.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(e) = shard.get_mut(&self.key) {
+            e.n -= 1;
+            if e.n == 0 {
                 shard.remove(&self.key);
+                drop(shard);
+                if self.is_cut() {
+                    self.cut.released.notify_waiters();
+                }
             }
         }
     }
@@ -88,6 +159,32 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_cut_marks_the_streams_requests_and_waits_for_them() {
+        let t = StreamInflight::new(8);
+        let a: Arc<str> = "a".into();
+        let (id, other) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let s1 = t.enter(&a, id).unwrap();
+        let s2 = t.enter(&a, id).unwrap();
+        let untouched = t.enter(&a, other).unwrap();
+        assert_eq!(t.cut("a", id), 2);
+        assert!(s1.is_cut() && s2.is_cut());
+        assert!(!untouched.is_cut(), "another stream of the user goes on");
+        assert!(!t.wait_released("a", id, Duration::from_millis(20)).await);
+        let waiter = {
+            let t = t.clone();
+            tokio::spawn(async move { t.wait_released("a", id, Duration::from_secs(5)).await })
+        };
+        drop(s1);
+        tokio::task::yield_now().await;
+        drop(s2);
+        assert!(waiter.await.unwrap(), "released once both ended");
+        assert!(
+            t.enter(&a, id).is_some_and(|s| !s.is_cut()),
+            "a new request starts fresh"
+        );
+    }
 
     #[test]
     fn caps_each_stream_of_each_user_and_gives_places_back() {
@@ -105,6 +202,7 @@ mod tests {
         let s3 = t.enter(&a, id).unwrap();
         drop((s2, s3, other));
         assert_eq!(t.count(&a, id), 0);
+        assert_eq!(t.cut(&a, id), 0, "nothing in flight to cut");
         assert!(
             t.shards.iter().all(|s| s.lock().is_empty()),
             "nothing left behind"

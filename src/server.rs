@@ -16,6 +16,7 @@ use prometheus::Registry;
 use crate::config::{Config, StoreKind};
 use crate::demo::DemoOrigin;
 use crate::drain::{Drain, Draining, Signals};
+use crate::inflight::StreamInflight;
 use crate::metrics::{Metrics, MetricsApp};
 use crate::proxy::StreamGate;
 use crate::store::{MemoryStore, RedisStore, RefusalCache, StreamStore, Target};
@@ -153,6 +154,7 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
     );
     let gate = StreamGate::new(config, store.clone(), metrics, drain.clone())
         .map_err(BuildError::Upstream)?;
+    let inflight = gate.inflight();
     let app = Draining::new(
         pingora::proxy::http_proxy(&server.configuration, gate),
         drain.clone(),
@@ -189,12 +191,17 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
     server.add_service(background_service(
         "store housekeeping",
         Housekeeping {
-            store,
+            store: store.clone(),
             every,
             health: (config.store.kind != StoreKind::Memory)
                 .then_some(config.store.health_interval),
             up: metrics_up,
         },
+    ));
+
+    server.add_service(background_service(
+        "stream ends",
+        FollowEnds { store, inflight },
     ));
 
     if let Some(addr) = launch.demo_origin {
@@ -203,6 +210,25 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
         server.add_service(svc);
     }
     Ok(Built { server, drain })
+}
+
+/// Streams ended through other instances: their requests in flight here are cut.
+struct FollowEnds {
+    store: Arc<dyn StreamStore>,
+    inflight: Arc<StreamInflight>,
+}
+
+#[async_trait]
+impl BackgroundService for FollowEnds {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let cut = |user: &str, id| {
+            self.inflight.cut(user, id);
+        };
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = self.store.follow_ends(&cut) => {}
+        }
+    }
 }
 
 /// How often store housekeeping runs.

@@ -221,6 +221,16 @@ async fn delete_ends_a_stream_at_once() {
     );
 }
 
+/// Issue #16 item 1 (memory store): `DELETE` while a response is streaming ends that
+/// response too, so the limit holds at the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_cuts_the_streams_requests_in_flight() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(3)).await;
+    ending_streams_cuts_their_responses(&origin, &proxy, &proxy).await;
+    assert_eq!(proxy.metric("streamgate_inflight_requests").await, 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_open_gives_the_slot_back() {
     let origin = Origin::start().await;

@@ -38,6 +38,36 @@ async fn a_stream_opened_on_one_instance_renews_and_ends_on_the_other() {
     assert_eq!(a.watch("/watch", "abc", None).await.status(), 200);
 }
 
+/// Issue #16 item 1 (Redis store): a stream streaming through A and ended through B: A
+/// learns of the end from Redis (`PUBLISH`) and cuts the response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ended_on_one_instance_is_cut_on_the_other() {
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let cfg = TestConfig::new(&origin)
+        .limit(3)
+        .redis(&redis.url(), "sg", "deny");
+    let a = Proxy::start(&cfg).await;
+    let b = Proxy::start(&cfg).await;
+    // Both subscribed to stream ends before the first DELETE.
+    let mut conn = redis.connection();
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let subs: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("sg:ended")
+            .query(&mut conn)
+            .unwrap();
+        if subs.first().is_some_and(|(_, n)| *n >= 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the proxies never subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ending_streams_cuts_their_responses(&origin, &a, &b).await;
+    assert_eq!(a.metric("streamgate_inflight_requests").await, 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_in_flight_on_one_instance_does_not_expire_for_the_other() {
     let redis = RedisServer::start();
@@ -142,6 +172,18 @@ async fn held_leases_lost_by_redis_are_written_back_ended_ones_are_not() {
     assert_eq!(ids.len(), 2, "{ids:?}");
     assert!(!ids.contains(&ended), "the ended stream was written back");
     origin.open_gate(3);
+    let mut held = held.into_iter();
+    let mut cut = held.next().unwrap();
+    assert!(
+        loop {
+            match cut.chunk().await {
+                Ok(Some(_)) => {}
+                Ok(None) => break false,
+                Err(_) => break true,
+            }
+        },
+        "the ended stream's response was cut"
+    );
     for mut r in held {
         while r.chunk().await.unwrap().is_some() {}
     }
@@ -488,7 +530,7 @@ async fn tls_to_an_untrusted_server_is_refused() {
 
 /// `store.refusal_cache`: a refused user's next opens are answered by the instance itself
 /// (counted), never admitted past the limit; a stream ended on that instance is seen at
-/// once, one ended on another instance only when the remembered refusal ends.
+/// once, one ended on another instance as soon as Redis tells of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remembered_refusals_never_admit_and_forget_local_ends_at_once() {
     let redis = RedisServer::start();
@@ -516,13 +558,25 @@ async fn remembered_refusals_never_admit_and_forget_local_ends_at_once() {
     );
     assert_eq!(a.metric(cached).await, 1.0);
 
-    // Ended on B: Redis has the slot free at once, A remembers its refusal for a while.
+    // Ended on B: Redis has the slot free at once, and A hears of it (the ends channel)
+    // and forgets its refusal: its next open asks Redis again.
     assert_eq!(b.delete("abc", &first).await.status(), 204);
-    assert_eq!(a.watch("/watch", "abc", None).await.status(), 401);
-    assert_eq!(a.metric(cached).await, 2.0);
-    let second = stream_id(&b.watch("/watch", "abc", None).await);
-    // Never past the limit: B's admission is the only live stream, A still refuses.
-    assert_eq!(a.watch("/watch", "abc", None).await.status(), 401);
+    a.eventually(
+        SETTLE,
+        "A forgets its refusal once it hears of the end",
+        || async { a.watch("/watch", "abc", None).await.status() == 200 },
+    )
+    .await;
+    // Never past the limit: one live stream, B refuses.
+    assert_eq!(b.watch("/watch", "abc", None).await.status(), 401);
+    let live: Vec<String> = redis::cmd("ZRANGE")
+        .arg("sg:{abc}:streams")
+        .arg(0)
+        .arg(-1)
+        .query(&mut redis.connection())
+        .unwrap();
+    assert_eq!(live.len(), 1, "{live:?}");
+    let second = live[0].clone();
 
     // Ended on A itself: forgotten at once.
     assert_eq!(a.delete("abc", &second).await.status(), 204);

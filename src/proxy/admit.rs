@@ -6,6 +6,7 @@
 //! one (`tests` below); `request_filter` writes the answer.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderValue, Method};
 use log::warn;
@@ -17,6 +18,10 @@ use crate::identity::{IdentityError, StreamId};
 use crate::lease::{HoldKind, LeaseHold};
 use crate::metrics::{Decision, StoreOp};
 use crate::store::{Opened, StoreError};
+
+/// How long a `DELETE` waits for the ended stream's requests in flight to stop. They stop
+/// at their next body chunk; one whose upstream sends nothing stops when it next does.
+const CUT_WAIT: Duration = Duration::from_secs(1);
 
 /// The request goes upstream.
 #[derive(Debug, PartialEq, Eq)]
@@ -214,12 +219,19 @@ impl StreamGate {
             return Answer::Identity(IdentityError::StreamIdRequired(header));
         };
         ctx.stream_id = Some(id);
+        // Its requests in flight here stop first, and the slot is given back once they
+        // have (other instances cut theirs when the store tells them of the end).
+        let cut = self.inflight.cut(user, id);
+        if cut > 0 && !self.inflight.wait_released(user, id, CUT_WAIT).await {
+            warn!("stream {id}: requests still in flight {CUT_WAIT:?} after it was ended");
+        }
+        // A cut opening request gave the lease back as it failed: ended all the same.
         match self.timed(StoreOp::End, self.store.end(user, id)).await {
-            Ok(true) => {
+            Ok(ended) if ended || cut > 0 => {
                 self.decided(ctx, Decision::Ended);
                 Answer::Ended
             }
-            Ok(false) => Answer::StreamNotFound,
+            Ok(_) => Answer::StreamNotFound,
             Err(e) => self.store_failed(e),
         }
     }
@@ -248,7 +260,7 @@ mod tests {
             &config,
             store,
             metrics,
-            crate::drain::Drain::new(std::time::Duration::ZERO, std::time::Duration::ZERO),
+            crate::drain::Drain::new(Duration::ZERO, Duration::ZERO),
         )
         .unwrap()
     }

@@ -89,6 +89,9 @@ pub struct StreamGate {
     user_tags: UserTags,
 }
 
+/// The error that stops a response whose stream was ended while it was served.
+const STREAM_ENDED: &str = "StreamEnded";
+
 /// Per-request state, from `new_ctx` to `logging`.
 pub struct RequestCtx {
     start: Instant,
@@ -116,6 +119,12 @@ pub struct RequestCtx {
 }
 
 impl StreamGate {
+    /// The table of requests in flight per stream, which stream ends reaching this
+    /// instance from the store cut (see [`crate::inflight`]).
+    pub(crate) fn inflight(&self) -> Arc<StreamInflight> {
+        self.inflight.clone()
+    }
+
     pub fn new(
         config: &Config,
         store: Arc<dyn StreamStore>,
@@ -413,6 +422,12 @@ impl ProxyHttp for StreamGate {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if ctx.slot.as_ref().is_some_and(|s| s.is_cut()) {
+            // The stream was ended (`DELETE`, here or on another instance): the rest of
+            // this response is not served, and the client sees the connection close.
+            *body = None;
+            return Error::e_explain(ErrorType::Custom(STREAM_ENDED), "the stream was ended");
+        }
         if let Some(m) = ctx.manifest.as_mut() {
             m.on_body(&self.tagger, body, end_of_stream);
         }
@@ -426,11 +441,12 @@ impl ProxyHttp for StreamGate {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let f = failure::classify(e.etype(), e.esource());
+        let ended = *e.etype() == ErrorType::Custom(STREAM_ENDED);
         // Our own line instead of Pingora's ERROR (`suppress_error_log`): stable fields, the
         // path without its query, and a client that left is not an error.
         {
             let req = session.req_header();
-            let level = if f.status == 0 {
+            let level = if f.status == 0 || ended {
                 log::Level::Debug
             } else {
                 log::Level::Warn

@@ -125,11 +125,21 @@ pub trait StreamStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Streams ended through other instances sharing this store, as they end: `on_end(user,
+    /// id)` for each, so this instance cuts their requests in flight. Runs until dropped;
+    /// a store no other instance uses has nothing to follow (the default waits forever).
+    async fn follow_ends(&self, _on_end: &OnEnd<'_>) {
+        std::future::pending::<()>().await
+    }
+
     /// Periodic housekeeping (evict expired users, settle gauges). The memory store also
     /// extends the deadlines of users with a request in flight here, so a server must call
     /// it at least every quarter of the lease TTL (`server.rs` does).
     fn maintain(&self) {}
 }
+
+/// What a store calls for each stream ended elsewhere ([`StreamStore::follow_ends`]).
+pub type OnEnd<'a> = dyn for<'u> Fn(&'u str, StreamId) + Send + Sync + 'a;
 
 /// Whole seconds for a `Retry-After` header: rounded up, at least 1.
 pub fn retry_after_secs(d: Duration) -> u64 {

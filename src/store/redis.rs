@@ -34,7 +34,7 @@ use redis::{RedisError, Script, ScriptInvocation};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use super::{LeaseCounters, LeaseInfo, Opened, StoreError, StreamStore};
+use super::{LeaseCounters, LeaseInfo, OnEnd, Opened, StoreError, StreamStore};
 use crate::identity::StreamId;
 
 /// Common preamble: Redis time in ms, and prune leases that have run out.
@@ -98,13 +98,17 @@ touch()
 return {2, expired}
 "#;
 
-/// ARGV: id, ttl_ms. Removes a lease and leaves a tombstone for one TTL. Returns
-/// {removed 0|1, expired}.
+/// ARGV: id, ttl_ms, channel, user. Removes a lease, leaves a tombstone for one TTL, and
+/// tells every instance (`PUBLISH "<id> <user>"`) so they cut its requests in flight.
+/// Returns {removed 0|1, expired}.
 const END: &str = r#"
 local ok = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + 1000)
+if ok == 1 then
+  redis.call('PUBLISH', ARGV[3], ARGV[1] .. ' ' .. ARGV[4])
+end
 return {ok, expired}
 "#;
 
@@ -246,6 +250,19 @@ impl RedisStore {
         format!("{}:{{{}}}:streams", self.prefix, user)
     }
 
+    /// Where ends are published, for every instance of this deployment.
+    fn ends_channel(&self) -> String {
+        format!("{}:ended", self.prefix)
+    }
+
+    /// A client for `url`, with the configured CA for `rediss://`.
+    fn client(&self, url: &str) -> Result<redis::Client, RedisError> {
+        match self.certs() {
+            Some(certs) => redis::Client::build_with_tls(url, certs),
+            None => redis::Client::open(url),
+        }
+    }
+
     /// The user's tombstones: streams ended on purpose, for one TTL (same hash slot).
     pub fn ended_key(&self, user: &str) -> String {
         format!("{}:{{{}}}:ended", self.prefix, user)
@@ -257,10 +274,7 @@ impl RedisStore {
             .get_or_try_init(|| async {
                 match &self.target {
                     Target::Single(url) => {
-                        let client = match self.certs() {
-                            Some(certs) => redis::Client::build_with_tls(url.as_str(), certs)?,
-                            None => redis::Client::open(url.as_str())?,
-                        };
+                        let client = self.client(url)?;
                         let config = ConnectionManagerConfig::new()
                             .set_connection_timeout(self.timeout)
                             .set_response_timeout(self.timeout)
@@ -366,7 +380,9 @@ impl RedisStore {
             .arg(self.key(user))
             .arg(self.ended_key(user))
             .arg(id.to_string())
-            .arg(self.ttl_ms);
+            .arg(self.ttl_ms)
+            .arg(self.ends_channel())
+            .arg(user);
         let (ttl_ms, timeout) = (self.ttl_ms, self.timeout);
         rt.spawn(async move {
             let _permit = permit;
@@ -386,7 +402,9 @@ impl RedisStore {
         inv.key(self.key(user))
             .key(self.ended_key(user))
             .arg(id.to_string())
-            .arg(self.ttl_ms);
+            .arg(self.ttl_ms)
+            .arg(self.ends_channel())
+            .arg(user);
         let (ok, expired): (i64, i64) = self.invoke(inv).await?;
         self.count_expired(expired);
         Ok(ok == 1)
@@ -491,6 +509,57 @@ impl StreamStore for RedisStore {
 
     fn hold_refresh_interval(&self) -> Option<Duration> {
         Some(Duration::from_millis((self.ttl_ms / 3).max(10)))
+    }
+
+    /// Subscribe to the ends channel, on the server (or a cluster node in turn: plain
+    /// `PUBLISH` reaches every node of a cluster), and again after losing it. Ends
+    /// published while the subscription is down are missed: their requests in flight on
+    /// this instance run to their own end.
+    async fn follow_ends(&self, on_end: &OnEnd<'_>) {
+        use futures_util::StreamExt;
+        let urls = match &self.target {
+            Target::Single(url) => vec![url.clone()],
+            Target::Cluster(nodes) => nodes.clone(),
+        };
+        let channel = self.ends_channel();
+        let mut was_up = true;
+        for url in urls.iter().cycle() {
+            let subscribed = async {
+                let mut pubsub = self.client(url)?.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, RedisError>(pubsub)
+            };
+            match tokio::time::timeout(self.timeout.max(Duration::from_secs(1)), subscribed).await {
+                Ok(Ok(pubsub)) => {
+                    if !was_up {
+                        log::info!("following stream ends again");
+                    }
+                    was_up = true;
+                    let mut messages = pubsub.into_on_message();
+                    while let Some(msg) = messages.next().await {
+                        let Ok(payload) = msg.get_payload::<String>() else {
+                            continue;
+                        };
+                        let parsed = payload
+                            .split_once(' ')
+                            .and_then(|(id, user)| Some((Uuid::parse_str(id).ok()?, user)));
+                        if let Some((id, user)) = parsed {
+                            on_end(user, id);
+                        }
+                    }
+                }
+                Ok(Err(e)) if was_up => {
+                    log::warn!("cannot follow stream ends: {}", unavailable(e));
+                    was_up = false;
+                }
+                Err(_) if was_up => {
+                    log::warn!("cannot follow stream ends: {}", StoreError::Timeout);
+                    was_up = false;
+                }
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     async fn refresh(&self, user: &str, id: StreamId) -> Result<(), StoreError> {

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use moka::sync::Cache;
 use prometheus::IntCounter;
 
-use super::{LeaseInfo, Opened, StoreError, StreamStore};
+use super::{LeaseInfo, OnEnd, Opened, StoreError, StreamStore};
 use crate::identity::StreamId;
 
 /// Most users remembered at once; beyond it moka evicts the least recently used (which
@@ -190,6 +190,15 @@ impl StreamStore for RefusalCache {
 
     async fn refresh(&self, user: &str, id: StreamId) -> Result<(), StoreError> {
         self.inner.refresh(user, id).await
+    }
+
+    async fn follow_ends(&self, on_end: &OnEnd<'_>) {
+        // A slot freed elsewhere: this instance's remembered refusal is out of date too.
+        let forget_then = |user: &str, id: StreamId| {
+            self.forget(user);
+            on_end(user, id);
+        };
+        self.inner.follow_ends(&forget_then).await
     }
 
     fn maintain(&self) {

@@ -756,6 +756,63 @@ pub async fn json_body(r: reqwest::Response) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
+/// Issue #16 item 1, on any store: three rounds of "open three streams on a slow 6 s body
+/// through `open_on`, `DELETE` each through `delete_on`". Each ended stream's response is
+/// cut (the client's body ends in an error long before 6 s), the origin stops serving it,
+/// and the origin never serves the user more than the limit (3) at once.
+pub async fn ending_streams_cuts_their_responses(
+    origin: &Origin,
+    open_on: &Proxy,
+    delete_on: &Proxy,
+) {
+    let user = "cut-me";
+    for round in 0..3 {
+        let mut bodies = Vec::new();
+        for _ in 0..3 {
+            let r = open_on
+                .watch("/watch/slow?chunks=60&ms=100", user, None)
+                .await;
+            assert_eq!(r.status(), 200, "round {round}: the slot was free again");
+            bodies.push(r);
+        }
+        let started = std::time::Instant::now();
+        for r in &bodies {
+            let d = delete_on.delete(user, &stream_id(r)).await;
+            let st = d.status();
+            assert_eq!(st, 204, "{}", d.text().await.unwrap());
+        }
+        for mut r in bodies {
+            let mut read = 0;
+            let cut = loop {
+                match r.chunk().await {
+                    Ok(Some(c)) => read += c.len(),
+                    Ok(None) => break false,
+                    Err(_) => break true,
+                }
+            };
+            assert!(
+                cut,
+                "round {round}: the whole body was served ({read} bytes)"
+            );
+        }
+        // Within a couple of seconds, not the body's 6 (generous for a loaded debug build;
+        // the cut itself comes at the next 100 ms chunk).
+        let deadline = started + Duration::from_secs(3);
+        while origin.live_streams(user) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the origin still serves an ended stream"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert!(
+        origin.max_concurrent(user) <= 3,
+        "the origin served {} bodies to one user at once",
+        origin.max_concurrent(user)
+    );
+}
+
 /// Send raw bytes and read whatever comes back until the peer closes or `within` passes.
 pub async fn raw(addr: SocketAddr, request: &[u8], within: Duration) -> String {
     let mut s = TcpStream::connect(addr).await.expect("connect");
