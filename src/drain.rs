@@ -26,6 +26,8 @@ use pingora::server::{ExecutionPhase, ShutdownSignal, ShutdownSignalWatch, Shutd
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::broadcast;
 
+use crate::access_log::AccessLog;
+
 /// How long a connection accepted just before the listeners closed gets to send its
 /// request head (at most half the drain time).
 pub const FIRST_REQUEST_WAIT: Duration = Duration::from_millis(500);
@@ -137,15 +139,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Draining<A> {
 /// - `SIGTERM`: drain, then stop: accept for `grace_period` while `/ready` fails, then
 ///   close the listeners and serve what is in flight.
 /// - `SIGQUIT`: hand the listeners to a new process (`--upgrade`), then drain.
-/// - `SIGHUP`, `SIGUSR1`, `SIGUSR2`: logged and ignored (a config reload is not built:
-///   apply a change with `--upgrade`).
+/// - `SIGUSR1`: reopen the access log file (after logrotate moved it).
+/// - `SIGHUP`, `SIGUSR2`: logged and ignored (a config reload is not built: apply a change
+///   with `--upgrade`).
 pub struct Signals {
     drain: Arc<Drain>,
+    access_log: AccessLog,
 }
 
 impl Signals {
-    pub fn new(drain: Arc<Drain>) -> Self {
-        Self { drain }
+    pub fn new(drain: Arc<Drain>, access_log: AccessLog) -> Self {
+        Self { drain, access_log }
     }
 }
 
@@ -176,7 +180,11 @@ impl ShutdownSignalWatch for Signals {
                 }
                 _ = term.recv() => break,
                 _ = hup.recv() => "SIGHUP",
-                _ = usr1.recv() => "SIGUSR1",
+                _ = usr1.recv() => {
+                    info!("SIGUSR1: reopening the access log");
+                    self.access_log.reopen();
+                    continue;
+                }
                 _ = usr2.recv() => "SIGUSR2",
             };
             info!("{name} ignored: streamgate does not reload its config; restart it or start a new one with --upgrade");
@@ -199,7 +207,11 @@ impl ShutdownSignalWatch for Signals {
 /// Start the thread that ends the process once a graceful stop has drained: after the
 /// listeners closed, nothing in flight. Past `graceful_shutdown_timeout` Pingora cuts what
 /// is left, and this thread says how much.
-pub fn exit_when_drained(drain: Arc<Drain>, mut phases: broadcast::Receiver<ExecutionPhase>) {
+pub fn exit_when_drained(
+    drain: Arc<Drain>,
+    mut phases: broadcast::Receiver<ExecutionPhase>,
+    access_log: AccessLog,
+) {
     let watch = move || {
         loop {
             match phases.blocking_recv() {
@@ -216,6 +228,7 @@ pub fn exit_when_drained(drain: Arc<Drain>, mut phases: broadcast::Receiver<Exec
                 "drained in {:?}: nothing in flight, exiting",
                 closed.elapsed()
             );
+            access_log.flush(Duration::from_secs(1));
             std::process::exit(0);
         }
         warn!(

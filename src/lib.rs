@@ -4,6 +4,7 @@
 //! that integration tests build and run the very same server. The modules are named after
 //! what they decide; see the README's file map.
 
+mod access_log;
 pub mod cli;
 pub mod config;
 mod demo;

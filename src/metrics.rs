@@ -122,6 +122,8 @@ pub struct Metrics {
     /// 1 while the store answered its last background health check (always 1 for the
     /// memory store).
     pub store_up: IntGauge,
+    /// Access lines dropped because the writer fell behind (its queue was full).
+    pub access_log_dropped: IntCounter,
     /// Manifests by kind (`hls`, `dash`) and outcome (`rewritten`, `too_large`, `unchanged`).
     pub manifests: IntCounterVec,
     handles: Handles,
@@ -187,6 +189,10 @@ impl Metrics {
             store_errors: IntCounterVec::new(
                 Opts::new("streamgate_store_errors_total", "Store failures by kind."),
                 &["kind"],
+            )?,
+            access_log_dropped: IntCounter::new(
+                "streamgate_access_log_dropped_total",
+                "Access lines dropped because the log writer's queue was full.",
             )?,
             store_up: IntGauge::new(
                 "streamgate_store_up",
@@ -254,6 +260,7 @@ impl Metrics {
         registry.register(Box::new(m.store_errors.clone()))?;
         registry.register(Box::new(m.cached_refusals.clone()))?;
         registry.register(Box::new(m.store_up.clone()))?;
+        registry.register(Box::new(m.access_log_dropped.clone()))?;
         registry.register(Box::new(m.manifests.clone()))?;
         Ok(m)
     }

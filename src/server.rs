@@ -13,6 +13,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use prometheus::Registry;
 
+use crate::access_log::AccessLog;
 use crate::config::{Config, StoreKind};
 use crate::demo::DemoOrigin;
 use crate::drain::{Drain, Draining, Signals};
@@ -33,6 +34,8 @@ pub enum BuildError {
     #[cfg(feature = "tls")]
     #[error("tls: {0}")]
     Tls(Box<pingora::Error>),
+    #[error("log.access: cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
     #[error("{key}: cannot listen on {addr}: {source}")]
     Listen {
         key: &'static str,
@@ -117,16 +120,22 @@ pub struct Launch<'a> {
 pub struct Built {
     pub server: Server,
     drain: Arc<Drain>,
+    access_log: AccessLog,
 }
 
 impl Built {
     /// Run until a signal stops it, as the binary does: streamgate's own signal handling
     /// and the exit once a graceful stop has drained (src/drain.rs).
     pub fn run_forever(self) -> ! {
-        crate::drain::exit_when_drained(self.drain.clone(), self.server.watch_execution_phase());
+        crate::drain::exit_when_drained(
+            self.drain.clone(),
+            self.server.watch_execution_phase(),
+            self.access_log.clone(),
+        );
         self.server.run(RunArgs {
-            shutdown_signal: Box::new(Signals::new(self.drain)),
+            shutdown_signal: Box::new(Signals::new(self.drain, self.access_log.clone())),
         });
+        self.access_log.flush(LAST_LINES);
         std::process::exit(0)
     }
 }
@@ -152,8 +161,16 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
         config.server.grace_period,
         config.server.graceful_shutdown_timeout,
     );
-    let gate = StreamGate::new(config, store.clone(), metrics, drain.clone())
-        .map_err(BuildError::Upstream)?;
+    let access_log = AccessLog::start(&config.log, metrics.access_log_dropped.clone())
+        .map_err(BuildError::AccessLog)?;
+    let gate = StreamGate::new(
+        config,
+        store.clone(),
+        metrics,
+        drain.clone(),
+        access_log.clone(),
+    )
+    .map_err(BuildError::Upstream)?;
     let inflight = gate.inflight();
     let app = Draining::new(
         pingora::proxy::http_proxy(&server.configuration, gate),
@@ -209,7 +226,11 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
         svc.add_tcp(addr);
         server.add_service(svc);
     }
-    Ok(Built { server, drain })
+    Ok(Built {
+        server,
+        drain,
+        access_log,
+    })
 }
 
 /// Streams ended through other instances: their requests in flight here are cut.
@@ -230,6 +251,9 @@ impl BackgroundService for FollowEnds {
         }
     }
 }
+
+/// How long an exiting process waits for its last access lines to be written.
+const LAST_LINES: Duration = Duration::from_secs(1);
 
 /// How often store housekeeping runs.
 const HOUSEKEEPING_TICK: Duration = Duration::from_millis(10);

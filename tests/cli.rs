@@ -610,6 +610,100 @@ async fn a_wrong_redis_password_is_reported_as_authentication_failed() {
     assert_eq!(lines.len(), 1, "one line at start: {log}");
 }
 
+/// Issue #16 items 14 and 9: the access log to a file, as JSON; `SIGUSR1` reopens it after
+/// a rotation (the old file keeps what was written before, the new one gets the rest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_to_a_file_in_json_reopens_on_sigusr1() {
+    let origin = common::Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("access.log");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = write_config(&format!(
+        "[server]\nlisten = [\"{listen}\"]\n[upstream]\naddrs = [\"{}\"]\n\
+         [metrics]\nlisten = \"127.0.0.1:{}\"\n[log]\naccess = \"{}\"\nformat = \"json\"\n",
+        origin.addr,
+        free_port(),
+        file.display()
+    ));
+    let mut proxy = Running(
+        streamgate()
+            .arg("--config")
+            .arg(config.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while health_on_a_new_connection(&listen).await != 200 {
+        assert!(Instant::now() < deadline, "the proxy did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lines_of = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    let watched = |path: &'static str| {
+        let listen = listen.clone();
+        async move {
+            reqwest::Client::new()
+                .get(format!("http://{listen}{path}"))
+                .header("Session-Id", "json-user")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(watched("/watch/before.ts").await, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lines_of(&file)
+        .iter()
+        .any(|l| l["path"] == "/watch/before.ts")
+    {
+        assert!(Instant::now() < deadline, "the line never reached the file");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let line = lines_of(&file)
+        .into_iter()
+        .find(|l| l["path"] == "/watch/before.ts")
+        .unwrap();
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["route"], "watch");
+    assert_eq!(line["decision"], "admitted");
+    assert_eq!(line["user"].as_str().map(str::len), Some(12));
+
+    // logrotate: move the file away, then SIGUSR1.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&file, &rotated).unwrap();
+    proxy.signal(libc::SIGUSR1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "SIGUSR1 did not reopen the log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(watched("/watch/after.ts").await, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lines_of(&file)
+        .iter()
+        .any(|l| l["path"] == "/watch/after.ts")
+    {
+        assert!(Instant::now() < deadline, "no line in the reopened file");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!lines_of(&rotated)
+        .iter()
+        .any(|l| l["path"] == "/watch/after.ts"));
+    assert!(
+        proxy.0.try_wait().unwrap().is_none(),
+        "SIGUSR1 did not stop it"
+    );
+}
+
 #[cfg(not(feature = "tls"))]
 #[test]
 fn https_listeners_need_the_tls_feature() {

@@ -24,6 +24,37 @@ pub struct Config {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub tls: TlsSection,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// The access log (`[log]`): one line per request, written by its own thread.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `"stderr"`, `"off"`, or a file path (appended to; `SIGUSR1` reopens it, for
+    /// logrotate).
+    pub access: String,
+    pub format: LogFormat,
+}
+
+/// How an access line is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `key=value` pairs.
+    Logfmt,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            access: "stderr".into(),
+            format: LogFormat::Logfmt,
+        }
+    }
 }
 
 /// HTTPS listeners (`[tls]`); none by default.

@@ -16,6 +16,12 @@ impl Config {
         self.streams.validate(&self.identity)?;
         self.store.validate()?;
         self.metrics.validate(&self.server, &self.tls.listen)?;
+        if self.log.access.is_empty() || self.log.access.contains('\0') {
+            return Err(KeyError::new(
+                "log.access",
+                "must be \"stderr\", \"off\" or a file path",
+            ));
+        }
         Ok(self)
     }
 }

@@ -261,6 +261,7 @@ mod tests {
             store,
             metrics,
             crate::drain::Drain::new(Duration::ZERO, Duration::ZERO),
+            crate::access_log::AccessLog::off(prometheus::IntCounter::new("d", "d").unwrap()),
         )
         .unwrap()
     }

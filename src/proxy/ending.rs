@@ -1,11 +1,13 @@
 //! How a request ends, which every request reaches (Pingora's `logging` phase): whether
 //! its stream goes back, what is counted, and the access-log line.
 
-use log::info;
+use std::time::SystemTime;
+
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use super::{failure, RequestCtx, StreamGate};
+use crate::access_log::Record;
 use crate::metrics::Decision;
 
 /// Whether a request failed in a way that gives an opened stream back at once: an answer
@@ -55,33 +57,20 @@ impl StreamGate {
         let elapsed = ctx.start.elapsed();
         self.metrics.request_done(ctx.route, status, elapsed);
         let req = session.req_header();
-        info!(
-            target: "streamgate::access",
-            "method={} path={} status={} route={} user={} stream={} via={} decision={} upstream_status={} duration_ms={:.3}{}",
-            req.method,
-            req.uri.path(),
+        self.access_log.log(Record {
+            at: SystemTime::now(),
+            method: req.method.clone(),
+            path: req.uri.path().to_string(),
             status,
-            ctx.route.label(),
-            UserField(ctx.user.as_deref().map(|u| self.user_tags.tag(u))),
-            ctx.stream_id.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-            ctx.via.label(),
-            ctx.decision.map(Decision::label).unwrap_or("-"),
-            ctx.upstream_status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-            elapsed.as_secs_f64() * 1000.0,
-            e.map(|e| format!(" error=\"{}\"", e.etype().as_str())).unwrap_or_default(),
-        );
-    }
-}
-
-/// `user=` in the access log: the user's tag, or `-`.
-struct UserField(Option<crate::identity::UserTag>);
-
-impl std::fmt::Display for UserField {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(tag) => tag.fmt(f),
-            None => f.write_str("-"),
-        }
+            route: ctx.route.label(),
+            user: ctx.user.as_deref().map(|u| self.user_tags.tag(u)),
+            stream: ctx.stream_id,
+            via: ctx.via.label(),
+            decision: ctx.decision.map(Decision::label),
+            upstream_status: ctx.upstream_status,
+            duration: elapsed,
+            error: e.map(|e| e.etype().as_str()),
+        });
     }
 }
 

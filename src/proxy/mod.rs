@@ -27,6 +27,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use self::answer::Answer;
 use self::ending::hold_failed;
+use crate::access_log::AccessLog;
 use crate::config::{Config, OtherPaths};
 use crate::drain::{Drain, InFlight};
 use crate::framing;
@@ -83,6 +84,7 @@ pub struct StreamGate {
     redirect_manifests: bool,
     inflight: Arc<StreamInflight>,
     drain: Arc<Drain>,
+    access_log: AccessLog,
     /// `identity.echo`: send the session id back on admitted answers.
     echo_session: bool,
     /// How users appear in log lines (never their session id).
@@ -130,6 +132,7 @@ impl StreamGate {
         store: Arc<dyn StreamStore>,
         metrics: Metrics,
         drain: Arc<Drain>,
+        access_log: AccessLog,
     ) -> std::io::Result<Self> {
         let header = |name: &str| {
             HeaderName::from_bytes(name.as_bytes())
@@ -179,6 +182,7 @@ impl StreamGate {
             redirect_manifests: config.streams.redirect_manifests,
             inflight: StreamInflight::new(config.streams.max_inflight_per_stream),
             drain,
+            access_log,
             echo_session: config.identity.echo,
             user_tags: UserTags::default(),
         })

@@ -506,6 +506,9 @@ max_users = {max_users}
 [metrics]
 listen = "{metrics}"
 
+[log]
+access = "off"
+
 {tls}"#,
             other = self.other_paths,
             ups = ups.join(", "),
