@@ -49,10 +49,11 @@ PORTS = {
     "passthrough": 18003,
     "redis-store": 18004,
     "bare-pingora": 18005,
+    "access-log": 18006,
     "nginx": 18002,
     "redis": 18379,
 }
-METRICS = {"streamgate": 19001, "passthrough": 19003, "redis-store": 19004}
+METRICS = {"streamgate": 19001, "passthrough": 19003, "redis-store": 19004, "access-log": 19006}
 
 started = []
 
@@ -171,6 +172,10 @@ work_stealing = {stealing}
 [upstream]
 addrs = ["127.0.0.1:{origin}"]
 keepalive_pool_size = 1024
+[identity]
+# The players' Lua tells answers apart by the echoed Session-Id (wrk's response() does not
+# say which request it answers); the product's default is not to echo it.
+echo = true
 [streams]
 routes = [{routes}]
 limit = 3
@@ -179,6 +184,8 @@ lease_ttl = "60s"
 {store}
 [metrics]
 listen = "127.0.0.1:{metrics}"
+[log]
+access = "{access}"
 """
 
 LUA_RANDOM_USERS = """
@@ -386,13 +393,15 @@ def store_latency(metrics_port):
     return out
 
 
-def streamgate_conf(d, name, port, origin, store, routes, args):
-    """Write the config of one streamgate target; server settings come from the options."""
+def streamgate_conf(d, name, port, origin, store, routes, args, access="off"):
+    """Write the config of one streamgate target; server settings come from the options.
+    The access log is off (as the nginx peer's is) except on the `access-log` target."""
     server_extra = "" if args.read_buffer is None else f"read_buffer = {args.read_buffer}"
     path = os.path.join(d, f"{name}.toml")
     with open(path, "w") as f:
         f.write(STREAMGATE_CONF.format(port=port, origin=origin, store=store, routes=routes,
                                        metrics=METRICS[name], threads=args.threads, server_extra=server_extra,
+                                       access=access,
                                        stealing=str(not args.no_stealing).lower()))
     return path
 
@@ -468,6 +477,9 @@ def main():
         commands["nginx"] = (["nginx", "-p", d, "-c", os.path.join(d, "peer.conf")], None)
         sg = [args.binary, "--config"]
         commands["streamgate"] = (sg + [streamgate_conf(d, "streamgate", PORTS["streamgate"], PORTS["origin"], mem, '"/watch"', args)], env)
+        # The same as `streamgate`, writing an access line per request to a file.
+        commands["access-log"] = (sg + [streamgate_conf(d, "access-log", PORTS["access-log"], PORTS["origin"], mem, '"/watch"', args,
+                                                        access=os.path.join(d, "access.log"))], env)
         commands["passthrough"] = (sg + [streamgate_conf(d, "passthrough", PORTS["passthrough"], PORTS["origin"], mem, '"/limiter-off"', args)], env)
         if shutil.which("redis-server"):
             start(["redis-server", "--port", str(PORTS["redis"]), "--bind", "127.0.0.1", "--save", "",

@@ -122,20 +122,8 @@ fn a_config_that_is_not_a_regular_file_exits_2_at_once() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("--check on a FIFO still running after 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (status, stderr) = finished(&mut child, "--check on a FIFO still running after 10 s");
     assert_eq!(status.code(), Some(2));
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("not a regular file"), "{stderr}");
 }
 
@@ -158,20 +146,11 @@ fn a_taken_listen_address_exits_2_naming_key_and_address() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("still running after 10 s with its address taken");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (status, stderr) = finished(
+        &mut child,
+        "still running after 10 s with its address taken",
+    );
     assert_eq!(status.code(), Some(2));
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("server.listen"), "{stderr}");
     assert!(stderr.contains(&addr), "{stderr}");
@@ -188,6 +167,34 @@ fn flags_override_the_file_and_are_validated_too() {
     assert!(stderr.contains("server.listen"), "{stderr}");
     let (code, _, _, _) = check(VALID, &["--limit", "5", "--upstream", "127.0.0.1:9"]);
     assert_eq!(code, 0);
+}
+
+/// Wait until `/health` answers 200 on a fresh connection (15 s at most).
+async fn until_healthy(listen: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while health_on_a_new_connection(listen).await != 200 {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Wait (10 s at most, then kill it and fail with `what`) for `child` to exit: its status
+/// and what it wrote to stderr (piped).
+fn finished(child: &mut std::process::Child, what: &str) -> (std::process::ExitStatus, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
 }
 
 /// Kills the child it holds (by PID, through `Child`) when dropped.
@@ -314,14 +321,7 @@ async fn upgrade_takes_the_sockets_over_without_refusing_a_connection() {
             .unwrap()
     };
     let mut old = Running(start(&[]));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while health_on_a_new_connection(&listen).await != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "the first instance did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_healthy(&listen, "the first instance did not start").await;
 
     // Health checks on fresh connections run through the whole handover.
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -393,11 +393,7 @@ async fn sigterm_drains_a_stream_in_flight_and_exits_once_it_ends() {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while health_on_a_new_connection(&listen).await != 200 {
-        assert!(Instant::now() < deadline, "the proxy did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_healthy(&listen, "the proxy did not start").await;
     for sig in [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
         proxy.signal(sig);
         assert_eq!(
@@ -483,11 +479,7 @@ async fn logs_and_answers_never_show_the_session_id() {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while health_on_a_new_connection(&listen).await != 200 {
-        assert!(Instant::now() < deadline, "the proxy did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_healthy(&listen, "the proxy did not start").await;
     const SECRET: &str = "secret-session-4f1d";
     let client = reqwest::Client::new();
     let get = |path: &str| {
@@ -585,11 +577,7 @@ async fn a_wrong_redis_password_is_reported_as_authentication_failed() {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while health_on_a_new_connection(&listen).await != 200 {
-        assert!(Instant::now() < deadline, "the proxy did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_healthy(&listen, "the proxy did not start").await;
     let ready = reqwest::get(format!("http://{listen}/ready"))
         .await
         .unwrap();
@@ -635,11 +623,7 @@ async fn access_log_to_a_file_in_json_reopens_on_sigusr1() {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while health_on_a_new_connection(&listen).await != 200 {
-        assert!(Instant::now() < deadline, "the proxy did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_healthy(&listen, "the proxy did not start").await;
     let lines_of = |path: &std::path::Path| -> Vec<serde_json::Value> {
         std::fs::read_to_string(path)
             .unwrap_or_default()
