@@ -263,6 +263,13 @@ def wrk(port, path, users, conns, duration, threads=1):
     return parse_wrk(out)
 
 
+def cpu_seconds(pid):
+    """User + system CPU time a process (all its threads) has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def to_ms(v):
     m = re.match(r"([\d.]+)(us|ms|s)", v)
     n, unit = float(m.group(1)), m.group(2)
@@ -533,12 +540,16 @@ def main():
                 conns = args.conns if "MiB" not in shape else 16
                 for name in targets:
                     errs = store_errors(METRICS[name]) if name in METRICS else 0
+                    cpu = cpu_seconds(targets[name].pid)
                     r = wrk(PORTS[name], path, users, conns, args.duration)
                     r["store_errors"] = (store_errors(METRICS[name]) if name in METRICS else 0) - errs
+                    # CPU per request: less swayed than req/s by a noisy neighbour's steal.
+                    r["cpu_us"] = (cpu_seconds(targets[name].pid) - cpu) / max(r["requests"], 1) * 1e6
                     results[name][shape].append(r)
                     print(f"round {rnd + 1} {name:12} {shape:32} {r['rps']:9.0f} req/s "
                           f"{r['mbs']:8.1f} MB/s p50 {r['p50']:.2f} ms p99 {r['p99']:.2f} ms "
-                          f"non-2xx {r['non2xx']} errors {r['errors']} store errors {r['store_errors']}", flush=True)
+                          f"non-2xx {r['non2xx']} errors {r['errors']} store errors {r['store_errors']} "
+                          f"cpu {r['cpu_us']:.1f} us/req", flush=True)
         latency = {name: store_latency(METRICS[name]) for name in targets if name in METRICS}
         for proc in targets.values():
             halt(proc)
