@@ -256,7 +256,9 @@ struct LogfmtValue<'a>(&'a str);
 impl std::fmt::Display for LogfmtValue<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let v = self.0;
-        if v.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\') {
+        if v.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'=' && b != b'\\')
+        {
             return f.write_str(v);
         }
         f.write_char('"')?;

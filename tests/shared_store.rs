@@ -38,6 +38,23 @@ async fn a_stream_opened_on_one_instance_renews_and_ends_on_the_other() {
     assert_eq!(a.watch("/watch", "abc", None).await.status(), 200);
 }
 
+/// Wait until `n` clients of this server follow the stream ends channel.
+async fn await_subscribers(conn: &mut redis::Connection, n: i64) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let subs: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("sg:ended")
+            .query(conn)
+            .unwrap();
+        if subs.first().is_some_and(|(_, count)| *count >= n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the proxies never subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Issue #16 item 1 (Redis store): a stream streaming through A and ended through B: A
 /// learns of the end from Redis (`PUBLISH`) and cuts the response.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,20 +67,7 @@ async fn a_stream_ended_on_one_instance_is_cut_on_the_other() {
     let a = Proxy::start(&cfg).await;
     let b = Proxy::start(&cfg).await;
     // Both subscribed to stream ends before the first DELETE.
-    let mut conn = redis.connection();
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let subs: Vec<(String, i64)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg("sg:ended")
-            .query(&mut conn)
-            .unwrap();
-        if subs.first().is_some_and(|(_, n)| *n >= 2) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the proxies never subscribed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_subscribers(&mut redis.connection(), 2).await;
     ending_streams_cuts_their_responses(&origin, &a, &b).await;
     assert_eq!(a.metric("streamgate_inflight_requests").await, 0.0);
 }
@@ -415,6 +419,22 @@ async fn a_redis_cluster_keeps_the_limit_exact() {
     for user in ["crowd-1", "crowd-2", "crowd-3"] {
         assert_eq!(crowd(&[&a, &b], user).await, (3, 197), "{user}");
     }
+}
+
+/// Item 1 on a Redis Cluster: the end is published from the user's shard, the proxies
+/// follow the channel on the first seed node, and plain `PUBLISH` reaches every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_carries_stream_ends_to_every_instance() {
+    let cluster = RedisCluster::start();
+    let origin = Origin::start().await;
+    let cfg = TestConfig::new(&origin)
+        .limit(3)
+        .redis_cluster(&cluster.urls(), "sg");
+    let a = Proxy::start(&cfg).await;
+    let b = Proxy::start(&cfg).await;
+    let seed = redis::Client::open(cluster.urls()[0].as_str()).unwrap();
+    await_subscribers(&mut seed.get_connection().unwrap(), 2).await;
+    ending_streams_cuts_their_responses(&origin, &a, &b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
