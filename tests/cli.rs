@@ -377,7 +377,7 @@ async fn sigterm_drains_a_stream_in_flight_and_exits_once_it_ends() {
     let origin = common::Origin::start().await;
     let listen = format!("127.0.0.1:{}", free_port());
     let config = write_config(&format!(
-        "[server]\nlisten = [\"{listen}\"]\ngrace_period = \"1s\"\n\
+        "[server]\nlisten = [\"{listen}\"]\ngrace_period = \"2s\"\n\
          graceful_shutdown_timeout = \"20s\"\n[upstream]\naddrs = [\"{}\"]\n\
          [metrics]\nlisten = \"127.0.0.1:{}\"\n",
         origin.addr,
