@@ -110,7 +110,7 @@ pub struct ServerSection {
     #[serde(with = "humantime_serde")]
     pub downstream_read_timeout: Duration,
     /// On SIGTERM: how long to keep accepting (while `/ready` fails) before the listeners
-    /// close.
+    /// close (docs/tuning.md#stopping).
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
     /// On a stop (SIGTERM, SIGQUIT): how long requests in flight get to finish after the
