@@ -92,7 +92,11 @@ impl LeaseHold {
     /// Release the hold. `failed` gives an opened stream back at once; a renewed stream
     /// always keeps its lease for the TTL.
     pub async fn release(mut self, failed: bool) {
-        self.settle();
+        // No refresh after the release; the hold counts as in flight until the store has
+        // the release (so `inflight_requests` at 0 means every lease is settled).
+        if let Some(r) = self.refresher.take() {
+            r.abort();
+        }
         let keep = keeps_lease(self.kind, failed);
         if let Err(e) = self.store.release(&self.user, self.id, keep).await {
             warn!(
@@ -100,6 +104,7 @@ impl LeaseHold {
                 self.id
             );
         }
+        self.settle();
     }
 }
 

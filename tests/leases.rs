@@ -228,7 +228,11 @@ async fn delete_cuts_the_streams_requests_in_flight() {
     let origin = Origin::start().await;
     let proxy = Proxy::start(&TestConfig::new(&origin).limit(3)).await;
     ending_streams_cuts_their_responses(&origin, &proxy, &proxy).await;
-    assert_eq!(proxy.metric("streamgate_inflight_requests").await, 0.0);
+    proxy
+        .eventually(SETTLE, "every cut request's hold is released", || async {
+            proxy.metric("streamgate_inflight_requests").await == 0.0
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
