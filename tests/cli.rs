@@ -138,14 +138,7 @@ fn a_taken_listen_address_exits_2_naming_key_and_address() {
          [metrics]\nlisten = \"127.0.0.1:{}\"\n",
         free_port()
     ));
-    let mut child = streamgate()
-        .arg("--config")
-        .arg(config.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = serve(config.path(), "warn", Stdio::piped());
     let (status, stderr) = finished(
         &mut child,
         "still running after 10 s with its address taken",
@@ -167,6 +160,18 @@ fn flags_override_the_file_and_are_validated_too() {
     assert!(stderr.contains("server.listen"), "{stderr}");
     let (code, _, _, _) = check(VALID, &["--limit", "5", "--upstream", "127.0.0.1:9"]);
     assert_eq!(code, 0);
+}
+
+/// Start the binary on `config` with this `RUST_LOG`, stdout discarded.
+fn serve(config: &std::path::Path, rust_log: &str, stderr: Stdio) -> std::process::Child {
+    streamgate()
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", rust_log)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
 }
 
 /// Wait until `/health` answers 200 on a fresh connection (15 s at most).
@@ -383,16 +388,7 @@ async fn sigterm_drains_a_stream_in_flight_and_exits_once_it_ends() {
         origin.addr,
         free_port()
     ));
-    let mut proxy = Running(
-        streamgate()
-            .arg("--config")
-            .arg(config.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut proxy = Running(serve(config.path(), "warn", Stdio::null()));
     until_healthy(&listen, "the proxy did not start").await;
     for sig in [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2] {
         proxy.signal(sig);
@@ -469,16 +465,7 @@ async fn logs_and_answers_never_show_the_session_id() {
         origin.addr,
         free_port()
     ));
-    let mut proxy = Running(
-        streamgate()
-            .arg("--config")
-            .arg(config.path())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut proxy = Running(serve(config.path(), "info", Stdio::piped()));
     until_healthy(&listen, "the proxy did not start").await;
     const SECRET: &str = "secret-session-4f1d";
     let client = reqwest::Client::new();
@@ -567,16 +554,7 @@ async fn a_wrong_redis_password_is_reported_as_authentication_failed() {
         free_port(),
         redis.port
     ));
-    let mut proxy = Running(
-        streamgate()
-            .arg("--config")
-            .arg(config.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut proxy = Running(serve(config.path(), "warn", Stdio::piped()));
     until_healthy(&listen, "the proxy did not start").await;
     let ready = reqwest::get(format!("http://{listen}/ready"))
         .await
@@ -613,16 +591,7 @@ async fn access_log_to_a_file_in_json_reopens_on_sigusr1() {
         free_port(),
         file.display()
     ));
-    let mut proxy = Running(
-        streamgate()
-            .arg("--config")
-            .arg(config.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut proxy = Running(serve(config.path(), "warn", Stdio::null()));
     until_healthy(&listen, "the proxy did not start").await;
     let lines_of = |path: &std::path::Path| -> Vec<serde_json::Value> {
         std::fs::read_to_string(path)
