@@ -27,6 +27,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::broadcast;
 
 use crate::access_log::AccessLog;
+use crate::head_limits::HeadLimits;
 
 /// How long a connection accepted just before the listeners closed gets to send its
 /// request head (at most half the drain time).
@@ -102,16 +103,21 @@ impl Drain {
 
 /// The proxy service's app, with Pingora's `cleanup` (which drops connections that have
 /// not sent a request head yet) held back for [`FIRST_REQUEST_WAIT`].
+///
+/// It is also where each connection's stream gets its [`HeadLimits`] guard, the one place
+/// a connection passes through before Pingora reads from it.
 pub struct Draining<A> {
     inner: Arc<A>,
     drain: Arc<Drain>,
+    heads: Arc<HeadLimits>,
 }
 
 impl<A> Draining<A> {
-    pub fn new(inner: A, drain: Arc<Drain>) -> Self {
+    pub fn new(inner: A, drain: Arc<Drain>, heads: Arc<HeadLimits>) -> Self {
         Self {
             inner: Arc::new(inner),
             drain,
+            heads,
         }
     }
 }
@@ -123,7 +129,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Draining<A> {
         session: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        self.inner.process_new(session, shutdown).await
+        self.inner
+            .process_new(self.heads.guard(session), shutdown)
+            .await
     }
 
     async fn cleanup(&self) {

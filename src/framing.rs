@@ -1,14 +1,12 @@
 //! Requests refused before routing because a proxy must not pass them on: ambiguous message
-//! framing (the request-smuggling shape) and oversized header sections.
+//! framing (the request-smuggling shape) and oversized header sections (HTTP/1 heads are
+//! bounded earlier, as they arrive, by [`crate::head_limits`]; this bounds HTTP/2's, with
+//! the same `server.max_request_head`).
 //!
 //! Pingora already refuses what it cannot parse (a bare `400`, connection closed); these are
 //! the requests it parses but a careful edge proxy (nginx, HAProxy) still refuses.
 
 use pingora::http::RequestHeader;
-
-/// Largest header section accepted, in bytes of names and values (nginx's default
-/// `large_client_header_buffers` allows 4 x 8 KiB).
-pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// Why a request's framing or size was refused: (status, error code, message).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +29,11 @@ pub fn raw_has_content_length(raw: &[u8]) -> bool {
 /// Check a parsed request head; `None` means it may proceed. `raw` gives the raw header
 /// bytes when the session has them (HTTP/1); it is only called when `Transfer-Encoding`
 /// is present.
-pub fn check(req: &RequestHeader, raw: impl FnOnce() -> Option<bytes::Bytes>) -> Option<Refusal> {
+pub fn check(
+    req: &RequestHeader,
+    max_header_bytes: usize,
+    raw: impl FnOnce() -> Option<bytes::Bytes>,
+) -> Option<Refusal> {
     let h = &req.headers;
     let has_te = h.contains_key(http::header::TRANSFER_ENCODING);
     if has_te
@@ -67,11 +69,11 @@ pub fn check(req: &RequestHeader, raw: impl FnOnce() -> Option<bytes::Bytes>) ->
         });
     }
     let size: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-    if size > MAX_HEADER_BYTES {
+    if size > max_header_bytes {
         return Some(Refusal {
             status: 431,
             code: "request_header_fields_too_large",
-            message: "the request headers are larger than 32 KiB",
+            message: "the request line and headers are longer than this proxy accepts",
         });
     }
     None
@@ -80,6 +82,8 @@ pub fn check(req: &RequestHeader, raw: impl FnOnce() -> Option<bytes::Bytes>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MAX: usize = 32 * 1024;
 
     fn req(headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("POST", b"/watch", None).unwrap();
@@ -94,36 +98,40 @@ mod tests {
     fn te_with_cl_is_refused() {
         let none = || None;
         let r = req(&[("Transfer-Encoding", "chunked"), ("Content-Length", "5")]);
-        assert_eq!(check(&r, none).map(|x| x.status), Some(400));
-        assert_eq!(check(&req(&[("Content-Length", "5")]), none), None);
+        assert_eq!(check(&r, MAX, none).map(|x| x.status), Some(400));
+        assert_eq!(check(&req(&[("Content-Length", "5")]), MAX, none), None);
         let te = req(&[("Transfer-Encoding", "chunked")]);
-        assert_eq!(check(&te, none), None);
+        assert_eq!(check(&te, MAX, none), None);
         // Pingora removed Content-Length from the head, but the raw bytes still show it.
         let raw = || {
             Some(bytes::Bytes::from_static(
                 b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-LENGTH: 5\r\n\r\n",
             ))
         };
-        assert_eq!(check(&te, raw).map(|x| x.status), Some(400));
+        assert_eq!(check(&te, MAX, raw).map(|x| x.status), Some(400));
     }
 
     #[test]
     fn http11_without_host_and_listed_lengths_are_refused() {
         let mut no_host = RequestHeader::build("GET", b"/watch", None).unwrap();
         assert_eq!(
-            check(&no_host, || None).map(|x| x.message),
+            check(&no_host, MAX, || None).map(|x| x.message),
             Some("an HTTP/1.1 request needs a Host header")
         );
         no_host.set_version(http::Version::HTTP_10);
-        assert_eq!(check(&no_host, || None), None, "HTTP/1.0 may leave it out");
+        assert_eq!(
+            check(&no_host, MAX, || None),
+            None,
+            "HTTP/1.0 may leave it out"
+        );
         for bad in ["5, 5", "5,5", "", "+5", "0x5"] {
             assert_eq!(
-                check(&req(&[("Content-Length", bad)]), || None).map(|x| x.status),
+                check(&req(&[("Content-Length", bad)]), MAX, || None).map(|x| x.status),
                 Some(400),
                 "{bad:?}"
             );
         }
-        assert_eq!(check(&req(&[("Content-Length", "5")]), || None), None);
+        assert_eq!(check(&req(&[("Content-Length", "5")]), MAX, || None), None);
     }
 
     #[test]
@@ -138,12 +146,12 @@ mod tests {
 
     #[test]
     fn oversized_headers_are_431() {
-        let big = "a".repeat(MAX_HEADER_BYTES);
+        let big = "a".repeat(MAX);
         assert_eq!(
-            check(&req(&[("X-Big", &big)]), || None).map(|x| x.status),
+            check(&req(&[("X-Big", &big)]), MAX, || None).map(|x| x.status),
             Some(431)
         );
-        let fits = "a".repeat(MAX_HEADER_BYTES / 2);
-        assert_eq!(check(&req(&[("X-Big", &fits)]), || None), None);
+        let fits = "a".repeat(MAX / 2);
+        assert_eq!(check(&req(&[("X-Big", &fits)]), MAX, || None), None);
     }
 }

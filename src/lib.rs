@@ -10,6 +10,7 @@ pub mod config;
 mod demo;
 mod drain;
 mod framing;
+mod head_limits;
 pub mod identity;
 mod inflight;
 mod lease;

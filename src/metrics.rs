@@ -124,6 +124,9 @@ pub struct Metrics {
     pub store_up: IntGauge,
     /// Access lines dropped because the writer fell behind (its queue was full).
     pub access_log_dropped: IntCounter,
+    /// Request heads answered before any request was read, by reason (`too_large`,
+    /// `timeout`, `malformed`, `connect`).
+    pub refused_heads: IntCounterVec,
     /// Manifests by kind (`hls`, `dash`) and outcome (`rewritten`, `too_large`, `unchanged`).
     pub manifests: IntCounterVec,
     handles: Handles,
@@ -189,6 +192,13 @@ impl Metrics {
             store_errors: IntCounterVec::new(
                 Opts::new("streamgate_store_errors_total", "Store failures by kind."),
                 &["kind"],
+            )?,
+            refused_heads: IntCounterVec::new(
+                Opts::new(
+                    "streamgate_refused_request_heads_total",
+                    "Request heads answered before a request was read (too large, too slow, unparsable, CONNECT).",
+                ),
+                &["reason"],
             )?,
             access_log_dropped: IntCounter::new(
                 "streamgate_access_log_dropped_total",
@@ -261,6 +271,7 @@ impl Metrics {
         registry.register(Box::new(m.cached_refusals.clone()))?;
         registry.register(Box::new(m.store_up.clone()))?;
         registry.register(Box::new(m.access_log_dropped.clone()))?;
+        registry.register(Box::new(m.refused_heads.clone()))?;
         registry.register(Box::new(m.manifests.clone()))?;
         Ok(m)
     }

@@ -17,6 +17,7 @@ use crate::access_log::AccessLog;
 use crate::config::{Config, StoreKind};
 use crate::demo::DemoOrigin;
 use crate::drain::{Drain, Draining, Signals};
+use crate::head_limits::HeadLimits;
 use crate::inflight::StreamInflight;
 use crate::metrics::{Metrics, MetricsApp};
 use crate::proxy::StreamGate;
@@ -163,6 +164,7 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
     );
     let access_log = AccessLog::start(&config.log, metrics.access_log_dropped.clone())
         .map_err(BuildError::AccessLog)?;
+    let heads = HeadLimits::new(config, metrics.refused_heads.clone());
     let gate = StreamGate::new(
         config,
         store.clone(),
@@ -175,6 +177,7 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
     let app = Draining::new(
         pingora::proxy::http_proxy(&server.configuration, gate),
         drain.clone(),
+        heads,
     );
     let mut proxy = Service::new("streamgate".into(), app);
     let buffers = L4BufferSettings::default().read(config.server.read_buffer);

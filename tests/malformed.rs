@@ -75,7 +75,7 @@ async fn every_kind_of_bad_request_gets_a_clear_4xx() {
         ("unknown Transfer-Encoding", b"POST /watch HTTP/1.1\r\nHost: t\r\nSession-Id: a\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 400),
         ("oversized headers", get("/watch", &format!("Session-Id: a\r\n{huge_header}")), 431),
         ("many headers", get("/watch", &many_headers), 400),
-        ("70 KiB URI", get(&long_uri, "Session-Id: a\r\n"), 400),
+        ("70 KiB URI", get(&long_uri, "Session-Id: a\r\n"), 431),
         ("garbage request line", b"GARBAGE\r\n\r\n".to_vec(), 400),
         ("header without colon", get("/watch", "SessionId\r\n"), 400),
         ("space before colon", get("/watch", "Session-Id : a\r\n"), 400),
@@ -219,5 +219,155 @@ async fn bodies_on_watch_requests_are_forwarded_and_refused_ones_drained() {
             .unwrap()
             .status(),
         200
+    );
+}
+
+/// Read one response from `s` until the proxy closes the connection (or 10 s pass); its
+/// status, its head (lowercase) and its body.
+async fn answer_of(s: &mut tokio::net::TcpStream) -> (u16, String, String) {
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {text:?}"));
+    let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+fn error_code(body: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body:?}"));
+    v["error"].as_str().unwrap_or_default().to_string()
+}
+
+/// Issue #16 item 15: a request head is bounded in bytes (`server.max_request_head`: `431`
+/// as soon as it is passed, not once 1 MiB is buffered) and in time
+/// (`server.request_head_timeout`: `408`, from the connection's opening, however slowly
+/// the bytes trickle in), each a JSON answer that closes the connection; idle time
+/// between requests on a kept-alive connection is not counted. Pingora's own answers
+/// before any hook (unparsable head, `CONNECT`) are JSON too, without `Server: Pingora`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_are_bounded_in_bytes_and_time_and_answered_in_json() {
+    use std::time::Instant;
+    use tokio::net::TcpStream;
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(
+        &TestConfig::new(&origin)
+            .server("max_request_head = 8192")
+            .server("request_head_timeout = \"1s\""),
+    )
+    .await;
+
+    // A head just under the bound is served.
+    let fits = format!("X-Pad: {}\r\n", "a".repeat(7000));
+    assert_eq!(status_of(&proxy, &get("/health", &fits)).await, 200);
+
+    // A header that never ends: refused once the bound is passed, while the client is
+    // still sending (it would otherwise go on to 1 MiB).
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /watch HTTP/1.1\r\nHost: t\r\nX-Endless: ")
+        .await
+        .unwrap();
+    let mut sent = 0;
+    let chunk = [b'a'; 1024];
+    while sent < 64 * 1024 {
+        if s.write_all(&chunk).await.is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let (status, head, body) = answer_of(&mut s).await;
+    assert_eq!(status, 431, "{head}");
+    assert_eq!(error_code(&body), "request_header_fields_too_large");
+    assert!(head.contains("connection: close"), "{head}");
+
+    // A head trickled in a byte every 100 ms: 408 at the timeout, counted from the
+    // connection's opening.
+    let opened = Instant::now();
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut rd, mut wr) = s.split();
+    let trickle = async {
+        for b in
+            b"GET /health HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        {
+            if wr.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let mut buf = Vec::new();
+    tokio::select! {
+        _ = trickle => panic!("the whole trickled head was read without an answer"),
+        _ = rd.read_to_end(&mut buf) => {}
+    }
+    let took = opened.elapsed();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(text.contains("\"request_head_timeout\""), "{text}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "answered after {took:?}"
+    );
+
+    // A connection that sends nothing at all gets the same answer.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let (status, _, body) = answer_of(&mut s).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (408, "request_head_timeout")
+    );
+
+    // Idle time between two requests of a kept-alive connection is not head time.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let health = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n";
+    for round in 0..2 {
+        s.write_all(health).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !got.ends_with(b"{\"status\":\"UP\"}") {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: no answer"))
+                .unwrap();
+            assert!(n > 0, "round {round}: the connection closed");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200 "), "round {round}");
+        if round == 0 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+    }
+
+    // Pingora's own answers, before any hook: JSON, and no `Server: Pingora`.
+    for (request, want, code) in [
+        (&b"GARBAGE\r\n\r\n"[..], 400, "malformed_request"),
+        (
+            &b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"[..],
+            405,
+            "method_not_allowed",
+        ),
+    ] {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let (status, head, body) = answer_of(&mut s).await;
+        assert_eq!(status, want, "{head}");
+        assert_eq!(error_code(&body), code);
+        assert!(!head.contains("server:"), "{head}");
+        assert!(head.contains("content-type: application/json"), "{head}");
+    }
+    assert_eq!(origin.served(), 0);
+    assert_eq!(
+        proxy
+            .metric("streamgate_refused_request_heads_total{reason=\"timeout\"}")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        proxy
+            .metric("streamgate_refused_request_heads_total{reason=\"too_large\"}")
+            .await,
+        1.0
     );
 }

@@ -119,6 +119,14 @@ pub struct ServerSection {
     pub graceful_shutdown_timeout: Duration,
     /// Bytes of read buffer per client connection (0: read straight from the socket).
     pub read_buffer: usize,
+    /// Longest request head (request line and headers), in bytes: a longer one is answered
+    /// `431` and its connection closed (nginx: `large_client_header_buffers 4 8k`).
+    pub max_request_head: usize,
+    /// How long a client may take to send a whole request head: from the connection's
+    /// opening for its first request, from the head's first byte on a reused connection.
+    /// A slower one is answered `408` and closed (nginx: `client_header_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub request_head_timeout: Duration,
     /// Serve HTTP/1.1 requests a client pipelines (sends before the previous response),
     /// one after another in order, as nginx does. Off: Pingora's default, which answers
     /// the first and closes the connection, dropping the rest.
@@ -133,6 +141,11 @@ pub struct ServerSection {
 /// read, and the buffer costs memory per held stream for no throughput
 /// (docs/tuning.md#read-buffer).
 pub const READ_BUFFER_DEFAULT: usize = 0;
+/// Request heads: 32 KiB, nginx's `4 x 8k` (a player's head is under 1 KiB; a long
+/// signed-URL query or cookie fits). Pingora alone lets one grow to 1 MiB.
+pub const MAX_REQUEST_HEAD_DEFAULT: usize = 32 * 1024;
+/// Bounds of `server.max_request_head`: Pingora refuses a head past 1 MiB anyway.
+pub(super) const MAX_REQUEST_HEAD_RANGE: (usize, usize) = (1024, 1024 * 1024);
 /// Where a new process waits for the listening sockets of the one it replaces.
 pub const UPGRADE_SOCK_DEFAULT: &str = "/tmp/streamgate-upgrade.sock";
 /// Longest Unix socket path Linux accepts (`sun_path` is 108 bytes with its NUL).
@@ -157,6 +170,8 @@ impl Default for ServerSection {
             grace_period: Duration::from_secs(5),
             graceful_shutdown_timeout: Duration::from_secs(25),
             read_buffer: READ_BUFFER_DEFAULT,
+            max_request_head: MAX_REQUEST_HEAD_DEFAULT,
+            request_head_timeout: Duration::from_secs(10),
             pipelining: true,
             upgrade_sock: UPGRADE_SOCK_DEFAULT.into(),
         }

@@ -69,7 +69,15 @@ impl ServerSection {
                 format!("must be at most {READ_BUFFER_MAX} bytes"),
             ));
         }
+        let (lo, hi) = MAX_REQUEST_HEAD_RANGE;
+        if !(lo..=hi).contains(&s.max_request_head) {
+            return Err(KeyError::new(
+                "server.max_request_head",
+                format!("must be between {lo} and {hi} bytes"),
+            ));
+        }
         for (key, d) in [
+            ("server.request_head_timeout", s.request_head_timeout),
             (
                 "server.downstream_write_timeout",
                 s.downstream_write_timeout,

@@ -62,6 +62,15 @@ pub enum Answer {
     Store(StoreError),
     /// Proxying failed (upstream refused, slow, broken; an error of ours).
     Upstream(Failure),
+    /// A request head past `server.max_request_head` bytes (written by
+    /// [`crate::head_limits`], before Pingora reads the request).
+    HeadTooLarge,
+    /// A request head still unfinished after `server.request_head_timeout`.
+    HeadTimeout,
+    /// A request head Pingora could not parse (in place of its own empty `400`).
+    MalformedHead,
+    /// `CONNECT`, which the proxy does not tunnel (in place of Pingora's empty `405`).
+    Connect,
 }
 
 /// The error body's extra fields for a refusal at the limit.
@@ -78,10 +87,12 @@ impl Answer {
             Answer::Ended => 204,
             Answer::Redirect { .. } => 302,
             Answer::Framing(r) => r.status,
-            Answer::InvalidPath(_) | Answer::Identity(_) => 400,
+            Answer::InvalidPath(_) | Answer::Identity(_) | Answer::MalformedHead => 400,
             Answer::LimitExceeded { .. } => 401,
             Answer::NotFound | Answer::StreamNotFound => 404,
-            Answer::MethodNotAllowed => 405,
+            Answer::MethodNotAllowed | Answer::Connect => 405,
+            Answer::HeadTimeout => 408,
+            Answer::HeadTooLarge => 431,
             Answer::Busy => 429,
             Answer::Store(_) | Answer::Draining => 503,
             Answer::Upstream(f) => f.status,
@@ -94,7 +105,13 @@ impl Answer {
     pub fn closes(&self) -> bool {
         matches!(
             self,
-            Answer::Framing(_) | Answer::Upstream(_) | Answer::Draining
+            Answer::Framing(_)
+                | Answer::Upstream(_)
+                | Answer::Draining
+                | Answer::HeadTooLarge
+                | Answer::HeadTimeout
+                | Answer::MalformedHead
+                | Answer::Connect
         )
     }
 
@@ -105,7 +122,10 @@ impl Answer {
             Answer::Redirect { .. } => "stream_opened",
             Answer::Framing(r) => r.code,
             Answer::InvalidPath(_) => "invalid_path",
-            Answer::MethodNotAllowed => "method_not_allowed",
+            Answer::MethodNotAllowed | Answer::Connect => "method_not_allowed",
+            Answer::HeadTooLarge => "request_header_fields_too_large",
+            Answer::HeadTimeout => "request_head_timeout",
+            Answer::MalformedHead => "malformed_request",
             Answer::NotFound => "not_found",
             Answer::Identity(e) => e.code(),
             Answer::StreamNotFound => "stream_not_found",
@@ -155,6 +175,12 @@ impl Answer {
             }
             Answer::Upstream(f) => f.message,
             Answer::Draining => "this instance is stopping; send new requests elsewhere",
+            Answer::HeadTooLarge => {
+                "the request line and headers are longer than this proxy accepts"
+            }
+            Answer::HeadTimeout => "the request line and headers did not arrive in time",
+            Answer::MalformedHead => "the request line or headers could not be parsed",
+            Answer::Connect => "this proxy does not tunnel CONNECT",
             _ => "",
         }
     }
@@ -170,6 +196,10 @@ impl Answer {
                 header::ALLOW,
                 HeaderValue::from_static("GET, HEAD, POST, DELETE, OPTIONS"),
             )],
+            Answer::Connect => vec![(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            )],
             Answer::Redirect { location, echo } => {
                 let mut h = vec![(header::LOCATION, location.clone())];
                 h.extend(echo.iter().cloned());
@@ -177,6 +207,32 @@ impl Answer {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// This answer as HTTP/1.1 bytes, for a connection no request was read from (so no
+    /// session to write through), closing it: what [`crate::head_limits`] sends.
+    pub fn to_wire(&self) -> Vec<u8> {
+        let status = self.status();
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        let body = self.body();
+        let mut out = format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n",
+            body.len()
+        )
+        .into_bytes();
+        for (k, v) in self.headers() {
+            out.extend_from_slice(k.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body);
+        out
     }
 
     /// Write this answer as the response to the session's request.
@@ -242,5 +298,24 @@ mod tests {
             Answer::Draining.closes(),
             "a draining instance sheds its connections"
         );
+    }
+
+    #[test]
+    fn an_answer_on_the_wire_is_a_complete_closing_json_response() {
+        let wire = Answer::HeadTooLarge.to_wire();
+        let text = std::str::from_utf8(&wire).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(head.contains("\r\nconnection: close"));
+        assert!(head.contains(&format!("\r\ncontent-length: {}", body.len())));
+        assert!(!head.to_ascii_lowercase().contains("server:"));
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"], "request_header_fields_too_large");
+        let connect = String::from_utf8(Answer::Connect.to_wire()).unwrap();
+        assert!(connect.starts_with("HTTP/1.1 405 "));
+        assert!(connect.contains("\r\nallow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"));
+        assert!(String::from_utf8(Answer::HeadTimeout.to_wire())
+            .unwrap()
+            .starts_with("HTTP/1.1 408 Request Timeout\r\n"));
     }
 }

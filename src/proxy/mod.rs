@@ -31,6 +31,7 @@ use crate::access_log::AccessLog;
 use crate::config::{Config, OtherPaths};
 use crate::drain::{Drain, InFlight};
 use crate::framing;
+use crate::head_limits;
 use crate::identity::{IdentityRules, StreamId, UserTags, Via};
 use crate::inflight::{Slot, StreamInflight};
 use crate::lease::LeaseHold;
@@ -81,6 +82,8 @@ pub struct StreamGate {
     cors: respond::Cors,
     tagger: Tagger,
     max_manifest_size: usize,
+    /// `server.max_request_head` (HTTP/2 heads; HTTP/1 ones are bounded as they arrive).
+    max_request_head: usize,
     redirect_manifests: bool,
     inflight: Arc<StreamInflight>,
     drain: Arc<Drain>,
@@ -179,6 +182,7 @@ impl StreamGate {
                 &config.streams.rewrite_hosts,
             ),
             max_manifest_size: config.streams.max_manifest_size,
+            max_request_head: config.server.max_request_head,
             redirect_manifests: config.streams.redirect_manifests,
             inflight: StreamInflight::new(config.streams.max_inflight_per_stream),
             drain,
@@ -212,7 +216,7 @@ impl StreamGate {
             _ => None,
         };
         let req = session.req_header();
-        if let Some(r) = framing::check(req, raw) {
+        if let Some(r) = framing::check(req, self.max_request_head, raw) {
             return Err(Answer::Framing(r));
         }
         let path = routing::canonical(req.uri.path())
@@ -288,6 +292,7 @@ impl ProxyHttp for StreamGate {
         session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
+        head_limits::serving(session);
         session.set_read_timeout(Some(self.downstream_read_timeout));
         session.set_write_timeout(Some(self.downstream_write_timeout));
         // Pingora carries the setting to the connection's next request, and feeds it the
@@ -501,5 +506,6 @@ impl ProxyHttp for StreamGate {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         self.finish(session, e, ctx).await;
+        head_limits::idle(session);
     }
 }

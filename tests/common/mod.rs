@@ -348,6 +348,8 @@ pub struct TestConfig {
     pub streams: String,
     /// Extra lines for the `[identity]` table.
     pub identity: String,
+    /// Extra lines for the `[server]` table.
+    pub server: String,
 }
 
 impl TestConfig {
@@ -372,7 +374,15 @@ impl TestConfig {
             tls: None,
             streams: String::new(),
             identity: String::new(),
+            server: String::new(),
         }
+    }
+
+    /// One more line in the `[server]` table (`key = value`).
+    pub fn server(mut self, line: &str) -> Self {
+        self.server.push_str(line);
+        self.server.push('\n');
+        self
     }
 
     /// One more line in the `[identity]` table (`key = value`).
@@ -484,7 +494,7 @@ other_paths = "{other}"
 pipelining = {pipelining}
 grace_period = "0s"
 graceful_shutdown_timeout = "1s"
-
+{server}
 [upstream]
 addrs = [{ups}]
 connect_timeout = "{connect}"
@@ -522,6 +532,7 @@ access = "off"
             forwarded_for = self.forwarded_for,
             streams = self.streams,
             identity = self.identity,
+            server = self.server,
         )
     }
 }
