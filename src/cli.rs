@@ -96,9 +96,13 @@ pub fn run(cli: Cli) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    crate::reload::apply_log_level(config.log.level);
     let launch = Launch {
         demo_origin: demo_origin.as_deref(),
         upgrade: cli.upgrade,
+        reload_from: demo_origin
+            .is_none()
+            .then(|| (cli.config.clone(), cli.overrides())),
     };
     let server = match crate::server::build(&config, prometheus::default_registry(), &launch) {
         Ok(s) => s,

@@ -28,6 +28,7 @@ use tokio::sync::broadcast;
 
 use crate::access_log::AccessLog;
 use crate::head_limits::HeadLimits;
+use crate::reload::Reloader;
 
 /// How long a connection accepted just before the listeners closed gets to send its
 /// request head (at most half the drain time).
@@ -147,17 +148,22 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Draining<A> {
 /// - `SIGTERM`: drain, then stop: accept for `grace_period` while `/ready` fails, then
 ///   close the listeners and serve what is in flight.
 /// - `SIGQUIT`: hand the listeners to a new process (`--upgrade`), then drain.
+/// - `SIGHUP`: reload the config file (what can change live; see [`crate::reload`]).
 /// - `SIGUSR1`: reopen the access log file (after logrotate moved it).
-/// - `SIGHUP`, `SIGUSR2`: logged and ignored (a config reload is not built: apply a change
-///   with `--upgrade`).
+/// - `SIGUSR2`: logged and ignored.
 pub struct Signals {
     drain: Arc<Drain>,
     access_log: AccessLog,
+    reloader: Arc<Reloader>,
 }
 
 impl Signals {
-    pub fn new(drain: Arc<Drain>, access_log: AccessLog) -> Self {
-        Self { drain, access_log }
+    pub fn new(drain: Arc<Drain>, access_log: AccessLog, reloader: Arc<Reloader>) -> Self {
+        Self {
+            drain,
+            access_log,
+            reloader,
+        }
     }
 }
 
@@ -177,7 +183,7 @@ impl ShutdownSignalWatch for Signals {
             return std::future::pending().await;
         };
         loop {
-            let name = tokio::select! {
+            tokio::select! {
                 _ = int.recv() => {
                     info!("SIGINT: stopping now");
                     return ShutdownSignal::FastShutdown;
@@ -187,15 +193,15 @@ impl ShutdownSignalWatch for Signals {
                     return ShutdownSignal::GracefulUpgrade;
                 }
                 _ = term.recv() => break,
-                _ = hup.recv() => "SIGHUP",
+                _ = hup.recv() => {
+                    self.reloader.reload();
+                }
                 _ = usr1.recv() => {
                     info!("SIGUSR1: reopening the access log");
                     self.access_log.reopen();
-                    continue;
                 }
-                _ = usr2.recv() => "SIGUSR2",
-            };
-            info!("{name} ignored: streamgate does not reload its config; restart it or start a new one with --upgrade");
+                _ = usr2.recv() => info!("SIGUSR2 ignored"),
+            }
         }
         self.drain.draining.store(true, Ordering::Relaxed);
         info!(

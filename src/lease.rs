@@ -51,14 +51,14 @@ impl LeaseHold {
         inflight: IntGauge,
     ) -> Self {
         inflight.inc();
-        let refresher = store.hold_refresh_interval().and_then(|every| {
+        let refresher = store.hold_refresh_interval().and_then(|_| {
             let handle = tokio::runtime::Handle::try_current().ok()?;
             let (store, user) = (store.clone(), user.clone());
             Some(handle.spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.tick().await; // the first tick is immediate; the lease is fresh
-                loop {
-                    tick.tick().await;
+                // The interval is read each time: a reload may shorten the TTL under a
+                // long-held stream.
+                while let Some(every) = store.hold_refresh_interval() {
+                    tokio::time::sleep(every).await;
                     if let Err(e) = store.refresh(&user, id).await {
                         warn!("could not refresh held stream {id}: {e}");
                     }

@@ -18,6 +18,7 @@ pub mod manifest;
 mod metrics;
 mod policy;
 mod proxy;
+mod reload;
 pub mod routing;
 pub mod server;
 pub mod store;

@@ -9,6 +9,9 @@ use clap::Parser;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // Without `RUST_LOG`, the config's `log.level` sets the level (and a reload changes it),
+    // so the logger itself lets everything through.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("trace")).init();
+    log::set_max_level(log::LevelFilter::Info);
     streamgate::cli::run(streamgate::cli::Cli::parse())
 }

@@ -1,6 +1,7 @@
 //! Assembling the Pingora server from a validated [`Config`]: the one function that both
 //! `main` and the integration tests use, so tests run exactly what ships.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,13 +15,14 @@ use pingora::services::listening::Service;
 use prometheus::Registry;
 
 use crate::access_log::AccessLog;
-use crate::config::{Config, StoreKind};
+use crate::config::{Config, Overrides, StoreKind};
 use crate::demo::DemoOrigin;
 use crate::drain::{Drain, Draining, Signals};
 use crate::head_limits::HeadLimits;
 use crate::inflight::StreamInflight;
 use crate::metrics::{Metrics, MetricsApp};
 use crate::proxy::StreamGate;
+use crate::reload::{self, Reloader};
 use crate::store::{MemoryStore, RedisStore, RefusalCache, StreamStore, Target};
 
 /// Why a server could not be assembled from a valid config.
@@ -106,7 +108,7 @@ pub fn build_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn StreamS
 }
 
 /// How this process starts, beside what its config file says.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Launch<'a> {
     /// Also run the built-in demo origin at this address.
     pub demo_origin: Option<&'a str>,
@@ -114,6 +116,9 @@ pub struct Launch<'a> {
     /// `SIGQUIT` through `server.upgrade_sock` (Pingora's zero-downtime upgrade). Waits up
     /// to 5 s for them, then exits with an error.
     pub upgrade: bool,
+    /// The config file and command-line overrides a `SIGHUP` reloads (`None`: nothing to
+    /// reload, as for the demo).
+    pub reload_from: Option<(PathBuf, Overrides)>,
 }
 
 /// The assembled server, and the count of its requests in flight that decides when a stop
@@ -122,6 +127,7 @@ pub struct Built {
     pub server: Server,
     drain: Arc<Drain>,
     access_log: AccessLog,
+    reloader: Arc<Reloader>,
 }
 
 impl Built {
@@ -134,7 +140,11 @@ impl Built {
             self.access_log.clone(),
         );
         self.server.run(RunArgs {
-            shutdown_signal: Box::new(Signals::new(self.drain, self.access_log.clone())),
+            shutdown_signal: Box::new(Signals::new(
+                self.drain,
+                self.access_log.clone(),
+                self.reloader,
+            )),
         });
         self.access_log.flush(LAST_LINES);
         std::process::exit(0)
@@ -165,12 +175,20 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
     let access_log = AccessLog::start(&config.log, metrics.access_log_dropped.clone())
         .map_err(BuildError::AccessLog)?;
     let heads = HeadLimits::new(config, metrics.refused_heads.clone());
+    let live = reload::shared(config);
+    let reloader = Arc::new(Reloader::new(
+        launch.reload_from.clone(),
+        config.clone(),
+        live.clone(),
+        store.clone(),
+    ));
     let gate = StreamGate::new(
         config,
         store.clone(),
         metrics,
         drain.clone(),
         access_log.clone(),
+        live,
     )
     .map_err(BuildError::Upstream)?;
     let inflight = gate.inflight();
@@ -233,6 +251,7 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
         server,
         drain,
         access_log,
+        reloader,
     })
 }
 

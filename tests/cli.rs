@@ -720,3 +720,160 @@ fn bad_tls_files_are_config_errors_naming_the_key() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// A child's stderr, read line by line on a thread (so the child never blocks on a full
+/// pipe), and awaited for a line.
+struct Lines(std::sync::mpsc::Receiver<String>);
+
+impl Lines {
+    fn of(child: &mut std::process::Child) -> Lines {
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines(rx)
+    }
+
+    /// The next line containing every one of `words` (10 s at most).
+    async fn until(&self, words: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.0.try_recv() {
+                Ok(line) if words.iter().all(|w| line.contains(w)) => return line,
+                Ok(_) => continue,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    assert!(Instant::now() < deadline, "no log line with {words:?}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("the log ended before a line with {words:?}: {e}"),
+            }
+        }
+    }
+}
+
+/// Issue #16 item 9: `SIGHUP` re-reads the config file. The limit, the routes, the lease
+/// TTL and the log level change at once, while a stream plays on uncut; a changed setting
+/// that cannot change live (`server.threads`) is named in one line and kept; a bad file
+/// is one line naming file and key, and the running config stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_what_can_change_live_and_names_what_cannot() {
+    let origin = common::Origin::start().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let head = format!(
+        "[upstream]\naddrs = [\"{}\"]\n[log]\naccess = \"off\"\n{{log}}\n\
+         [server]\nlisten = [\"{listen}\"]\ngrace_period = \"0s\"\n{{server}}\n",
+        origin.addr
+    );
+    let file = |log: &str, server: &str, streams: &str| {
+        head.replace("{log}", log).replace("{server}", server) + "[streams]\n" + streams
+    };
+    let config = write_config(&file("", "", "limit = 1\nlease_ttl = \"60s\"\n"));
+    let mut child = streamgate()
+        .arg("--config")
+        .arg(config.path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Lines::of(&mut child);
+    let proxy = Running(child);
+    until_healthy(&listen, "the proxy did not start").await;
+
+    let client = reqwest::Client::new();
+    let open = |path: &str, user: &str| {
+        client
+            .get(format!("http://{listen}{path}"))
+            .header("Session-Id", user)
+            .send()
+    };
+    // A 3 s stream plays through every reload below.
+    let mut slow = open("/watch/slow?chunks=30&ms=100", "slow").await.unwrap();
+    assert_eq!(slow.status(), 200);
+    assert_eq!(open("/watch/a", "u").await.unwrap().status(), 200);
+    assert_eq!(
+        open("/watch/b", "u").await.unwrap().status(),
+        401,
+        "limit 1"
+    );
+    assert_eq!(
+        open("/live/a", "u").await.unwrap().status(),
+        200,
+        "not a route yet"
+    );
+
+    let write = |text: String| std::fs::write(config.path(), text).unwrap();
+    write(file(
+        "level = \"debug\"",
+        "threads = 2",
+        "limit = 2\nroutes = [\"/watch\", \"/live\"]\nlease_ttl = \"1s\"\n",
+    ));
+    proxy.signal(libc::SIGHUP);
+    let applied = lines.until(&["SIGHUP: applied"]).await;
+    for key in [
+        "streams.limit",
+        "streams.routes",
+        "streams.lease_ttl",
+        "log.level",
+    ] {
+        assert!(applied.contains(key), "{applied}");
+    }
+    let kept = lines.until(&["server.threads", "--upgrade"]).await;
+    assert!(!kept.contains("streams."), "{kept}");
+
+    // The new limit and route: a second stream now, and /live is counted.
+    assert_eq!(
+        open("/watch/b", "u").await.unwrap().status(),
+        200,
+        "limit 2"
+    );
+    assert_eq!(
+        open("/live/b", "u").await.unwrap().status(),
+        401,
+        "/live counted"
+    );
+    // The new TTL: the stream opened under it ends a second after its request (the
+    // one opened before the reload keeps its 60 s).
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while open("/live/b", "u").await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "the 1 s lease did not expire");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The new level: debug lines now appear.
+    lines.until(&[" DEBUG "]).await;
+
+    // A bad file changes nothing, in one line naming file and key.
+    write(file("", "", "limit = \"many\"\n"));
+    proxy.signal(libc::SIGHUP);
+    let refused = lines.until(&["SIGHUP:", "streams.limit"]).await;
+    assert!(
+        refused.contains(&config.path().display().to_string()),
+        "{refused}"
+    );
+    assert!(refused.contains("the running config is kept"), "{refused}");
+    assert_eq!(open("/watch/1", "v").await.unwrap().status(), 200);
+    assert_eq!(open("/watch/2", "v").await.unwrap().status(), 200);
+    assert_eq!(
+        open("/watch/3", "v").await.unwrap().status(),
+        401,
+        "still 2"
+    );
+
+    // The stream that played through it all was never cut.
+    let mut body = Vec::new();
+    while let Some(c) = slow.chunk().await.unwrap() {
+        body.extend_from_slice(&c);
+    }
+    assert_eq!(
+        String::from_utf8(body).unwrap().matches("chunk").count(),
+        30
+    );
+    assert!(health_on_a_new_connection(&listen).await == 200);
+}

@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole configuration file. `Config::default()` is every default, with no upstream
 /// (which the file must name): what `demo` starts from.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -29,17 +29,45 @@ pub struct Config {
 }
 
 /// The access log (`[log]`): one line per request, written by its own thread.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
     /// `"stderr"`, `"off"`, or a file path (appended to; `SIGUSR1` reopens it, for
     /// logrotate).
     pub access: String,
     pub format: LogFormat,
+    /// The most detailed log lines written (the process log, not the access log);
+    /// `RUST_LOG`, when set, replaces it. A reload (`SIGHUP`) applies a change.
+    pub level: LogLevel,
+}
+
+/// `log.level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Off => log::LevelFilter::Off,
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
 }
 
 /// How an access line is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// `key=value` pairs.
@@ -53,12 +81,13 @@ impl Default for LogSection {
         Self {
             access: "stderr".into(),
             format: LogFormat::Logfmt,
+            level: LogLevel::Info,
         }
     }
 }
 
 /// HTTPS listeners (`[tls]`); none by default.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSection {
     /// Addresses serving HTTPS, beside (or instead of) `server.listen`.
@@ -83,7 +112,7 @@ impl Default for TlsSection {
 }
 
 /// What to do with requests outside the watch routes (and outside `/health`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OtherPaths {
     /// Forward them to the upstream without counting (an edge proxy for everything else).
@@ -92,7 +121,7 @@ pub enum OtherPaths {
     NotFound,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     /// Addresses the proxy listens on.
@@ -178,7 +207,7 @@ impl Default for ServerSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
     /// Content servers (`host:port`), chosen round-robin; a refused connection tries the next.
@@ -234,7 +263,7 @@ fn d_forwarded_for() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentitySection {
     /// The request header that names the user.
@@ -256,7 +285,7 @@ impl Default for IdentitySection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamsSection {
     /// Path prefixes that are watch routes: `/watch` covers `/watch` and `/watch/...`.
@@ -309,7 +338,7 @@ impl Default for StreamsSection {
 }
 
 /// Where active streams live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StoreKind {
     /// In this process, in a moka cache: one instance, nothing to set up.
@@ -321,7 +350,7 @@ pub enum StoreKind {
 }
 
 /// What a decision does when the store fails or times out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnStoreError {
     /// Refuse with `503 store_unavailable` (fail closed).
@@ -330,7 +359,7 @@ pub enum OnStoreError {
     Allow,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
     pub kind: StoreKind,
@@ -394,7 +423,7 @@ impl Default for StoreSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSection {
     /// Where Prometheus scrapes `/metrics`; leave out to serve no metrics.

@@ -57,7 +57,7 @@ impl StreamGate {
     /// The store failed while admitting: fail open (forward without a lease, under a
     /// fresh stream id) or closed, as the policy says.
     fn admission_failed(&self, ctx: &mut RequestCtx, e: StoreError) -> Result<Forward, Answer> {
-        if self.policy.fail_open() && !matches!(e, StoreError::Full) {
+        if self.live.load().policy.fail_open() && !matches!(e, StoreError::Full) {
             self.metrics
                 .store_errors
                 .with_label_values(&[e.kind()])
@@ -118,7 +118,7 @@ impl StreamGate {
             }
         }
 
-        let limit = self.policy.limit_for(&user);
+        let limit = self.live.load().policy.limit_for(&user);
         let opening = match stream {
             Some(id) => self.store.open_as(&user, limit, id),
             None => self.store.open(&user, limit),
@@ -262,6 +262,7 @@ mod tests {
             metrics,
             crate::drain::Drain::new(Duration::ZERO, Duration::ZERO),
             crate::access_log::AccessLog::off(prometheus::IntCounter::new("d", "d").unwrap()),
+            crate::reload::shared(&config),
         )
         .unwrap()
     }

@@ -37,8 +37,8 @@ use crate::inflight::{Slot, StreamInflight};
 use crate::lease::LeaseHold;
 use crate::manifest::{Kind, Tagger};
 use crate::metrics::{Decision, Metrics, StoreOp};
-use crate::policy::Policy;
-use crate::routing::{self, AmbiguousPath, Route, Routes};
+use crate::reload;
+use crate::routing::{self, AmbiguousPath, Route};
 use crate::store::{StoreError, StreamStore};
 
 /// Methods a watch route serves: fetches, heartbeats, `DELETE` to end a stream, and
@@ -63,12 +63,12 @@ struct UpstreamTimeouts {
 
 /// The proxy: everything shared by all requests.
 pub struct StreamGate {
-    routes: Routes,
+    /// Routes and the limit policy: what a reload swaps (read once per request).
+    live: reload::Shared,
     identity: IdentityRules,
     /// Header names as configured, so responses keep the operator's spelling.
     session_header_case: bytes::Bytes,
     stream_header_case: bytes::Bytes,
-    policy: Policy,
     store: Arc<dyn StreamStore>,
     metrics: Metrics,
     upstreams: LoadBalancer<RoundRobin>,
@@ -136,6 +136,7 @@ impl StreamGate {
         metrics: Metrics,
         drain: Arc<Drain>,
         access_log: AccessLog,
+        live: reload::Shared,
     ) -> std::io::Result<Self> {
         let header = |name: &str| {
             HeaderName::from_bytes(name.as_bytes())
@@ -144,7 +145,7 @@ impl StreamGate {
         let upstreams =
             LoadBalancer::try_from_iter(config.upstream.addrs.iter().map(String::as_str))?;
         Ok(Self {
-            routes: Routes::new(&config.streams.routes, config.streams.case_sensitive_routes),
+            live,
             identity: IdentityRules {
                 session_header: header(&config.identity.header)?,
                 stream_header: header(&config.streams.stream_id_header)?,
@@ -153,7 +154,6 @@ impl StreamGate {
             },
             session_header_case: bytes::Bytes::from(config.identity.header.clone()),
             stream_header_case: bytes::Bytes::from(config.streams.stream_id_header.clone()),
-            policy: Policy::new(config.streams.limit, config.store.on_store_error),
             store,
             metrics,
             upstreams,
@@ -224,7 +224,7 @@ impl StreamGate {
         if path == "*" && req.method != Method::OPTIONS {
             return Err(Answer::InvalidPath("only OPTIONS may ask for '*'"));
         }
-        ctx.route = self.routes.classify(&path);
+        ctx.route = self.live.load().routes.classify(&path);
         // On every watch request, preflights included: the origin never sees the parameter.
         ctx.strip_param = ctx.route == Route::Watch
             && req

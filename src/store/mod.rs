@@ -5,6 +5,7 @@
 //! so 200 concurrent opens for one user admit exactly the limit. Every store answers the
 //! same contract (`tests/store_contract.rs`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -81,6 +82,46 @@ pub struct LeaseCounters {
     pub expired: IntCounter,
 }
 
+/// The store settings a reload changes while running (`streams.lease_ttl`,
+/// `store.timeout`), read at each use.
+#[derive(Debug)]
+pub struct Tuning {
+    ttl_ms: AtomicU64,
+    timeout_ms: AtomicU64,
+}
+
+impl Tuning {
+    pub fn new(lease_ttl: Duration, timeout: Duration) -> Self {
+        let t = Self {
+            ttl_ms: AtomicU64::new(0),
+            timeout_ms: AtomicU64::new(0),
+        };
+        t.set(lease_ttl, timeout);
+        t
+    }
+
+    pub fn set(&self, lease_ttl: Duration, timeout: Duration) {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4);
+        self.ttl_ms.store(ms(lease_ttl), Ordering::Relaxed);
+        self.timeout_ms.store(ms(timeout), Ordering::Relaxed);
+    }
+
+    /// The lease TTL, in milliseconds.
+    pub fn ttl_ms(&self) -> u64 {
+        self.ttl_ms.load(Ordering::Relaxed)
+    }
+
+    /// How long one store call may take.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// How long a memory-store entry may outlive what its leases need (saves rewrites).
+    pub fn slack_ms(&self) -> u64 {
+        (self.ttl_ms() / 8).clamp(1, 1_000)
+    }
+}
+
 /// The stream-lease store. All operations on one user are atomic with respect to each other.
 #[async_trait]
 pub trait StreamStore: Send + Sync + 'static {
@@ -131,6 +172,10 @@ pub trait StreamStore: Send + Sync + 'static {
     async fn follow_ends(&self, _on_end: &OnEnd<'_>) {
         std::future::pending::<()>().await
     }
+
+    /// Take a reloaded `streams.lease_ttl` and `store.timeout` (see [`Tuning`]): the next
+    /// call uses them; live leases keep their expiry until renewed.
+    fn retune(&self, lease_ttl: Duration, timeout: Duration);
 
     /// Periodic housekeeping (evict expired users, settle gauges). The memory store also
     /// extends the deadlines of users with a request in flight here, so a server must call

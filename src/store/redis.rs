@@ -34,7 +34,7 @@ use redis::{RedisError, Script, ScriptInvocation};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use super::{LeaseCounters, LeaseInfo, OnEnd, Opened, StoreError, StreamStore};
+use super::{LeaseCounters, LeaseInfo, OnEnd, Opened, StoreError, StreamStore, Tuning};
 use crate::identity::StreamId;
 
 /// Common preamble: Redis time in ms, and prune leases that have run out.
@@ -180,8 +180,7 @@ pub struct RedisStore {
     /// Opens given up on whose lease is being removed (see [`RedisStore::abandon`]).
     cleanups: Arc<tokio::sync::Semaphore>,
     prefix: String,
-    ttl_ms: u64,
-    timeout: Duration,
+    tuning: Tuning,
     counters: LeaseCounters,
 }
 
@@ -226,8 +225,7 @@ impl RedisStore {
             },
             cleanups: Arc::new(tokio::sync::Semaphore::new(MAX_CLEANUPS)),
             prefix: prefix.to_owned(),
-            ttl_ms: u64::try_from(lease_ttl.as_millis()).unwrap_or(u64::MAX / 4),
-            timeout,
+            tuning: Tuning::new(lease_ttl, timeout),
             counters,
         }
     }
@@ -276,8 +274,8 @@ impl RedisStore {
                     Target::Single(url) => {
                         let client = self.client(url)?;
                         let config = ConnectionManagerConfig::new()
-                            .set_connection_timeout(self.timeout)
-                            .set_response_timeout(self.timeout)
+                            .set_connection_timeout(self.tuning.timeout())
+                            .set_response_timeout(self.tuning.timeout())
                             // No retry inside one attempt: a refused password (or a
                             // down server) is then its own error within `store.timeout`,
                             // not a timeout after backing off; the health check
@@ -290,8 +288,8 @@ impl RedisStore {
                     }
                     Target::Cluster(nodes) => {
                         let mut builder = ClusterClient::builder(nodes.clone())
-                            .connection_timeout(self.timeout)
-                            .response_timeout(self.timeout)
+                            .connection_timeout(self.tuning.timeout())
+                            .response_timeout(self.tuning.timeout())
                             .retries(1);
                         if let Some(certs) = self.certs() {
                             builder = builder.certs(certs);
@@ -317,7 +315,7 @@ impl RedisStore {
         &self,
         fut: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        match tokio::time::timeout(self.tuning.timeout(), fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(unavailable(e)),
             Err(_) => Err(StoreError::Timeout),
@@ -332,7 +330,9 @@ impl RedisStore {
 
     async fn renew_lease(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
         let mut inv = self.scripts.renew.prepare_invoke();
-        inv.key(self.key(user)).arg(id.to_string()).arg(self.ttl_ms);
+        inv.key(self.key(user))
+            .arg(id.to_string())
+            .arg(self.tuning.ttl_ms());
         let (ok, expired): (i64, i64) = self.invoke(inv).await?;
         self.count_expired(expired);
         Ok(ok == 1)
@@ -345,7 +345,7 @@ impl RedisStore {
         inv.key(self.key(user))
             .key(self.ended_key(user))
             .arg(id.to_string())
-            .arg(self.ttl_ms);
+            .arg(self.tuning.ttl_ms());
         let (outcome, expired): (i64, i64) = self.invoke(inv).await?;
         self.count_expired(expired);
         if outcome == 2 {
@@ -380,10 +380,10 @@ impl RedisStore {
             .arg(self.key(user))
             .arg(self.ended_key(user))
             .arg(id.to_string())
-            .arg(self.ttl_ms)
+            .arg(self.tuning.ttl_ms())
             .arg(self.ends_channel())
             .arg(user);
-        let (ttl_ms, timeout) = (self.ttl_ms, self.timeout);
+        let (ttl_ms, timeout) = (self.tuning.ttl_ms(), self.tuning.timeout());
         rt.spawn(async move {
             let _permit = permit;
             let give_up = Instant::now() + Duration::from_millis(ttl_ms);
@@ -402,7 +402,7 @@ impl RedisStore {
         inv.key(self.key(user))
             .key(self.ended_key(user))
             .arg(id.to_string())
-            .arg(self.ttl_ms)
+            .arg(self.tuning.ttl_ms())
             .arg(self.ends_channel())
             .arg(user);
         let (ok, expired): (i64, i64) = self.invoke(inv).await?;
@@ -425,7 +425,7 @@ impl RedisStore {
         inv.key(self.key(user))
             .key(self.ended_key(user))
             .arg(limit)
-            .arg(self.ttl_ms)
+            .arg(self.tuning.ttl_ms())
             .arg(id.to_string());
         let reply: Result<(i64, i64, i64, i64), _> = self.invoke(inv).await;
         if fresh && matches!(reply, Err(StoreError::Timeout)) {
@@ -507,8 +507,12 @@ impl StreamStore for RedisStore {
             .map(|_| ())
     }
 
+    fn retune(&self, lease_ttl: Duration, timeout: Duration) {
+        self.tuning.set(lease_ttl, timeout);
+    }
+
     fn hold_refresh_interval(&self) -> Option<Duration> {
-        Some(Duration::from_millis((self.ttl_ms / 3).max(10)))
+        Some(Duration::from_millis((self.tuning.ttl_ms() / 3).max(10)))
     }
 
     /// Subscribe to the ends channel, on the server (or a cluster node in turn: plain
@@ -529,7 +533,12 @@ impl StreamStore for RedisStore {
                 pubsub.subscribe(&channel).await?;
                 Ok::<_, RedisError>(pubsub)
             };
-            match tokio::time::timeout(self.timeout.max(Duration::from_secs(1)), subscribed).await {
+            match tokio::time::timeout(
+                self.tuning.timeout().max(Duration::from_secs(1)),
+                subscribed,
+            )
+            .await
+            {
                 Ok(Ok(pubsub)) => {
                     if !was_up {
                         log::info!("following stream ends again");

@@ -188,6 +188,10 @@ impl StreamStore for RefusalCache {
         self.inner.hold_refresh_interval()
     }
 
+    fn retune(&self, lease_ttl: Duration, timeout: Duration) {
+        self.inner.retune(lease_ttl, timeout);
+    }
+
     async fn refresh(&self, user: &str, id: StreamId) -> Result<(), StoreError> {
         self.inner.refresh(user, id).await
     }
@@ -297,6 +301,9 @@ mod tests {
         }
         async fn end(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
             self.inner.end(user, id).await
+        }
+        fn retune(&self, lease_ttl: Duration, timeout: Duration) {
+            self.inner.retune(lease_ttl, timeout);
         }
         async fn list(&self, user: &str) -> Result<Vec<LeaseInfo>, StoreError> {
             self.inner.list(user).await

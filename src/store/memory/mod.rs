@@ -48,7 +48,7 @@ use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
 use moka::sync::SegmentedCache;
 
-use super::{LeaseCounters, LeaseInfo, Opened, StoreError, StreamStore};
+use super::{LeaseCounters, LeaseInfo, Opened, StoreError, StreamStore, Tuning};
 
 mod entry;
 mod held;
@@ -75,9 +75,8 @@ const HELD_SHARDS: usize = 16;
 pub struct MemoryStore {
     cache: SegmentedCache<UserKey, Arc<UserEntry>, UserKeyHash>,
     keys: UserKeys,
-    ttl_ms: u64,
-    /// How long an entry may outlive what its leases need (saves rewrites).
-    slack_ms: u64,
+    /// The lease TTL (and the slack it implies), which a reload may change.
+    tuning: Tuning,
     epoch: Instant,
     users: Arc<AtomicU64>,
     max_users: u64,
@@ -126,12 +125,10 @@ impl MemoryStore {
                 }
             })
             .build_with_hasher(UserKeyHash::default());
-        let ttl_ms = u64::try_from(lease_ttl.as_millis()).unwrap_or(u64::MAX / 4);
         Self {
             cache,
             keys: UserKeys::new(),
-            ttl_ms,
-            slack_ms: (ttl_ms / 8).clamp(1, 1_000),
+            tuning: Tuning::new(lease_ttl, Duration::ZERO),
             epoch: Instant::now(),
             users,
             max_users,
@@ -185,11 +182,11 @@ impl MemoryStore {
     {
         let key = self.keys.of(user);
         if reach == Reach::Shrinks {
-            return self.compute(key, create, self.slack_ms, f);
+            return self.compute(key, create, self.tuning.slack_ms(), f);
         }
         match self.in_place(key, create, reach, f) {
             Ok(out) => Ok(out),
-            Err(f) => self.compute(key, create, self.slack_ms, f),
+            Err(f) => self.compute(key, create, self.tuning.slack_ms(), f),
         }
     }
 
@@ -211,7 +208,7 @@ impl MemoryStore {
             return Err(f);
         }
         self.prune(&mut st.leases, now);
-        let up_to_ttl = now + self.ttl_ms <= entry.deadline.load(Ordering::Relaxed);
+        let up_to_ttl = now + self.tuning.ttl_ms() <= entry.deadline.load(Ordering::Relaxed);
         let fits = match reach {
             Reach::Within => true,
             Reach::UpToTtl => up_to_ttl,
@@ -227,7 +224,7 @@ impl MemoryStore {
         drop(st);
         if empty {
             // Removes the entry if it is still empty.
-            let _ = self.compute(key, false, self.slack_ms, |_, _| ());
+            let _ = self.compute(key, false, self.tuning.slack_ms(), |_, _| ());
         }
         Ok(out)
     }
@@ -275,9 +272,9 @@ impl MemoryStore {
                 self.users.fetch_sub(1, Ordering::Relaxed);
                 return Op::Nop;
             }
-            let needed = st.needed_until(now, self.ttl_ms);
+            let needed = st.needed_until(now, self.tuning.ttl_ms());
             let deadline = entry.deadline.load(Ordering::Relaxed);
-            if existed && needed <= deadline && deadline <= needed + 2 * self.slack_ms {
+            if existed && needed <= deadline && deadline <= needed + 2 * self.tuning.slack_ms() {
                 // moka already keeps the entry long enough, and not much longer.
                 return Op::Nop;
             }
@@ -300,7 +297,7 @@ impl MemoryStore {
 
     /// Keep the deadlines of users with a held lease at least one TTL ahead.
     fn refresh_held(&self) {
-        let horizon = self.now_ms() + self.ttl_ms;
+        let horizon = self.now_ms() + self.tuning.ttl_ms();
         let due: Vec<(UserKey, Arc<UserEntry>)> = self
             .held
             .iter()
@@ -318,7 +315,7 @@ impl MemoryStore {
                 // A hold needs `now + TTL`, more than the deadline: the compute writes
                 // half a TTL beyond it, so the next refresh is half a TTL away.
                 Some(current) if Arc::ptr_eq(&current, &entry) => {
-                    let _ = self.compute(key, false, self.ttl_ms / 2, |_, _| ());
+                    let _ = self.compute(key, false, self.tuning.ttl_ms() / 2, |_, _| ());
                 }
                 // Gone from moka while still holding: it expired. (If its hold ended and its
                 // last lease with it since the scan, it was removed on purpose: no warning.)
@@ -337,7 +334,7 @@ impl MemoryStore {
     }
 
     fn open_as_now(&self, user: &str, limit: u32, id: StreamId) -> Result<Opened, StoreError> {
-        let ttl = self.ttl_ms;
+        let ttl = self.tuning.ttl_ms();
         let opened = self.with_user(user, true, Reach::Open(limit), |leases, now| {
             if let Some(l) = leases.iter_mut().find(|l| l.id == id) {
                 l.holds += 1;
@@ -377,7 +374,7 @@ impl MemoryStore {
     }
 
     fn release_now(&self, user: &str, id: StreamId, keep: bool) -> Result<(), StoreError> {
-        let ttl = self.ttl_ms;
+        let ttl = self.tuning.ttl_ms();
         let reach = if keep { Reach::UpToTtl } else { Reach::Shrinks };
         let removed = self.with_user(user, false, reach, |leases, now| {
             let Some(pos) = leases.iter().position(|l| l.id == id) else {
@@ -405,6 +402,12 @@ impl MemoryStore {
 
 #[async_trait]
 impl StreamStore for MemoryStore {
+    /// The memory store has no timeout to take; a shorter TTL applies to the next open or
+    /// renewal (housekeeping runs every 10 ms, well within any TTL's quarter).
+    fn retune(&self, lease_ttl: Duration, _timeout: Duration) {
+        self.tuning.set(lease_ttl, Duration::ZERO);
+    }
+
     async fn open_as(&self, user: &str, limit: u32, id: StreamId) -> Result<Opened, StoreError> {
         self.open_as_now(user, limit, id)
     }

@@ -116,7 +116,7 @@ fn decisions_within_the_deadline_skip_moka_but_expiry_follows_the_leases() {
     ));
     s.release_now("u", id, true).unwrap();
     s.release_now("u", id, true).unwrap();
-    if began.elapsed() < Duration::from_millis(s.slack_ms) {
+    if began.elapsed() < Duration::from_millis(s.tuning.slack_ms()) {
         // (On a machine slow enough to take longer, a write was due.)
         assert_eq!(entry.deadline.load(Ordering::Relaxed), deadline);
     }

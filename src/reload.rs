@@ -1,0 +1,249 @@
+//! What a `SIGHUP` may change while streams play, and what it may not.
+//!
+//! nginx and HAProxy users reload a changed config with `SIGHUP`. streamgate re-reads its
+//! file (with the command line's overrides applied again, as at start) and validates it
+//! whole; a file that does not load is one log line and changes nothing. Of a valid file,
+//! the settings a request reads ([`LIVE_KEYS`]: the limit, the routes, the lease TTL, the
+//! store timeout and failure mode, the log level) are swapped in at once: each request
+//! reads one [`Live`] snapshot, so it sees the old settings or the new, never half of each.
+//! Everything else (listen addresses, the store's kind and address, TLS, threads...) is
+//! bound into sockets, connections and threads at start: a change there is kept as it was
+//! and named in one log line saying that a restart or `--upgrade` applies it.
+//!
+//! Leases already open are kept: a lowered limit refuses the next opens until the user is
+//! below it (nothing playing is cut), and a changed TTL applies from each lease's next
+//! renewal. The moves are the same on the memory and the Redis store.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use log::{info, warn};
+use parking_lot::Mutex;
+
+use crate::config::{Config, LogLevel, Overrides};
+use crate::policy::Policy;
+use crate::routing::Routes;
+use crate::store::StreamStore;
+
+/// The keys a reload applies while running (every other key needs a restart).
+pub const LIVE_KEYS: &[&str] = &[
+    "streams.limit",
+    "streams.routes",
+    "streams.case_sensitive_routes",
+    "streams.lease_ttl",
+    "store.timeout",
+    "store.on_store_error",
+    "log.level",
+];
+
+/// The settings each request reads, swapped whole by a reload.
+#[derive(Debug)]
+pub struct Live {
+    pub routes: Routes,
+    pub policy: Policy,
+}
+
+impl Live {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            routes: Routes::new(&config.streams.routes, config.streams.case_sensitive_routes),
+            policy: Policy::new(config.streams.limit, config.store.on_store_error),
+        }
+    }
+}
+
+/// The live settings, shared by the proxy (which reads them) and the [`Reloader`].
+pub type Shared = Arc<ArcSwap<Live>>;
+
+pub fn shared(config: &Config) -> Shared {
+    Arc::new(ArcSwap::from_pointee(Live::new(config)))
+}
+
+/// Set the process log's level from `log.level`, unless `RUST_LOG` decides it.
+pub fn apply_log_level(level: LogLevel) {
+    if std::env::var_os("RUST_LOG").is_none() {
+        log::set_max_level(level.filter());
+    }
+}
+
+/// What a reload did (also written as one log line).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The file did not load: the message (file, key, why); nothing changed.
+    Refused(String),
+    /// The file loaded: the live keys applied, and the changed keys kept as they were.
+    Loaded {
+        applied: Vec<String>,
+        kept: Vec<String>,
+    },
+}
+
+/// Re-reads the config file on `SIGHUP` and applies what can change live.
+pub struct Reloader {
+    /// The file and the command line's overrides; `None` (the demo) has no file.
+    source: Option<(PathBuf, Overrides)>,
+    /// What runs now: the start config with every reload's live keys applied.
+    running: Mutex<Config>,
+    live: Shared,
+    store: Arc<dyn StreamStore>,
+}
+
+impl Reloader {
+    pub fn new(
+        source: Option<(PathBuf, Overrides)>,
+        running: Config,
+        live: Shared,
+        store: Arc<dyn StreamStore>,
+    ) -> Self {
+        Self {
+            source,
+            running: Mutex::new(running),
+            live,
+            store,
+        }
+    }
+
+    /// Load the file again and apply it; says what it did in one log line.
+    pub fn reload(&self) -> Outcome {
+        let Some((path, overrides)) = &self.source else {
+            let why = "no config file to reload (the demo runs on defaults)".to_string();
+            warn!("SIGHUP: {why}");
+            return Outcome::Refused(why);
+        };
+        match Config::load(path, overrides) {
+            Ok(next) => self.apply(next),
+            Err(e) => {
+                warn!("SIGHUP: {e}; the running config is kept");
+                Outcome::Refused(e.to_string())
+            }
+        }
+    }
+
+    /// Apply a valid config: its live keys now, the others named and kept.
+    pub fn apply(&self, next: Config) -> Outcome {
+        let mut running = self.running.lock();
+        let changed = changed_keys(&running, &next);
+        let (applied, kept): (Vec<String>, Vec<String>) = changed
+            .into_iter()
+            .partition(|k| LIVE_KEYS.contains(&k.as_str()));
+        if !applied.is_empty() {
+            take_live(&mut running, &next);
+            self.live.store(Arc::new(Live::new(&running)));
+            self.store
+                .retune(running.streams.lease_ttl, running.store.timeout);
+            apply_log_level(running.log.level);
+        }
+        match (applied.is_empty(), kept.is_empty()) {
+            (true, true) => info!("SIGHUP: the config file is unchanged"),
+            (false, _) => info!("SIGHUP: applied {}", applied.join(", ")),
+            (true, false) => {}
+        }
+        if !kept.is_empty() {
+            warn!(
+                "SIGHUP: {} changed but apply only at a restart or --upgrade; kept as running",
+                kept.join(", ")
+            );
+        }
+        Outcome::Loaded { applied, kept }
+    }
+}
+
+/// Copy the live keys' values from `next` (see [`LIVE_KEYS`]).
+fn take_live(running: &mut Config, next: &Config) {
+    running.streams.limit = next.streams.limit;
+    running.streams.routes = next.streams.routes.clone();
+    running.streams.case_sensitive_routes = next.streams.case_sensitive_routes;
+    running.streams.lease_ttl = next.streams.lease_ttl;
+    running.store.timeout = next.store.timeout;
+    running.store.on_store_error = next.store.on_store_error;
+    running.log.level = next.log.level;
+}
+
+/// The dotted keys (`section.key`) whose values differ. Only names: values may be
+/// credentials (a Redis URL with its password).
+fn changed_keys(a: &Config, b: &Config) -> Vec<String> {
+    let (a, b) = (flatten(a), flatten(b));
+    let mut keys: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+fn flatten(c: &Config) -> BTreeMap<String, toml::Value> {
+    fn walk(prefix: &str, v: toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            v => {
+                out.insert(prefix.to_string(), v);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    match toml::Value::try_from(c) {
+        Ok(v) => walk("", v, &mut out),
+        // Every config type serializes; were one not to, no key would look changed.
+        Err(e) => warn!("cannot compare configs: {e}"),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config(extra_streams: &str, extra_server: &str) -> Config {
+        Config::from_toml(&format!(
+            "[server]\nlisten = [\"127.0.0.1:3001\"]\n{extra_server}\n\
+             [upstream]\naddrs = [\"127.0.0.1:8080\"]\n[streams]\n{extra_streams}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn every_live_key_is_seen_changed_and_taken() {
+        let a = config("", "");
+        let mut b = config(
+            "limit = 7\nroutes = [\"/live\"]\ncase_sensitive_routes = true\nlease_ttl = \"9s\"",
+            "",
+        );
+        b.store.timeout = Duration::from_millis(1234);
+        b.store.on_store_error = crate::config::OnStoreError::Allow;
+        b.log.level = LogLevel::Debug;
+        let mut changed = changed_keys(&a, &b);
+        changed.sort();
+        let mut live: Vec<String> = LIVE_KEYS.iter().map(|k| k.to_string()).collect();
+        live.sort();
+        assert_eq!(changed, live);
+        let mut running = a.clone();
+        take_live(&mut running, &b);
+        assert!(changed_keys(&running, &b).is_empty());
+    }
+
+    #[test]
+    fn other_keys_are_named_not_valued() {
+        let a = config("", "");
+        let b = config("", "threads = 2");
+        assert_eq!(changed_keys(&a, &b), vec!["server.threads".to_string()]);
+        let mut c = a.clone();
+        c.server.listen = vec!["127.0.0.1:3002".into()];
+        assert_eq!(changed_keys(&a, &c), vec!["server.listen".to_string()]);
+        assert!(changed_keys(&a, &a.clone()).is_empty());
+    }
+}
