@@ -89,6 +89,10 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         },
     };
+    if let Err(e) = crate::server::check_identity(&config) {
+        eprintln!("streamgate: {}: {e}", cli.config.display());
+        return ExitCode::from(EXIT_CONFIG);
+    }
     if cli.check {
         println!(
             "streamgate: {}: configuration is valid",

@@ -127,6 +127,8 @@ pub struct Metrics {
     /// Request heads answered before any request was read, by reason (`too_large`,
     /// `timeout`, `malformed`, `connect`).
     pub refused_heads: IntCounterVec,
+    /// Tokens by result (`verified`, `cached`, `refused`) and reason (`none`, `expired`...).
+    pub auth: IntCounterVec,
     /// Manifests by kind (`hls`, `dash`) and outcome (`rewritten`, `too_large`, `unchanged`).
     pub manifests: IntCounterVec,
     handles: Handles,
@@ -200,6 +202,13 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            auth: IntCounterVec::new(
+                Opts::new(
+                    "streamgate_auth_total",
+                    "Identity tokens by result (verified, cached, refused) and reason.",
+                ),
+                &["result", "reason"],
+            )?,
             access_log_dropped: IntCounter::new(
                 "streamgate_access_log_dropped_total",
                 "Access lines dropped because the log writer's queue was full.",
@@ -272,6 +281,7 @@ impl Metrics {
         registry.register(Box::new(m.store_up.clone()))?;
         registry.register(Box::new(m.access_log_dropped.clone()))?;
         registry.register(Box::new(m.refused_heads.clone()))?;
+        registry.register(Box::new(m.auth.clone()))?;
         registry.register(Box::new(m.manifests.clone()))?;
         Ok(m)
     }

@@ -1,33 +1,173 @@
 //! How many streams a user may hold, and what to do when the store cannot say: the policy
 //! step between identity and the store.
 //!
-//! Today every user gets the configured limit; this is the seam where per-plan limits
-//! (a header, a lookup) plug in without touching the proxy phases.
+//! A user's limit comes, first found first: from their token's own limit claim (capped by
+//! `identity.jwt.max_limit`), from their plan (`[plans.<name>]`: the token's plan claim, or
+//! `streams.default_plan`), else `streams.limit`. A plan with `limit = 0` blocks its users,
+//! an `unlimited` one counts their streams but never refuses, and a plan name no table has
+//! is treated as no plan or refused (`streams.unknown_plan`). The store key never contains
+//! the plan: a user whose plan changes keeps their streams, and a downgrade applies at the
+//! next open, never by cutting what plays.
 
-use crate::config::OnStoreError;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::config::{Config, OnStoreError, UnknownPlan};
+
+/// What a plan allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Allows {
+    Streams(u32),
+    Unlimited,
+}
+
+/// A user's limit for one open, and the plan it came from (named in a refusal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowance {
+    /// Concurrent streams (`u32::MAX` for an unlimited plan).
+    pub limit: u32,
+    pub plan: Option<Arc<str>>,
+}
+
+/// Why a user may open no stream at all, whatever they hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanRefusal {
+    /// The plan (or the token's limit) allows 0 streams: `403 plan_blocked`.
+    Blocked(Option<Arc<str>>),
+    /// A plan name no `[plans]` table has, with `unknown_plan = "reject"`: `403
+    /// unknown_plan`.
+    Unknown,
+}
 
 /// Decides a user's stream limit and the failure mode.
 #[derive(Debug, Clone)]
 pub struct Policy {
     default_limit: u32,
     on_store_error: OnStoreError,
+    plans: BTreeMap<String, Allows>,
+    default_plan: Option<Arc<str>>,
+    unknown_plan: UnknownPlan,
 }
 
 impl Policy {
-    pub fn new(default_limit: u32, on_store_error: OnStoreError) -> Self {
+    pub fn new(config: &Config) -> Self {
+        let plans = config
+            .plans
+            .iter()
+            .map(|(name, p)| {
+                let allows = if p.unlimited {
+                    Allows::Unlimited
+                } else {
+                    Allows::Streams(p.limit.unwrap_or(config.streams.limit))
+                };
+                (name.clone(), allows)
+            })
+            .collect();
         Self {
-            default_limit,
-            on_store_error,
+            default_limit: config.streams.limit,
+            on_store_error: config.store.on_store_error,
+            plans,
+            default_plan: config.streams.default_plan.as_deref().map(Arc::from),
+            unknown_plan: config.streams.unknown_plan,
         }
     }
 
-    /// The most concurrent streams `user` may hold.
-    pub fn limit_for(&self, _user: &str) -> u32 {
-        self.default_limit
+    /// The limit of a user whose identity names `plan` and, from a token, `own_limit`.
+    pub fn allowance(
+        &self,
+        plan: Option<&Arc<str>>,
+        own_limit: Option<u32>,
+    ) -> Result<Allowance, PlanRefusal> {
+        let known = |p: &Arc<str>| self.plans.get(&**p).map(|a| (p.clone(), *a));
+        let named = match plan {
+            Some(p) => match known(p) {
+                Some(found) => Some(found),
+                None if self.unknown_plan == UnknownPlan::Reject => {
+                    return Err(PlanRefusal::Unknown)
+                }
+                None => None,
+            },
+            None => None,
+        };
+        let (plan, allows) = match named.or_else(|| self.default_plan.as_ref().and_then(known)) {
+            Some((p, a)) => (Some(p), a),
+            None => (None, Allows::Streams(self.default_limit)),
+        };
+        let limit = match (own_limit, allows) {
+            (Some(l), _) => l,
+            (None, Allows::Streams(l)) => l,
+            (None, Allows::Unlimited) => u32::MAX,
+        };
+        if limit == 0 {
+            return Err(PlanRefusal::Blocked(plan));
+        }
+        Ok(Allowance { limit, plan })
     }
 
     /// Whether a watch request is admitted (without a lease) when the store fails.
     pub fn fail_open(&self) -> bool {
         self.on_store_error == OnStoreError::Allow
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(extra: &str) -> Policy {
+        let c = Config::from_toml(&format!(
+            "[upstream]\naddrs = [\"127.0.0.1:8080\"]\n[streams]\nlimit = 3\n{extra}\n\
+             [plans.basic]\nlimit = 1\n[plans.premium]\nlimit = 4\n\
+             [plans.free]\nlimit = 0\n[plans.staff]\nunlimited = true\n"
+        ))
+        .unwrap();
+        Policy::new(&c)
+    }
+
+    fn limit(p: &Policy, plan: Option<&str>, own: Option<u32>) -> Result<u32, PlanRefusal> {
+        p.allowance(plan.map(Arc::from).as_ref(), own)
+            .map(|a| a.limit)
+    }
+
+    #[test]
+    fn the_claim_then_the_plan_then_the_default() {
+        let p = policy("");
+        assert_eq!(limit(&p, None, None), Ok(3));
+        assert_eq!(limit(&p, Some("basic"), None), Ok(1));
+        assert_eq!(limit(&p, Some("premium"), None), Ok(4));
+        assert_eq!(
+            limit(&p, Some("premium"), Some(2)),
+            Ok(2),
+            "the token's own limit wins"
+        );
+        assert_eq!(limit(&p, Some("staff"), None), Ok(u32::MAX));
+        assert_eq!(
+            limit(&p, Some("free"), None),
+            Err(PlanRefusal::Blocked(Some(Arc::from("free"))))
+        );
+        assert_eq!(
+            p.allowance(Some(&Arc::from("basic")), None)
+                .unwrap()
+                .plan
+                .as_deref(),
+            Some("basic")
+        );
+    }
+
+    #[test]
+    fn unknown_plans_fall_back_or_are_refused() {
+        let p = policy("default_plan = \"basic\"");
+        assert_eq!(
+            limit(&p, Some("gold"), None),
+            Ok(1),
+            "as no plan: the default plan"
+        );
+        assert_eq!(limit(&p, None, None), Ok(1));
+        let strict = policy("unknown_plan = \"reject\"");
+        assert_eq!(
+            limit(&strict, Some("gold"), None),
+            Err(PlanRefusal::Unknown)
+        );
+        assert_eq!(limit(&strict, None, None), Ok(3));
     }
 }

@@ -22,43 +22,67 @@ use arc_swap::ArcSwap;
 use log::{info, warn};
 use parking_lot::Mutex;
 
-use crate::config::{Config, LogLevel, Overrides};
+use prometheus::IntCounterVec;
+
+use crate::config::{Config, IdentityMode, KeyError, LogLevel, Overrides};
+use crate::jwt::Verifier;
 use crate::policy::Policy;
 use crate::routing::Routes;
 use crate::store::StreamStore;
 
-/// The keys a reload applies while running (every other key needs a restart).
+/// The keys a reload applies while running, and the tables all of whose keys it applies
+/// (every other key needs a restart).
 pub const LIVE_KEYS: &[&str] = &[
     "streams.limit",
     "streams.routes",
     "streams.case_sensitive_routes",
     "streams.lease_ttl",
+    "streams.default_plan",
+    "streams.unknown_plan",
     "store.timeout",
     "store.on_store_error",
     "log.level",
+    "plans",
+    "identity.jwt",
 ];
 
+fn is_live(key: &str) -> bool {
+    LIVE_KEYS.iter().any(|k| {
+        key == *k
+            || key
+                .strip_prefix(k)
+                .is_some_and(|rest| rest.starts_with('.'))
+    })
+}
+
 /// The settings each request reads, swapped whole by a reload.
-#[derive(Debug)]
 pub struct Live {
     pub routes: Routes,
     pub policy: Policy,
+    /// `identity.mode = "jwt"`: the keys and rules tokens are verified with.
+    pub jwt: Option<Verifier>,
 }
 
 impl Live {
-    pub fn new(config: &Config) -> Self {
-        Self {
+    /// Fails when a JWT key file cannot be read or used (naming the key).
+    pub fn new(config: &Config, auth: &IntCounterVec) -> Result<Self, KeyError> {
+        let jwt = match config.identity.mode {
+            IdentityMode::Jwt => Some(Verifier::new(&config.identity.jwt, Some(auth.clone()))?),
+            IdentityMode::Header => None,
+        };
+        Ok(Self {
             routes: Routes::new(&config.streams.routes, config.streams.case_sensitive_routes),
-            policy: Policy::new(config.streams.limit, config.store.on_store_error),
-        }
+            policy: Policy::new(config),
+            jwt,
+        })
     }
 }
 
 /// The live settings, shared by the proxy (which reads them) and the [`Reloader`].
 pub type Shared = Arc<ArcSwap<Live>>;
 
-pub fn shared(config: &Config) -> Shared {
-    Arc::new(ArcSwap::from_pointee(Live::new(config)))
+pub fn shared(config: &Config, auth: &IntCounterVec) -> Result<Shared, KeyError> {
+    Ok(Arc::new(ArcSwap::from_pointee(Live::new(config, auth)?)))
 }
 
 /// Set the process log's level from `log.level`, unless `RUST_LOG` decides it.
@@ -88,6 +112,7 @@ pub struct Reloader {
     running: Mutex<Config>,
     live: Shared,
     store: Arc<dyn StreamStore>,
+    auth: IntCounterVec,
 }
 
 impl Reloader {
@@ -96,12 +121,14 @@ impl Reloader {
         running: Config,
         live: Shared,
         store: Arc<dyn StreamStore>,
+        auth: IntCounterVec,
     ) -> Self {
         Self {
             source,
             running: Mutex::new(running),
             live,
             store,
+            auth,
         }
     }
 
@@ -125,12 +152,20 @@ impl Reloader {
     pub fn apply(&self, next: Config) -> Outcome {
         let mut running = self.running.lock();
         let changed = changed_keys(&running, &next);
-        let (applied, kept): (Vec<String>, Vec<String>) = changed
-            .into_iter()
-            .partition(|k| LIVE_KEYS.contains(&k.as_str()));
+        let (applied, kept): (Vec<String>, Vec<String>) =
+            changed.into_iter().partition(|k| is_live(k));
         if !applied.is_empty() {
-            take_live(&mut running, &next);
-            self.live.store(Arc::new(Live::new(&running)));
+            let mut candidate = running.clone();
+            take_live(&mut candidate, &next);
+            let live = match Live::new(&candidate, &self.auth) {
+                Ok(live) => live,
+                Err(e) => {
+                    warn!("SIGHUP: {e}; the running config is kept");
+                    return Outcome::Refused(e.to_string());
+                }
+            };
+            *running = candidate;
+            self.live.store(Arc::new(live));
             self.store
                 .retune(running.streams.lease_ttl, running.store.timeout);
             apply_log_level(running.log.level);
@@ -159,6 +194,10 @@ fn take_live(running: &mut Config, next: &Config) {
     running.store.timeout = next.store.timeout;
     running.store.on_store_error = next.store.on_store_error;
     running.log.level = next.log.level;
+    running.streams.default_plan = next.streams.default_plan.clone();
+    running.streams.unknown_plan = next.streams.unknown_plan;
+    running.plans = next.plans.clone();
+    running.identity.jwt = next.identity.jwt.clone();
 }
 
 /// The dotted keys (`section.key`) whose values differ. Only names: values may be
@@ -226,11 +265,26 @@ mod tests {
         b.store.timeout = Duration::from_millis(1234);
         b.store.on_store_error = crate::config::OnStoreError::Allow;
         b.log.level = LogLevel::Debug;
-        let mut changed = changed_keys(&a, &b);
-        changed.sort();
-        let mut live: Vec<String> = LIVE_KEYS.iter().map(|k| k.to_string()).collect();
-        live.sort();
-        assert_eq!(changed, live);
+        b.streams.default_plan = Some("basic".into());
+        b.streams.unknown_plan = crate::config::UnknownPlan::Reject;
+        b.plans.insert(
+            "basic".into(),
+            crate::config::PlanSection {
+                limit: Some(1),
+                unlimited: false,
+            },
+        );
+        b.identity.jwt.max_limit = 4;
+        let changed = changed_keys(&a, &b);
+        assert!(changed.iter().all(|k| is_live(k)), "{changed:?}");
+        for k in LIVE_KEYS {
+            assert!(
+                changed
+                    .iter()
+                    .any(|c| c == k || c.starts_with(&format!("{k}."))),
+                "{k}"
+            );
+        }
         let mut running = a.clone();
         take_live(&mut running, &b);
         assert!(changed_keys(&running, &b).is_empty());
@@ -245,5 +299,8 @@ mod tests {
         c.server.listen = vec!["127.0.0.1:3002".into()];
         assert_eq!(changed_keys(&a, &c), vec!["server.listen".to_string()]);
         assert!(changed_keys(&a, &a.clone()).is_empty());
+        assert!(!is_live("identity.mode"));
+        assert!(!is_live("plansx"));
+        assert!(is_live("plans.basic.limit"));
     }
 }

@@ -39,12 +39,23 @@ pub enum BuildError {
     Tls(Box<pingora::Error>),
     #[error("log.access: cannot open the access log: {0}")]
     AccessLog(std::io::Error),
+    /// A JWT key file that cannot be read or used (`KeyError` names the key).
+    #[error("{0}")]
+    Identity(crate::config::KeyError),
     #[error("{key}: cannot listen on {addr}: {source}")]
     Listen {
         key: &'static str,
         addr: String,
         source: std::io::Error,
     },
+}
+
+/// What `--check` tries beyond the file itself: that the JWT keys it names load.
+pub fn check_identity(config: &Config) -> Result<(), crate::config::KeyError> {
+    if config.identity.mode == crate::config::IdentityMode::Jwt {
+        crate::jwt::Verifier::new(&config.identity.jwt, None)?;
+    }
+    Ok(())
 }
 
 /// Try every address the server will listen on, so that one already taken (or not this
@@ -175,12 +186,13 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
     let access_log = AccessLog::start(&config.log, metrics.access_log_dropped.clone())
         .map_err(BuildError::AccessLog)?;
     let heads = HeadLimits::new(config, metrics.refused_heads.clone());
-    let live = reload::shared(config);
+    let live = reload::shared(config, &metrics.auth).map_err(BuildError::Identity)?;
     let reloader = Arc::new(Reloader::new(
         launch.reload_from.clone(),
         config.clone(),
         live.clone(),
         store.clone(),
+        metrics.auth.clone(),
     ));
     let gate = StreamGate::new(
         config,

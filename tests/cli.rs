@@ -75,6 +75,13 @@ fn bad_files_give_one_line_naming_file_and_key_and_exit_2() {
         (format!("{VALID}[server]\nlisten = [\"0.0.0.0:8000\"]\n[metrics]\nlisten = \"127.0.0.1:8000\"\n"), "metrics.listen"),
         (format!("{VALID}[server]\nlisten = [\"[::]:8000\"]\n[metrics]\nlisten = \"127.0.0.1:8000\"\n"), "metrics.listen"),
         (format!("{VALID}[server]\nlisten = [\"127.0.0.1:0\"]\n"), "server.listen"),
+        // Issue #12: JWT identity without keys, with a key file that is none, with `none`.
+        (format!("{VALID}[identity]\nmode = \"jwt\"\n"), "identity.jwt"),
+        (format!("{VALID}[identity]\nmode = \"jwt\"\njwt.keys = [{{ kid = \"a\", file = \"/etc/hostname\" }}]\n"), "identity.jwt.keys[0].file"),
+        (format!("{VALID}[identity]\nmode = \"jwt\"\njwt.jwks_file = \"/nonexistent\"\n"), "identity.jwt.jwks_file"),
+        (format!("{VALID}[identity]\nmode = \"jwt\"\njwt.jwks_file = \"/x\"\njwt.algorithms = [\"none\"]\n"), "identity.jwt.algorithms"),
+        (format!("{VALID}[streams]\ndefault_plan = \"gold\"\n"), "streams.default_plan"),
+        (format!("{VALID}[plans.gold]\n"), "plans.gold"),
     ] {
         let (code, stdout, stderr, file) = check(&text, &[]);
         assert_eq!(code, 2, "{text:?}: {stderr}");

@@ -16,6 +16,7 @@ impl Config {
         self.streams.validate(&self.identity)?;
         self.store.validate()?;
         self.metrics.validate(&self.server, &self.tls.listen)?;
+        validate_plans(&self.plans, &self.streams)?;
         if self.log.access.is_empty() || self.log.access.contains('\0') {
             return Err(KeyError::new(
                 "log.access",
@@ -114,8 +115,106 @@ impl UpstreamSection {
     }
 }
 
+/// Every plan allows something definite, and the default plan exists.
+fn validate_plans(
+    plans: &std::collections::BTreeMap<String, PlanSection>,
+    streams: &StreamsSection,
+) -> Result<(), KeyError> {
+    for (name, p) in plans {
+        let key = format!("plans.{name}");
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(KeyError::new(
+                key,
+                "a plan name is letters, digits, '-', '_' or '.'",
+            ));
+        }
+        match (p.limit, p.unlimited) {
+            (Some(_), true) => {
+                return Err(KeyError::new(
+                    key,
+                    "set limit or unlimited = true, not both",
+                ))
+            }
+            (None, false) => {
+                return Err(KeyError::new(
+                    key,
+                    "needs limit (0 blocks) or unlimited = true",
+                ))
+            }
+            _ => {}
+        }
+    }
+    if let Some(d) = &streams.default_plan {
+        if !plans.contains_key(d) {
+            return Err(KeyError::new(
+                "streams.default_plan",
+                "names no [plans.<name>] table",
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl JwtSection {
+    fn validate(&self) -> Result<(), KeyError> {
+        if self.keys.is_empty() && self.jwks_file.is_none() && self.hmac_secret_file.is_none() {
+            return Err(KeyError::new(
+                "identity.jwt",
+                "mode = \"jwt\" needs keys, jwks_file or hmac_secret_file",
+            ));
+        }
+        if self.algorithms.is_empty() {
+            return Err(KeyError::new(
+                "identity.jwt.algorithms",
+                "needs at least one algorithm",
+            ));
+        }
+        for a in &self.algorithms {
+            if a.parse::<jsonwebtoken::Algorithm>().is_err() {
+                return Err(KeyError::new(
+                    "identity.jwt.algorithms",
+                    format!("{a:?} is not an accepted algorithm (none never is)"),
+                ));
+            }
+        }
+        let claim_ok = |c: &str| !c.is_empty() && c.split('.').all(|p| !p.is_empty());
+        if !claim_ok(&self.user_claim) {
+            return Err(KeyError::new(
+                "identity.jwt.user_claim",
+                "must name a claim",
+            ));
+        }
+        for (key, c) in [
+            ("identity.jwt.plan_claim", &self.plan_claim),
+            ("identity.jwt.limit_claim", &self.limit_claim),
+            ("identity.jwt.token_param", &self.token_param),
+            ("identity.jwt.token_cookie", &self.token_cookie),
+        ] {
+            if c.as_deref()
+                .is_some_and(|c| !claim_ok(c) || c.contains(['=', '&', ';', ' ']))
+            {
+                return Err(KeyError::new(key, "must be a plain name"));
+            }
+        }
+        if self.max_limit == 0 {
+            return Err(KeyError::new(
+                "identity.jwt.max_limit",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl IdentitySection {
     fn validate(&self) -> Result<(), KeyError> {
+        if self.mode == IdentityMode::Jwt {
+            self.jwt.validate()?;
+        }
         check_header_name("identity.header", &self.header)?;
         check_end_to_end("identity.header", &self.header)?;
         if self.max_len == 0 || self.max_len > 4096 {

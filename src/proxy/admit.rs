@@ -15,6 +15,7 @@ use pingora::http::RequestHeader;
 use super::answer::Answer;
 use super::{RequestCtx, StreamGate};
 use crate::identity::{IdentityError, StreamId};
+use crate::jwt::{Principal, TokenError};
 use crate::lease::{HoldKind, LeaseHold};
 use crate::metrics::{Decision, StoreOp};
 use crate::store::{Opened, StoreError};
@@ -76,11 +77,26 @@ impl StreamGate {
         req: &RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<Forward, Answer> {
-        let user = Arc::<str>::from(
-            self.identity
-                .session_id(&req.headers)
-                .map_err(Answer::Identity)?,
-        );
+        let live = self.live.load_full();
+        let principal = match &live.jwt {
+            None => Principal {
+                user: Arc::from(
+                    self.identity
+                        .session_id(&req.headers)
+                        .map_err(Answer::Identity)?,
+                ),
+                plan: None,
+                limit: None,
+            },
+            Some(jwt) => {
+                let Some(token) = jwt.find_token(req) else {
+                    jwt.refused(TokenError::Missing);
+                    return Err(Answer::Token(TokenError::Missing));
+                };
+                jwt.verify(token).map_err(Answer::Token)?
+            }
+        };
+        let user = principal.user.clone();
         let (stream, via) = self
             .identity
             .stream_of(&req.headers, req.uri.query())
@@ -118,7 +134,11 @@ impl StreamGate {
             }
         }
 
-        let limit = self.live.load().policy.limit_for(&user);
+        let allowance = live
+            .policy
+            .allowance(principal.plan.as_ref(), principal.limit)
+            .map_err(Answer::Plan)?;
+        let limit = allowance.limit;
         let opening = match stream {
             Some(id) => self.store.open_as(&user, limit, id),
             None => self.store.open(&user, limit),
@@ -155,6 +175,7 @@ impl StreamGate {
                     limit,
                     active,
                     retry_after,
+                    plan: allowance.plan,
                 })
             }
             Err(e) => self.admission_failed(ctx, e),
@@ -262,7 +283,15 @@ mod tests {
             metrics,
             crate::drain::Drain::new(Duration::ZERO, Duration::ZERO),
             crate::access_log::AccessLog::off(prometheus::IntCounter::new("d", "d").unwrap()),
-            crate::reload::shared(&config),
+            crate::reload::shared(
+                &config,
+                &prometheus::IntCounterVec::new(
+                    prometheus::Opts::new("a", "a"),
+                    &["result", "reason"],
+                )
+                .unwrap(),
+            )
+            .unwrap(),
         )
         .unwrap()
     }

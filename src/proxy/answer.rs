@@ -7,6 +7,7 @@
 //! [`super::respond`]. The model is linkerd2-proxy's `errors` module: code elsewhere says
 //! *what happened*, this says *what that means in HTTP*.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +20,8 @@ use super::failure::Failure;
 use super::respond::{self, Cors};
 use crate::framing::Refusal;
 use crate::identity::IdentityError;
+use crate::jwt::TokenError;
+use crate::policy::PlanRefusal;
 use crate::store::{retry_after_secs, StoreError};
 
 /// What the proxy answers itself instead of forwarding.
@@ -55,7 +58,13 @@ pub enum Answer {
         limit: u32,
         active: u32,
         retry_after: Duration,
+        /// The plan the limit came from, named in the body.
+        plan: Option<Arc<str>>,
     },
+    /// JWT identity: no token, or one that does not verify (`401`, with the reason).
+    Token(TokenError),
+    /// The user's plan allows no stream, or is unknown (`403`).
+    Plan(PlanRefusal),
     /// The stream has the most requests in flight allowed.
     Busy,
     /// The store failed or timed out (and the policy does not fail open).
@@ -75,9 +84,17 @@ pub enum Answer {
 
 /// The error body's extra fields for a refusal at the limit.
 #[derive(Serialize)]
-struct Counts {
+struct Counts<'a> {
     limit: u32,
     active: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<&'a str>,
+}
+
+/// The error body's extra field for a refused token.
+#[derive(Serialize)]
+struct Reason {
+    reason: &'static str,
 }
 
 impl Answer {
@@ -88,7 +105,8 @@ impl Answer {
             Answer::Redirect { .. } => 302,
             Answer::Framing(r) => r.status,
             Answer::InvalidPath(_) | Answer::Identity(_) | Answer::MalformedHead => 400,
-            Answer::LimitExceeded { .. } => 401,
+            Answer::LimitExceeded { .. } | Answer::Token(_) => 401,
+            Answer::Plan(_) => 403,
             Answer::NotFound | Answer::StreamNotFound => 404,
             Answer::MethodNotAllowed | Answer::Connect => 405,
             Answer::HeadTimeout => 408,
@@ -130,6 +148,10 @@ impl Answer {
             Answer::Identity(e) => e.code(),
             Answer::StreamNotFound => "stream_not_found",
             Answer::LimitExceeded { .. } => "stream_limit_exceeded",
+            Answer::Token(TokenError::Missing) => "token_required",
+            Answer::Token(_) => "invalid_token",
+            Answer::Plan(PlanRefusal::Blocked(_)) => "plan_blocked",
+            Answer::Plan(PlanRefusal::Unknown) => "unknown_plan",
             Answer::Busy => "stream_busy",
             Answer::Draining => "draining",
             Answer::Store(StoreError::Full) => "store_full",
@@ -147,13 +169,27 @@ impl Answer {
             };
         };
         match self {
-            Answer::LimitExceeded { limit, active, .. } => respond::error_body_with(
+            Answer::LimitExceeded {
+                limit,
+                active,
+                plan,
+                ..
+            } => respond::error_body_with(
                 code,
                 &format!("this user already has {active} active streams; the limit is {limit}"),
                 Counts {
                     limit: *limit,
                     active: *active,
+                    plan: plan.as_deref(),
                 },
+            ),
+            Answer::Token(TokenError::Missing) => {
+                respond::error_body(code, &TokenError::Missing.to_string())
+            }
+            Answer::Token(e) => respond::error_body_with(
+                code,
+                "the identity token does not verify",
+                Reason { reason: e.reason() },
             ),
             Answer::Identity(e) => respond::error_body(code, &e.to_string()),
             Answer::Store(e) => respond::error_body(code, &e.to_string()),
@@ -181,6 +217,8 @@ impl Answer {
             Answer::HeadTimeout => "the request line and headers did not arrive in time",
             Answer::MalformedHead => "the request line or headers could not be parsed",
             Answer::Connect => "this proxy does not tunnel CONNECT",
+            Answer::Plan(PlanRefusal::Blocked(_)) => "this user's plan allows no stream",
+            Answer::Plan(PlanRefusal::Unknown) => "this user's plan is not one this service knows",
             _ => "",
         }
     }
@@ -192,6 +230,19 @@ impl Answer {
                 HeaderValue::from(retry_after_secs(*retry_after)),
             )],
             Answer::Busy => vec![(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+            // RFC 6750 section 3: no error code when the request carried no token.
+            Answer::Token(TokenError::Missing) => vec![(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"streamgate\""),
+            )],
+            Answer::Token(e) => vec![(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_str(&format!(
+                    "Bearer realm=\"streamgate\", error=\"invalid_token\", error_description=\"{}\"",
+                    e.reason()
+                ))
+                .unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"invalid_token\"")),
+            )],
             Answer::MethodNotAllowed => vec![(
                 header::ALLOW,
                 HeaderValue::from_static("GET, HEAD, POST, DELETE, OPTIONS"),
@@ -259,6 +310,7 @@ mod tests {
             limit: 3,
             active: 3,
             retry_after: Duration::from_millis(1500),
+            plan: None,
         };
         assert_eq!(limit.status(), 401);
         assert_eq!(

@@ -113,6 +113,8 @@ pub struct RequestCtx {
     via: Via,
     /// The query carries the stream parameter: remove it before going upstream.
     strip_param: bool,
+    /// JWT identity: the token is removed (header, parameter, cookie) before going upstream.
+    strip_token: bool,
     /// This request's place among its stream's requests in flight.
     slot: Option<Slot>,
     /// A manifest being buffered for rewriting.
@@ -224,7 +226,11 @@ impl StreamGate {
         if path == "*" && req.method != Method::OPTIONS {
             return Err(Answer::InvalidPath("only OPTIONS may ask for '*'"));
         }
-        ctx.route = self.live.load().routes.classify(&path);
+        let live = self.live.load();
+        ctx.route = live.routes.classify(&path);
+        // Every watch request, probes and preflights included: no token goes upstream.
+        ctx.strip_token = ctx.route == Route::Watch && live.jwt.is_some();
+        drop(live);
         // On every watch request, preflights included: the origin never sees the parameter.
         ctx.strip_param = ctx.route == Route::Watch
             && req
@@ -278,6 +284,7 @@ impl ProxyHttp for StreamGate {
             tries: 0,
             via: Via::None,
             strip_param: false,
+            strip_token: false,
             slot: None,
             manifest: None,
             manifest_skipped: None,

@@ -74,14 +74,25 @@ impl StreamGate {
                 upstream_request.insert_header(X_FORWARDED_FOR, value)?;
             }
         }
-        if ctx.strip_param {
-            // The origin (and any cache before it) sees one URL for every viewer: the
-            // stream parameter goes, the rest of the query stays as it was.
+        let live = ctx.strip_token.then(|| self.live.load_full());
+        let jwt = live.as_ref().and_then(|l| l.jwt.as_ref());
+        if let Some(jwt) = jwt {
+            jwt.strip(upstream_request);
+        }
+        // The origin (and any cache before it) sees one URL for every viewer, and never a
+        // token: the stream and token parameters go, the rest of the query stays as it was.
+        let token_param = jwt
+            .and_then(|j| j.token_param())
+            .filter(|p| upstream_request.uri.query().is_some_and(|q| q.contains(p)));
+        if ctx.strip_param || token_param.is_some() {
             let uri = &upstream_request.uri;
-            let kept = crate::manifest::strip_param(
-                uri.query().unwrap_or_default(),
-                &self.identity.stream_param,
-            );
+            let mut kept = uri.query().unwrap_or_default().to_string();
+            if ctx.strip_param {
+                kept = crate::manifest::strip_param(&kept, &self.identity.stream_param);
+            }
+            if let Some(p) = token_param {
+                kept = crate::manifest::strip_param(&kept, p);
+            }
             let pq = if kept.is_empty() {
                 uri.path().to_string()
             } else {

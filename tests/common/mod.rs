@@ -23,9 +23,32 @@ use tokio::sync::{watch, Semaphore};
 /// A port that was free a moment ago (Pingora binds by address, so we must pick one), and
 /// never one this test process was given before: the kernel may hand the same free port to
 /// two calls in a row, and a proxy's listener and metrics port must differ.
+///
+/// Ports come from below the kernel's ephemeral range (`ip_local_port_range`): a port
+/// from inside it can be taken, between this call and the server's bind, as the source
+/// port of any outgoing connection the tests make, and Pingora then retries its bind while
+/// the service does not listen (a CI run failed so: its metrics were refused mid-test).
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u16, ephemeral_low.saturating_sub(1));
+    if hi > lo + 1000 {
+        for _ in 0..1000 {
+            let span = u128::from(hi - lo);
+            let port = lo + (uuid::Uuid::new_v4().as_u128() % span) as u16;
+            if given.contains(&port) {
+                continue;
+            }
+            if StdListener::bind(("127.0.0.1", port)).is_ok() {
+                given.push(port);
+                return port;
+            }
+        }
+    }
     for _ in 0..1000 {
         let port = StdListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -350,6 +373,8 @@ pub struct TestConfig {
     pub identity: String,
     /// Extra lines for the `[server]` table.
     pub server: String,
+    /// Whole extra tables (`[plans.basic]` ...), appended as they are.
+    pub tables: String,
 }
 
 impl TestConfig {
@@ -375,7 +400,15 @@ impl TestConfig {
             streams: String::new(),
             identity: String::new(),
             server: String::new(),
+            tables: String::new(),
         }
+    }
+
+    /// Whole extra tables, appended to the file as they are.
+    pub fn table(mut self, text: &str) -> Self {
+        self.tables.push_str(text);
+        self.tables.push('\n');
+        self
     }
 
     /// One more line in the `[server]` table (`key = value`).
@@ -519,7 +552,8 @@ listen = "{metrics}"
 [log]
 access = "off"
 
-{tls}"#,
+{tls}
+{tables}"#,
             other = self.other_paths,
             ups = ups.join(", "),
             connect = self.connect_timeout,
@@ -533,6 +567,7 @@ access = "off"
             streams = self.streams,
             identity = self.identity,
             server = self.server,
+            tables = self.tables,
         )
     }
 }

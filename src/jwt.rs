@@ -1,0 +1,600 @@
+//! Who a signed token says the viewer is: `identity.mode = "jwt"`.
+//!
+//! With header identity, any client that invents a fresh `Session-Id` is a fresh user with
+//! a fresh set of streams; the cap holds only behind a gateway that sets the header. A
+//! platform's login service signs a token (JWT) instead, and the proxy verifies it: the
+//! user is a claim (`sub` by default) that nobody can change without the signing key, and
+//! the plan and a per-user limit can come from claims too (see [`crate::policy`]).
+//!
+//! Keys come from PEM files (`keys`), a JWKS file (`jwks_file`) and an HMAC secret file;
+//! `algorithms` is an allow-list (`none` is never accepted), and a key only verifies the
+//! algorithm family it belongs to, so an HS256 token "signed" with a public RSA key is
+//! refused. A verified token is remembered by its SHA-256 until its `exp`, so a player's
+//! segment requests do not verify a signature each time. A token is never logged, never
+//! echoed, and is removed from the request before it goes upstream (see
+//! [`crate::proxy`]'s upstream request filter).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::header::{AUTHORIZATION, COOKIE};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use moka::sync::Cache;
+use pingora::http::RequestHeader;
+use prometheus::IntCounterVec;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::config::{JwtSection, KeyError};
+
+/// What a verified token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user: Arc<str>,
+    pub plan: Option<Arc<str>>,
+    /// The token's own limit (`limit_claim`), already capped by `max_limit`.
+    pub limit: Option<u32>,
+}
+
+/// Why a token was refused: the machine reason of `401 invalid_token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("no token (Authorization: Bearer, or the configured parameter or cookie)")]
+    Missing,
+    #[error("expired")]
+    Expired,
+    #[error("not_yet_valid")]
+    NotYetValid,
+    #[error("bad_signature")]
+    BadSignature,
+    #[error("bad_issuer")]
+    BadIssuer,
+    #[error("bad_audience")]
+    BadAudience,
+    #[error("bad_algorithm")]
+    BadAlgorithm,
+    #[error("unknown_kid")]
+    UnknownKid,
+    #[error("missing_claim")]
+    MissingClaim,
+    #[error("too_long_lived")]
+    TooLongLived,
+    #[error("malformed")]
+    Malformed,
+}
+
+impl TokenError {
+    /// The machine reason (also the metric label).
+    pub fn reason(self) -> &'static str {
+        match self {
+            TokenError::Missing => "missing",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::BadIssuer => "bad_issuer",
+            TokenError::BadAudience => "bad_audience",
+            TokenError::BadAlgorithm => "bad_algorithm",
+            TokenError::UnknownKid => "unknown_kid",
+            TokenError::MissingClaim => "missing_claim",
+            TokenError::TooLongLived => "too_long_lived",
+            TokenError::Malformed => "malformed",
+        }
+    }
+
+    fn from_jwt(e: &jsonwebtoken::errors::Error) -> Self {
+        match e.kind() {
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+            ErrorKind::InvalidSignature => TokenError::BadSignature,
+            ErrorKind::InvalidIssuer => TokenError::BadIssuer,
+            ErrorKind::InvalidAudience => TokenError::BadAudience,
+            ErrorKind::InvalidAlgorithm
+            | ErrorKind::InvalidAlgorithmName
+            | ErrorKind::MissingAlgorithm => TokenError::BadAlgorithm,
+            ErrorKind::MissingRequiredClaim(_) => TokenError::MissingClaim,
+            _ => TokenError::Malformed,
+        }
+    }
+}
+
+/// One verification key, with the `kid` it is named by (if any).
+struct Key {
+    kid: Option<String>,
+    key: DecodingKey,
+}
+
+/// The keys, the rules and the cache of verified tokens. Built from `[identity.jwt]` at
+/// start and again on each `SIGHUP` (a new cache: a removed key's tokens stop working).
+pub struct Verifier {
+    keys: Vec<Key>,
+    algorithms: Vec<Algorithm>,
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    leeway: Duration,
+    max_lifetime: Option<Duration>,
+    user_claim: Vec<String>,
+    plan_claim: Option<Vec<String>>,
+    limit_claim: Option<Vec<String>>,
+    max_limit: u32,
+    token_param: Option<String>,
+    token_cookie: Option<String>,
+    /// By SHA-256 of the token: what it says, and until when.
+    cache: Cache<[u8; 32], (Principal, Instant)>,
+    auth: Option<IntCounterVec>,
+}
+
+impl Verifier {
+    /// Load every key `[identity.jwt]` names; errors name the key and the file.
+    pub fn new(c: &JwtSection, auth: Option<IntCounterVec>) -> Result<Self, KeyError> {
+        let mut keys = Vec::new();
+        for (i, k) in c.keys.iter().enumerate() {
+            let pem = read(&format!("identity.jwt.keys[{i}].file"), &k.file)?;
+            let key = DecodingKey::from_rsa_pem(&pem)
+                .or_else(|_| DecodingKey::from_ec_pem(&pem))
+                .or_else(|_| DecodingKey::from_ed_pem(&pem))
+                .map_err(|_| {
+                    KeyError::new(
+                        format!("identity.jwt.keys[{i}].file"),
+                        "not a PEM RSA, EC or Ed25519 public key",
+                    )
+                })?;
+            keys.push(Key {
+                kid: Some(k.kid.clone()),
+                key,
+            });
+        }
+        if let Some(path) = &c.jwks_file {
+            let text = read("identity.jwt.jwks_file", path)?;
+            let set: JwkSet = serde_json::from_slice(&text).map_err(|e| {
+                KeyError::new(
+                    "identity.jwt.jwks_file",
+                    format!("not a JSON Web Key Set: {e}"),
+                )
+            })?;
+            for jwk in &set.keys {
+                let key = DecodingKey::from_jwk(jwk).map_err(|e| {
+                    KeyError::new(
+                        "identity.jwt.jwks_file",
+                        format!("a key cannot be used: {e}"),
+                    )
+                })?;
+                keys.push(Key {
+                    kid: jwk.common.key_id.clone(),
+                    key,
+                });
+            }
+        }
+        if let Some(path) = &c.hmac_secret_file {
+            let mut secret = read("identity.jwt.hmac_secret_file", path)?;
+            if secret.last() == Some(&b'\n') {
+                secret.pop();
+            }
+            if secret.len() < 32 {
+                return Err(KeyError::new(
+                    "identity.jwt.hmac_secret_file",
+                    "an HMAC secret must be at least 32 bytes",
+                ));
+            }
+            keys.push(Key {
+                kid: None,
+                key: DecodingKey::from_secret(&secret),
+            });
+        }
+        if keys.is_empty() {
+            return Err(KeyError::new(
+                "identity.jwt",
+                "mode = \"jwt\" needs keys, jwks_file or hmac_secret_file",
+            ));
+        }
+        let algorithms = parse_algorithms(&c.algorithms)?;
+        let path = |p: &str| p.split('.').map(str::to_owned).collect::<Vec<_>>();
+        Ok(Self {
+            keys,
+            algorithms,
+            issuers: c.issuers.clone(),
+            audiences: c.audiences.clone(),
+            leeway: c.leeway,
+            max_lifetime: c.max_lifetime,
+            user_claim: path(&c.user_claim),
+            plan_claim: c.plan_claim.as_deref().map(path),
+            limit_claim: c.limit_claim.as_deref().map(path),
+            max_limit: c.max_limit,
+            token_param: c.token_param.clone(),
+            token_cookie: c.token_cookie.clone(),
+            cache: Cache::builder()
+                .max_capacity(c.cache_size)
+                .expire_after(UntilExp)
+                .build(),
+            auth,
+        })
+    }
+
+    /// The request's token: `Authorization: Bearer`, else the query parameter, else the
+    /// cookie (those two only when configured).
+    pub fn find_token<'a>(&self, req: &'a RequestHeader) -> Option<&'a str> {
+        if let Some(t) = req
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer)
+        {
+            return Some(t);
+        }
+        if let Some(param) = &self.token_param {
+            let found = req.uri.query().and_then(|q| {
+                q.split('&')
+                    .find_map(|pair| pair.strip_prefix(param.as_str())?.strip_prefix('='))
+            });
+            if let Some(t) = found.filter(|t| !t.is_empty()) {
+                return Some(t);
+            }
+        }
+        let cookie = self.token_cookie.as_deref()?;
+        req.headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix(cookie)?.strip_prefix('='))
+            .filter(|t| !t.is_empty())
+    }
+
+    /// Remove every place a token may travel in (a bearer `Authorization`, the parameter
+    /// is the caller's: see [`Self::token_param`], the cookie) from a request going
+    /// upstream.
+    pub fn strip(&self, upstream: &mut RequestHeader) {
+        let is_bearer = upstream
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer)
+            .is_some();
+        if is_bearer {
+            upstream.remove_header(&AUTHORIZATION);
+        }
+        let Some(name) = self.token_cookie.as_deref() else {
+            return;
+        };
+        let cookies: Vec<String> = upstream
+            .headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .map(str::trim)
+                    .filter(|c| c.split('=').next() != Some(name))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .filter(|v| !v.is_empty())
+            .collect();
+        upstream.remove_header(&COOKIE);
+        for c in cookies {
+            if let Ok(v) = http::HeaderValue::from_str(&c) {
+                let _ = upstream.append_header(COOKIE, v);
+            }
+        }
+    }
+
+    /// The query parameter that may carry a token (removed upstream like the stream's).
+    pub fn token_param(&self) -> Option<&str> {
+        self.token_param.as_deref()
+    }
+
+    /// Who `token` names, verifying it unless it was verified before and has not expired.
+    pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some((p, until)) = self.cache.get(&digest) {
+            if Instant::now() < until {
+                self.count("cached", "none");
+                return Ok(p);
+            }
+        }
+        match self.verify_uncached(token) {
+            Ok((p, valid_for)) => {
+                self.count("verified", "none");
+                self.cache
+                    .insert(digest, (p.clone(), Instant::now() + valid_for));
+                Ok(p)
+            }
+            Err(e) => {
+                self.count("refused", e.reason());
+                Err(e)
+            }
+        }
+    }
+
+    /// Count a refusal decided before verification (no token at all).
+    pub fn refused(&self, e: TokenError) {
+        self.count("refused", e.reason());
+    }
+
+    fn count(&self, result: &str, reason: &str) {
+        if let Some(c) = &self.auth {
+            c.with_label_values(&[result, reason]).inc();
+        }
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<(Principal, Duration), TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::from_jwt(&e))?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(TokenError::BadAlgorithm);
+        }
+        let family = header.alg.family();
+        let mut candidates = self
+            .keys
+            .iter()
+            .filter(|k| k.key.family() == family)
+            .filter(|k| match (&header.kid, &k.kid) {
+                (Some(want), Some(have)) => want == have,
+                (Some(_), None) => false,
+                (None, _) => true,
+            })
+            .peekable();
+        if candidates.peek().is_none() {
+            return Err(if header.kid.is_some() {
+                TokenError::UnknownKid
+            } else {
+                TokenError::BadAlgorithm
+            });
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = vec![header.alg];
+        validation.leeway = self.leeway.as_secs();
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        if self.issuers.is_empty() {
+            validation.iss = None;
+        } else {
+            validation.set_issuer(&self.issuers);
+            required.push("iss");
+        }
+        if self.audiences.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&self.audiences);
+            required.push("aud");
+        }
+        if self.max_lifetime.is_some() {
+            required.push("iat");
+        }
+        validation.set_required_spec_claims(&required);
+        let mut last = TokenError::BadSignature;
+        for key in candidates {
+            match jsonwebtoken::decode::<Value>(token, &key.key, &validation) {
+                Ok(data) => return self.principal(&data.claims),
+                Err(e) => {
+                    last = TokenError::from_jwt(&e);
+                    if last != TokenError::BadSignature {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// The user, plan and limit a verified token's claims give, and how long it is valid.
+    fn principal(&self, claims: &Value) -> Result<(Principal, Duration), TokenError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(now);
+        if let Some(max) = self.max_lifetime {
+            let iat = claims.get("iat").and_then(Value::as_u64).unwrap_or(0);
+            if exp.saturating_sub(iat) > max.as_secs() {
+                return Err(TokenError::TooLongLived);
+            }
+        }
+        let user = lookup(claims, &self.user_claim)
+            .and_then(scalar)
+            .filter(|u| !u.is_empty())
+            .ok_or(TokenError::MissingClaim)?;
+        let plan = self
+            .plan_claim
+            .as_ref()
+            .and_then(|p| lookup(claims, p))
+            .and_then(scalar)
+            .map(Arc::from);
+        let limit = self
+            .limit_claim
+            .as_ref()
+            .and_then(|p| lookup(claims, p))
+            .and_then(Value::as_u64)
+            .map(|l| u32::try_from(l).unwrap_or(u32::MAX).min(self.max_limit));
+        let valid_for = Duration::from_secs(exp.saturating_sub(now) + self.leeway.as_secs());
+        Ok((
+            Principal {
+                user: Arc::from(user),
+                plan,
+                limit,
+            },
+            valid_for,
+        ))
+    }
+}
+
+/// Cache entries expire with their token.
+struct UntilExp;
+
+impl moka::Expiry<[u8; 32], (Principal, Instant)> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &(Principal, Instant),
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.1.saturating_duration_since(created_at))
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme in any case).
+fn bearer(v: &str) -> Option<&str> {
+    let (scheme, token) = v.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+fn read(key: &str, path: &Path) -> Result<Vec<u8>, KeyError> {
+    std::fs::read(path)
+        .map_err(|e| KeyError::new(key, format!("cannot read {}: {e}", path.display())))
+}
+
+/// `identity.jwt.algorithms`, refusing `none` and names that are not algorithms.
+pub fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, KeyError> {
+    if names.is_empty() {
+        return Err(KeyError::new(
+            "identity.jwt.algorithms",
+            "needs at least one algorithm",
+        ));
+    }
+    names
+        .iter()
+        .map(|n| {
+            n.parse::<Algorithm>().map_err(|_| {
+                KeyError::new(
+                    "identity.jwt.algorithms",
+                    format!("{n:?} is not an accepted algorithm (none never is)"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn lookup<'a>(claims: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(claims, |v, k| v.get(k))
+}
+
+/// A claim as text: strings as they are, numbers written out.
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn verifier(extra: impl FnOnce(&mut JwtSection)) -> Verifier {
+        let dir = std::env::temp_dir().join(format!("sg-jwt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("secret");
+        std::fs::write(&file, SECRET).unwrap();
+        let mut c = JwtSection {
+            hmac_secret_file: Some(file),
+            algorithms: vec!["HS256".into()],
+            plan_claim: Some("app.plan".into()),
+            limit_claim: Some("screens".into()),
+            max_limit: 5,
+            ..JwtSection::default()
+        };
+        extra(&mut c);
+        Verifier::new(&c, None).unwrap()
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn token(claims: Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn claims_give_the_user_plan_and_capped_limit() {
+        let v = verifier(|_| {});
+        let t = token(json!({"sub": "alice", "exp": now() + 60,
+            "app": {"plan": "premium"}, "screens": 9}));
+        let p = v.verify(&t).unwrap();
+        assert_eq!(&*p.user, "alice");
+        assert_eq!(p.plan.as_deref(), Some("premium"));
+        assert_eq!(p.limit, Some(5), "capped by max_limit");
+        assert_eq!(v.verify(&t).unwrap(), p, "the cached answer is the same");
+    }
+
+    #[test]
+    fn each_bad_token_has_its_reason() {
+        let v = verifier(|c| {
+            c.issuers = vec!["login".into()];
+            c.max_lifetime = Some(Duration::from_secs(3600));
+        });
+        let ok = json!({"sub": "a", "iss": "login", "iat": now(), "exp": now() + 60});
+        assert!(v.verify(&token(ok.clone())).is_ok());
+        let with = |k: &str, val: Value| {
+            let mut c = ok.clone();
+            c[k] = val;
+            token(c)
+        };
+        assert_eq!(
+            v.verify(&with("exp", json!(now() - 120))),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            v.verify(&with("nbf", json!(now() + 120))),
+            Err(TokenError::NotYetValid)
+        );
+        assert_eq!(
+            v.verify(&with("iss", json!("evil"))),
+            Err(TokenError::BadIssuer)
+        );
+        assert_eq!(
+            v.verify(&with("exp", json!(now() + 7200))),
+            Err(TokenError::TooLongLived)
+        );
+        assert_eq!(
+            v.verify(&with("sub", json!(""))),
+            Err(TokenError::MissingClaim)
+        );
+        let mut no_exp = ok.clone();
+        no_exp.as_object_mut().unwrap().remove("exp");
+        assert_eq!(v.verify(&token(no_exp)), Err(TokenError::MissingClaim));
+        assert_eq!(v.verify("not.a.token"), Err(TokenError::Malformed));
+        let forged = encode(
+            &Header::new(Algorithm::HS256),
+            &ok,
+            &EncodingKey::from_secret(b"another secret, of the right length!"),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&forged), Err(TokenError::BadSignature));
+        let hs384 = encode(
+            &Header::new(Algorithm::HS384),
+            &ok,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert_eq!(
+            v.verify(&hs384),
+            Err(TokenError::BadAlgorithm),
+            "not in the allow-list"
+        );
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let v = verifier(|_| {});
+        // {"alg":"none","typ":"JWT"} . {"sub":"a","exp":9999999999} . (no signature)
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
+        assert!(v.verify(none).is_err());
+        assert!(parse_algorithms(&["none".into()]).is_err());
+    }
+}

@@ -1,0 +1,412 @@
+//! Issue #12: verified identity (`identity.mode = "jwt"`) and limits per plan, on the real
+//! proxy and origin, with keys made by the openssl CLI and tokens signed here.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use common::certs::openssl;
+use common::*;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+/// Key pairs (RSA 2048, EC P-256, Ed25519) in a fresh directory; public keys as PEM, the
+/// Ed25519 one also in a JWKS file (`kid` "ed1").
+struct Keys {
+    dir: tempfile::TempDir,
+}
+
+impl Keys {
+    fn make() -> Keys {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for (name, args) in [
+            (
+                "rs",
+                &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"][..],
+            ),
+            (
+                "ec",
+                &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"][..],
+            ),
+            ("ed", &["-algorithm", "ed25519"][..]),
+            (
+                "other",
+                &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"][..],
+            ),
+        ] {
+            let key = format!("{name}.key");
+            let mut a = vec!["genpkey"];
+            a.extend_from_slice(args);
+            a.extend_from_slice(&["-out", &key]);
+            openssl(&a, d);
+            openssl(
+                &[
+                    "pkey",
+                    "-in",
+                    &key,
+                    "-pubout",
+                    "-out",
+                    &format!("{name}.pub"),
+                ],
+                d,
+            );
+        }
+        openssl(
+            &[
+                "pkey", "-in", "ed.key", "-pubout", "-outform", "DER", "-out", "ed.der",
+            ],
+            d,
+        );
+        let der = std::fs::read(d.join("ed.der")).unwrap();
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&der[der.len() - 32..]);
+        std::fs::write(
+            d.join("jwks.json"),
+            json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "ed1", "alg": "EdDSA", "x": x}]})
+                .to_string(),
+        )
+        .unwrap();
+        Keys { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn private(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(&format!("{name}.key"))).unwrap()
+    }
+
+    /// Sign `claims` with key `name` (`rs`, `ec`, `ed`, `other`) under `kid`.
+    fn sign(&self, name: &str, kid: Option<&str>, claims: &Value) -> String {
+        let (alg, key) = match name {
+            "rs" | "other" => (
+                Algorithm::RS256,
+                EncodingKey::from_rsa_pem(&self.private(name)),
+            ),
+            "ec" => (
+                Algorithm::ES256,
+                EncodingKey::from_ec_pem(&self.private(name)),
+            ),
+            "ed" => (
+                Algorithm::EdDSA,
+                EncodingKey::from_ed_pem(&self.private(name)),
+            ),
+            _ => unreachable!(),
+        };
+        let mut h = Header::new(alg);
+        h.kid = kid.map(str::to_owned);
+        encode(&h, claims, &key.unwrap()).unwrap()
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn claims(sub: &str) -> Value {
+    json!({"sub": sub, "iss": "login", "aud": "video", "iat": now(), "exp": now() + 300})
+}
+
+/// The JWT identity config of these tests: PEM RSA and EC keys, the JWKS file, issuer and
+/// audience checked, the token also accepted as `?token=` and as the `sg_token` cookie.
+fn jwt_config(origin: &Origin, keys: &Keys) -> TestConfig {
+    let file = |p: &Path| p.display().to_string();
+    TestConfig::new(origin)
+        .limit(2)
+        .identity("mode = \"jwt\"")
+        .identity(&format!(
+            "jwt.keys = [{{ kid = \"rs1\", file = \"{}\" }}, {{ kid = \"ec1\", file = \"{}\" }}]",
+            file(&keys.path("rs.pub")),
+            file(&keys.path("ec.pub"))
+        ))
+        .identity(&format!(
+            "jwt.jwks_file = \"{}\"",
+            file(&keys.path("jwks.json"))
+        ))
+        .identity("jwt.issuers = [\"login\"]")
+        .identity("jwt.audiences = [\"video\"]")
+        .identity("jwt.plan_claim = \"plan\"")
+        .identity("jwt.limit_claim = \"screens\"")
+        .identity("jwt.max_limit = 3")
+        .identity("jwt.token_param = \"token\"")
+        .identity("jwt.token_cookie = \"sg_token\"")
+}
+
+async fn get(proxy: &Proxy, path: &str, token: Option<&str>) -> reqwest::Response {
+    let mut r = proxy.client.get(proxy.url(path));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    r.send().await.unwrap()
+}
+
+async fn error_of(r: reqwest::Response) -> (u16, Option<String>, Value) {
+    let status = r.status().as_u16();
+    let www = r
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, www, r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_token_names_the_user_and_bad_ones_get_401_with_a_reason() {
+    let keys = Keys::make();
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&jwt_config(&origin, &keys)).await;
+
+    // Two tokens of one user (RSA, and EC through another key) share the limit of 2; the
+    // Session-Id a client sends means nothing now.
+    let a = keys.sign("rs", Some("rs1"), &claims("alice"));
+    let b = keys.sign("ec", Some("ec1"), &claims("alice"));
+    let ed = keys.sign("ed", Some("ed1"), &claims("alice"));
+    assert_eq!(get(&proxy, "/watch/1", Some(&a)).await.status(), 200);
+    assert_eq!(get(&proxy, "/watch/2", Some(&b)).await.status(), 200);
+    let (status, _, body) = error_of(get(&proxy, "/watch/3", Some(&ed)).await).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("stream_limit_exceeded"))
+    );
+    let other = keys.sign("ed", Some("ed1"), &claims("bob"));
+    assert_eq!(
+        get(&proxy, "/watch/1", Some(&other)).await.status(),
+        200,
+        "JWKS key"
+    );
+
+    // No token: 401 token_required, with a bare Bearer challenge.
+    let (status, www, body) = error_of(
+        proxy
+            .client
+            .get(proxy.url("/watch/x"))
+            .header("Session-Id", "alice")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("token_required"))
+    );
+    assert_eq!(www.as_deref(), Some("Bearer realm=\"streamgate\""));
+
+    // Each bad token: 401 invalid_token with its reason, in the body and the challenge.
+    let with = |k: &str, v: Value| {
+        let mut c = claims("mallory");
+        c[k] = v;
+        c
+    };
+    let none = format!(
+        "{}.{}.",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims("mallory").to_string())
+    );
+    // Algorithm confusion: an HS256 token whose "secret" is the public RSA key.
+    let confused = encode(
+        &Header::new(Algorithm::HS256),
+        &claims("mallory"),
+        &EncodingKey::from_secret(&std::fs::read(keys.path("rs.pub")).unwrap()),
+    )
+    .unwrap();
+    let cases = [
+        (
+            "expired",
+            keys.sign("rs", Some("rs1"), &with("exp", json!(now() - 120))),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            keys.sign("rs", Some("rs1"), &with("nbf", json!(now() + 120))),
+            "not_yet_valid",
+        ),
+        (
+            "wrong issuer",
+            keys.sign("rs", Some("rs1"), &with("iss", json!("evil"))),
+            "bad_issuer",
+        ),
+        (
+            "wrong audience",
+            keys.sign("rs", Some("rs1"), &with("aud", json!("ads"))),
+            "bad_audience",
+        ),
+        (
+            "another key",
+            keys.sign("other", Some("rs1"), &claims("mallory")),
+            "bad_signature",
+        ),
+        (
+            "unknown kid",
+            keys.sign("rs", Some("rs9"), &claims("mallory")),
+            "unknown_kid",
+        ),
+        // jsonwebtoken has no `none` algorithm: such a header does not even parse.
+        ("alg none", none, "malformed"),
+        ("HS256 with the RSA public key", confused, "bad_algorithm"),
+        ("garbage", "a.b.c".to_string(), "malformed"),
+    ];
+    for (name, token, reason) in &cases {
+        let (status, www, body) = error_of(get(&proxy, "/watch/x", Some(token)).await).await;
+        assert_eq!(status, 401, "{name}");
+        assert_eq!(body["error"], "invalid_token", "{name}");
+        assert_eq!(body["reason"], *reason, "{name}");
+        let www = www.unwrap_or_default();
+        assert!(www.contains("error=\"invalid_token\""), "{name}: {www}");
+        assert!(
+            !body.to_string().contains(token.as_str()),
+            "{name}: the token is not echoed"
+        );
+    }
+    assert_eq!(
+        proxy
+            .metric("streamgate_auth_total{reason=\"expired\",result=\"refused\"}")
+            .await,
+        1.0
+    );
+    assert!(
+        origin.seen().iter().all(|s| !s.path.contains("/watch/x")),
+        "no refused request reached the origin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_in_the_query_or_a_cookie_never_reach_the_origin_and_are_verified_once() {
+    let keys = Keys::make();
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&jwt_config(&origin, &keys).limit(3)).await;
+    let t = keys.sign("rs", Some("rs1"), &claims("carol"));
+
+    let q = get(&proxy, &format!("/watch/seg1.ts?a=1&token={t}&b=2"), None).await;
+    assert_eq!(q.status(), 200);
+    let c = proxy
+        .client
+        .get(proxy.url("/watch/seg2.ts"))
+        .header("Cookie", format!("theme=dark; sg_token={t}; lang=en"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(c.status(), 200);
+    let h = get(&proxy, "/watch/seg3.ts", Some(&t)).await;
+    assert_eq!(h.status(), 200);
+    let head = proxy
+        .client
+        .head(proxy.url(&format!("/watch/seg4.ts?token={t}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+
+    let seen = origin.seen();
+    let seg = |n: u8| {
+        seen.iter()
+            .find(|s| s.path.starts_with(&format!("/watch/seg{n}.ts")))
+            .unwrap_or_else(|| panic!("seg{n} reached the origin"))
+    };
+    assert_eq!(
+        seg(1).path,
+        "/watch/seg1.ts?a=1&b=2",
+        "the rest of the query stays"
+    );
+    assert_eq!(
+        seg(2).headers.get("cookie").map(String::as_str),
+        Some("theme=dark; lang=en")
+    );
+    assert!(!seg(3).headers.contains_key("authorization"));
+    assert_eq!(seg(4).path, "/watch/seg4.ts");
+    for s in &seen {
+        let all = format!("{} {:?}", s.path, s.headers);
+        assert!(!all.contains(&t), "the origin saw a token: {all}");
+    }
+    // One verification, then the cache: three requests with the same token.
+    assert_eq!(
+        proxy
+            .metric("streamgate_auth_total{reason=\"none\",result=\"verified\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        proxy
+            .metric("streamgate_auth_total{reason=\"none\",result=\"cached\"}")
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_give_each_user_their_limit() {
+    let keys = Keys::make();
+    let origin = Origin::start().await;
+    let cfg = jwt_config(&origin, &keys)
+        .limit(2)
+        .streams("default_plan = \"standard\"")
+        .streams("unknown_plan = \"reject\"")
+        .table("[plans.basic]\nlimit = 1\n[plans.standard]\nlimit = 2\n[plans.premium]\nlimit = 4\n[plans.suspended]\nlimit = 0\n[plans.staff]\nunlimited = true");
+    let proxy = Proxy::start(&cfg).await;
+    let token = |sub: &str, extra: Value| {
+        let mut c = claims(sub);
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        keys.sign("rs", Some("rs1"), &c)
+    };
+    // How many opens each user gets before a refusal.
+    let opens = |t: String, most: usize| {
+        let proxy = &proxy;
+        async move {
+            for n in 0..most {
+                let r = get(proxy, &format!("/watch/{n}"), Some(&t)).await;
+                if r.status() != 200 {
+                    return (n, error_of(r).await);
+                }
+            }
+            (most, (200, None, Value::Null))
+        }
+    };
+    let (n, (status, _, body)) = opens(token("b", json!({"plan": "basic"})), 10).await;
+    assert_eq!((n, status), (1, 401));
+    assert_eq!(body["plan"], "basic", "the refusal names the plan");
+    assert_eq!(body["limit"], 1);
+    assert_eq!(
+        opens(token("s", json!({})), 10).await.0,
+        2,
+        "no plan: default_plan"
+    );
+    assert_eq!(opens(token("p", json!({"plan": "premium"})), 10).await.0, 4);
+    assert_eq!(
+        opens(token("c", json!({"plan": "premium", "screens": 9})), 10)
+            .await
+            .0,
+        3,
+        "the token's own limit, capped by max_limit"
+    );
+    assert_eq!(
+        opens(token("staff", json!({"plan": "staff"})), 12).await.0,
+        12,
+        "unlimited"
+    );
+    let (n, (status, _, body)) = opens(token("x", json!({"plan": "suspended"})), 3).await;
+    assert_eq!(
+        (n, status, body["error"].as_str()),
+        (0, 403, Some("plan_blocked"))
+    );
+    let (n, (status, _, body)) = opens(token("y", json!({"plan": "gold"})), 3).await;
+    assert_eq!(
+        (n, status, body["error"].as_str()),
+        (0, 403, Some("unknown_plan"))
+    );
+
+    // A downgrade keeps what plays and applies at the next open: premium's 4 streams stay
+    // counted, and basic refuses a fifth.
+    let (n, (status, _, _)) = opens(token("p", json!({"plan": "basic"})), 3).await;
+    assert_eq!((n, status), (0, 401));
+    assert_eq!(
+        proxy.metric("streamgate_active_streams").await as usize,
+        1 + 2 + 4 + 3 + 12
+    );
+}
