@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-300}"
-for t in identity path config manifest; do
+for t in identity path config manifest token; do
   mkdir -p "fuzz/corpus/$t"
   cp -n fuzz/seeds/$t/* "fuzz/corpus/$t/" 2>/dev/null || true
   echo "== $t (${secs}s)"

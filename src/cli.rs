@@ -93,6 +93,18 @@ pub fn run(cli: Cli) -> ExitCode {
         eprintln!("streamgate: {}: {e}", cli.config.display());
         return ExitCode::from(EXIT_CONFIG);
     }
+    if config.identity.mode == crate::config::IdentityMode::Jwt
+        && config.streams.limit_status == 401
+    {
+        let why =
+            "streams.limit_status = 401 with identity.mode = \"jwt\": OAuth clients read a 401 \
+                   as \"refresh the token\", not \"too many streams\" (set 403, 409 or 429)";
+        if cli.check {
+            eprintln!("streamgate: {}: warning: {why}", cli.config.display());
+        } else {
+            log::warn!("{why}");
+        }
+    }
     if cli.check {
         println!(
             "streamgate: {}: configuration is valid",

@@ -13,7 +13,7 @@ mod framing;
 mod head_limits;
 pub mod identity;
 mod inflight;
-mod jwt;
+pub mod jwt;
 mod lease;
 pub mod manifest;
 mod metrics;

@@ -127,6 +127,8 @@ pub struct Metrics {
     /// Request heads answered before any request was read, by reason (`too_large`,
     /// `timeout`, `malformed`, `connect`).
     pub refused_heads: IntCounterVec,
+    /// Plan headers sent by clients outside `identity.trusted_proxies` (ignored, removed).
+    pub untrusted_plan_headers: IntCounter,
     /// Tokens by result (`verified`, `cached`, `refused`) and reason (`none`, `expired`...).
     pub auth: IntCounterVec,
     /// Manifests by kind (`hls`, `dash`) and outcome (`rewritten`, `too_large`, `unchanged`).
@@ -201,6 +203,10 @@ impl Metrics {
                     "Request heads answered before a request was read (too large, too slow, unparsable, CONNECT).",
                 ),
                 &["reason"],
+            )?,
+            untrusted_plan_headers: IntCounter::new(
+                "streamgate_untrusted_plan_headers_total",
+                "Plan headers from clients outside identity.trusted_proxies, ignored and removed.",
             )?,
             auth: IntCounterVec::new(
                 Opts::new(
@@ -282,6 +288,7 @@ impl Metrics {
         registry.register(Box::new(m.access_log_dropped.clone()))?;
         registry.register(Box::new(m.refused_heads.clone()))?;
         registry.register(Box::new(m.auth.clone()))?;
+        registry.register(Box::new(m.untrusted_plan_headers.clone()))?;
         registry.register(Box::new(m.manifests.clone()))?;
         Ok(m)
     }

@@ -47,6 +47,7 @@ pub struct Policy {
     plans: BTreeMap<String, Allows>,
     default_plan: Option<Arc<str>>,
     unknown_plan: UnknownPlan,
+    limit_status: u16,
 }
 
 impl Policy {
@@ -69,7 +70,13 @@ impl Policy {
             plans,
             default_plan: config.streams.default_plan.as_deref().map(Arc::from),
             unknown_plan: config.streams.unknown_plan,
+            limit_status: config.streams.limit_status,
         }
+    }
+
+    /// The status of a refusal at the limit (`streams.limit_status`).
+    pub fn limit_status(&self) -> u16 {
+        self.limit_status
     }
 
     /// The limit of a user whose identity names `plan` and, from a token, `own_limit`.

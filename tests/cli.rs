@@ -93,6 +93,27 @@ fn bad_files_give_one_line_naming_file_and_key_and_exit_2() {
     }
 }
 
+/// Issue #12: with JWT identity a `401` at the limit reads as "refresh your token" to OAuth
+/// clients; `--check` says so (and still passes).
+#[test]
+fn check_warns_about_401_at_the_limit_with_jwt_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, [b'k'; 32]).unwrap();
+    let jwt = format!(
+        "{VALID}[identity]\nmode = \"jwt\"\njwt.algorithms = [\"HS256\"]\njwt.hmac_secret_file = \"{}\"\n",
+        secret.display()
+    );
+    let (code, _, stderr, _) = check(&jwt, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning: streams.limit_status = 401"),
+        "{stderr}"
+    );
+    let (code, _, stderr, _) = check(&format!("{jwt}[streams]\nlimit_status = 429\n"), &[]);
+    assert_eq!((code, stderr.as_str()), (0, ""));
+}
+
 #[test]
 fn bad_values_are_not_echoed() {
     let (code, _, stderr, _) = check("[upstream]\naddrs = [\"s3cret-host-name:notaport\"]\n", &[]);

@@ -276,10 +276,13 @@ async fn a_verified_token_names_the_user_and_bad_ones_get_401_with_a_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_in_the_query_or_a_cookie_never_reach_the_origin_and_are_verified_once() {
+async fn tokens_never_reach_the_origin_claims_do_and_a_token_is_verified_once() {
     let keys = Keys::make();
     let origin = Origin::start().await;
-    let proxy = Proxy::start(&jwt_config(&origin, &keys).limit(3)).await;
+    let cfg = jwt_config(&origin, &keys)
+        .limit(3)
+        .identity("jwt.claim_to_headers = { \"X-User-Id\" = \"sub\" }");
+    let proxy = Proxy::start(&cfg).await;
     let t = keys.sign("rs", Some("rs1"), &claims("carol"));
 
     let q = get(&proxy, &format!("/watch/seg1.ts?a=1&token={t}&b=2"), None).await;
@@ -292,7 +295,14 @@ async fn tokens_in_the_query_or_a_cookie_never_reach_the_origin_and_are_verified
         .await
         .unwrap();
     assert_eq!(c.status(), 200);
-    let h = get(&proxy, "/watch/seg3.ts", Some(&t)).await;
+    let h = proxy
+        .client
+        .get(proxy.url("/watch/seg3.ts"))
+        .bearer_auth(&t)
+        .header("X-User-Id", "mallory")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(h.status(), 200);
     let head = proxy
         .client
@@ -318,6 +328,11 @@ async fn tokens_in_the_query_or_a_cookie_never_reach_the_origin_and_are_verified
         Some("theme=dark; lang=en")
     );
     assert!(!seg(3).headers.contains_key("authorization"));
+    assert_eq!(
+        seg(3).headers.get("x-user-id").map(String::as_str),
+        Some("carol"),
+        "the claim, not the client's copy"
+    );
     assert_eq!(seg(4).path, "/watch/seg4.ts");
     for s in &seen {
         let all = format!("{} {:?}", s.path, s.headers);
@@ -408,5 +423,94 @@ async fn plans_give_each_user_their_limit() {
     assert_eq!(
         proxy.metric("streamgate_active_streams").await as usize,
         1 + 2 + 4 + 3 + 12
+    );
+}
+
+/// Header identity: the plan header is believed from `identity.trusted_proxies` only;
+/// anyone else's is ignored, counted, and removed before the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_header_counts_only_from_trusted_proxies() {
+    let origin = Origin::start().await;
+    let plans = "[plans.basic]\nlimit = 1\n[plans.premium]\nlimit = 4";
+    let base = |trusted: &str| {
+        TestConfig::new(&origin)
+            .limit(2)
+            .identity("plan_header = \"Plan\"")
+            .identity(&format!("trusted_proxies = [\"{trusted}\"]"))
+            .table(plans)
+    };
+    let opens = |proxy: &Proxy, user: &'static str, plan: &'static str| {
+        let (client, url) = (proxy.client.clone(), proxy.url("/watch/p"));
+        async move {
+            let mut n = 0;
+            while n < 10 {
+                let r = client
+                    .get(&url)
+                    .header("Session-Id", user)
+                    .header("Plan", plan)
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status() != 200 {
+                    break;
+                }
+                n += 1;
+            }
+            n
+        }
+    };
+    let trusted = Proxy::start(&base("127.0.0.0/8")).await;
+    assert_eq!(opens(&trusted, "t1", "basic").await, 1);
+    assert_eq!(opens(&trusted, "t2", "premium").await, 4);
+    assert!(
+        origin
+            .seen()
+            .iter()
+            .any(|s| s.headers.get("plan").map(String::as_str) == Some("premium")),
+        "a trusted gateway's plan header goes on to the origin"
+    );
+    drop(trusted);
+
+    let untrusted = Proxy::start(&base("10.0.0.0/8")).await;
+    let before = origin.seen().len();
+    assert_eq!(
+        opens(&untrusted, "u1", "premium").await,
+        2,
+        "ignored: streams.limit"
+    );
+    assert!(origin.seen()[before..]
+        .iter()
+        .all(|s| !s.headers.contains_key("plan")));
+    assert_eq!(
+        untrusted
+            .metric("streamgate_untrusted_plan_headers_total")
+            .await,
+        3.0,
+        "every request that carried it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refusal_status_is_configurable() {
+    let keys = Keys::make();
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(
+        &jwt_config(&origin, &keys)
+            .limit(1)
+            .streams("limit_status = 429"),
+    )
+    .await;
+    let t = keys.sign("rs", Some("rs1"), &claims("dave"));
+    assert_eq!(get(&proxy, "/watch/1", Some(&t)).await.status(), 200);
+    let r = get(&proxy, "/watch/2", Some(&t)).await;
+    assert!(r.headers().contains_key("retry-after"));
+    let (status, www, body) = error_of(r).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("stream_limit_exceeded"))
+    );
+    assert_eq!(
+        www, None,
+        "a refusal at the limit is not an authentication challenge"
     );
 }

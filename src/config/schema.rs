@@ -281,6 +281,12 @@ pub struct IdentitySection {
     pub echo: bool,
     /// `mode = "jwt"`: how tokens are found and verified.
     pub jwt: JwtSection,
+    /// `mode = "header"`: a header naming the user's plan (see `[plans]`), believed only
+    /// from `trusted_proxies`; from anyone else it is ignored and removed.
+    pub plan_header: Option<String>,
+    /// Client networks (CIDR, `10.0.0.0/8`, `127.0.0.1/32`) whose `plan_header` is
+    /// believed: the gateway that sets it.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for IdentitySection {
@@ -291,6 +297,8 @@ impl Default for IdentitySection {
             max_len: 128,
             echo: false,
             jwt: JwtSection::default(),
+            plan_header: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -313,6 +321,8 @@ pub struct JwtSection {
     pub jwks_file: Option<PathBuf>,
     /// An HS256/384/512 shared secret, from a file (its bytes, a final newline dropped).
     pub hmac_secret_file: Option<PathBuf>,
+    /// The same from an environment variable (named here; its value is never logged).
+    pub hmac_secret_env: Option<String>,
     /// Accepted `alg`s; `none` never is, and a key only verifies its own family.
     pub algorithms: Vec<String>,
     /// Accepted `iss` values; when set, `iss` is required.
@@ -339,6 +349,9 @@ pub struct JwtSection {
     pub token_cookie: Option<String>,
     /// Verified tokens remembered (by a hash of the token, until their `exp`).
     pub cache_size: u64,
+    /// Claims forwarded upstream as headers (`{ "X-User-Id" = "sub" }`); a client's own
+    /// copies of those headers are always removed first.
+    pub claim_to_headers: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for JwtSection {
@@ -347,6 +360,7 @@ impl Default for JwtSection {
             keys: Vec::new(),
             jwks_file: None,
             hmac_secret_file: None,
+            hmac_secret_env: None,
             algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
             issuers: Vec::new(),
             audiences: Vec::new(),
@@ -359,6 +373,7 @@ impl Default for JwtSection {
             token_param: None,
             token_cookie: None,
             cache_size: 100_000,
+            claim_to_headers: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -427,6 +442,9 @@ pub struct StreamsSection {
     pub default_plan: Option<String>,
     /// A plan name that no `[plans]` table has.
     pub unknown_plan: UnknownPlan,
+    /// The status of a refusal at the limit: `401` (the original contract), `403`, `409`
+    /// or `429`. With JWT identity a `401` tells OAuth clients to refresh their token.
+    pub limit_status: u16,
 }
 
 impl Default for StreamsSection {
@@ -445,6 +463,7 @@ impl Default for StreamsSection {
             redirect_manifests: true,
             default_plan: None,
             unknown_plan: UnknownPlan::Default,
+            limit_status: 401,
         }
     }
 }

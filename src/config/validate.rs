@@ -148,6 +148,12 @@ fn validate_plans(
             _ => {}
         }
     }
+    if ![401, 403, 409, 429].contains(&streams.limit_status) {
+        return Err(KeyError::new(
+            "streams.limit_status",
+            "must be 401, 403, 409 or 429",
+        ));
+    }
     if let Some(d) = &streams.default_plan {
         if !plans.contains_key(d) {
             return Err(KeyError::new(
@@ -161,10 +167,20 @@ fn validate_plans(
 
 impl JwtSection {
     fn validate(&self) -> Result<(), KeyError> {
-        if self.keys.is_empty() && self.jwks_file.is_none() && self.hmac_secret_file.is_none() {
+        if self.keys.is_empty()
+            && self.jwks_file.is_none()
+            && self.hmac_secret_file.is_none()
+            && self.hmac_secret_env.is_none()
+        {
             return Err(KeyError::new(
                 "identity.jwt",
-                "mode = \"jwt\" needs keys, jwks_file or hmac_secret_file",
+                "mode = \"jwt\" needs keys, jwks_file, hmac_secret_file or hmac_secret_env",
+            ));
+        }
+        if self.hmac_secret_file.is_some() && self.hmac_secret_env.is_some() {
+            return Err(KeyError::new(
+                "identity.jwt.hmac_secret_env",
+                "set hmac_secret_file or hmac_secret_env, not both",
             ));
         }
         if self.algorithms.is_empty() {
@@ -217,6 +233,16 @@ impl IdentitySection {
         }
         check_header_name("identity.header", &self.header)?;
         check_end_to_end("identity.header", &self.header)?;
+        if let Some(h) = &self.plan_header {
+            check_header_name("identity.plan_header", h)?;
+            check_end_to_end("identity.plan_header", h)?;
+            if self.trusted_proxies.is_empty() {
+                return Err(KeyError::new(
+                    "identity.trusted_proxies",
+                    "plan_header is believed only from trusted_proxies: name them",
+                ));
+            }
+        }
         if self.max_len == 0 || self.max_len > 4096 {
             return Err(KeyError::new(
                 "identity.max_len",

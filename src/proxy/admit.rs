@@ -71,6 +71,19 @@ impl StreamGate {
         Err(self.store_failed(e))
     }
 
+    /// Header identity: the plan a trusted gateway named (`identity.plan_header` from
+    /// `identity.trusted_proxies`); anyone else's is ignored (and removed upstream).
+    fn plan_from_header(&self, req: &RequestHeader, ctx: &RequestCtx) -> Option<Arc<str>> {
+        let name = self.plan_header.as_ref()?;
+        let value = req.headers.get(name)?;
+        if !ctx.trusted_client {
+            self.metrics.untrusted_plan_headers.inc();
+            return None;
+        }
+        let v = value.to_str().ok()?.trim();
+        (!v.is_empty() && v.len() <= 64).then(|| Arc::from(v))
+    }
+
     /// A watch-route request: identify, then end, continue, open or refuse its stream.
     pub(super) async fn admit(
         &self,
@@ -85,8 +98,9 @@ impl StreamGate {
                         .session_id(&req.headers)
                         .map_err(Answer::Identity)?,
                 ),
-                plan: None,
+                plan: self.plan_from_header(req, ctx),
                 limit: None,
+                forward: Arc::new([]),
             },
             Some(jwt) => {
                 let Some(token) = jwt.find_token(req) else {
@@ -96,6 +110,7 @@ impl StreamGate {
                 jwt.verify(token).map_err(Answer::Token)?
             }
         };
+        ctx.forward = principal.forward.clone();
         let user = principal.user.clone();
         let (stream, via) = self
             .identity
@@ -176,6 +191,7 @@ impl StreamGate {
                     active,
                     retry_after,
                     plan: allowance.plan,
+                    status: live.policy.limit_status(),
                 })
             }
             Err(e) => self.admission_failed(ctx, e),

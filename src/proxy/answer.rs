@@ -60,6 +60,8 @@ pub enum Answer {
         retry_after: Duration,
         /// The plan the limit came from, named in the body.
         plan: Option<Arc<str>>,
+        /// `streams.limit_status`.
+        status: u16,
     },
     /// JWT identity: no token, or one that does not verify (`401`, with the reason).
     Token(TokenError),
@@ -105,7 +107,8 @@ impl Answer {
             Answer::Redirect { .. } => 302,
             Answer::Framing(r) => r.status,
             Answer::InvalidPath(_) | Answer::Identity(_) | Answer::MalformedHead => 400,
-            Answer::LimitExceeded { .. } | Answer::Token(_) => 401,
+            Answer::LimitExceeded { status, .. } => *status,
+            Answer::Token(_) => 401,
             Answer::Plan(_) => 403,
             Answer::NotFound | Answer::StreamNotFound => 404,
             Answer::MethodNotAllowed | Answer::Connect => 405,
@@ -311,6 +314,7 @@ mod tests {
             active: 3,
             retry_after: Duration::from_millis(1500),
             plan: None,
+            status: 401,
         };
         assert_eq!(limit.status(), 401);
         assert_eq!(

@@ -92,6 +92,9 @@ pub struct StreamGate {
     echo_session: bool,
     /// How users appear in log lines (never their session id).
     user_tags: UserTags,
+    /// `identity.plan_header`, believed only from `trusted_proxies`.
+    plan_header: Option<HeaderName>,
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The error that stops a response whose stream was ended while it was served.
@@ -115,6 +118,10 @@ pub struct RequestCtx {
     strip_param: bool,
     /// JWT identity: the token is removed (header, parameter, cookie) before going upstream.
     strip_token: bool,
+    /// The client is one of `identity.trusted_proxies` (its plan header is believed).
+    trusted_client: bool,
+    /// Claims forwarded upstream as headers (`identity.jwt.claim_to_headers`).
+    forward: Arc<[(HeaderName, HeaderValue)]>,
     /// This request's place among its stream's requests in flight.
     slot: Option<Slot>,
     /// A manifest being buffered for rewriting.
@@ -191,6 +198,13 @@ impl StreamGate {
             access_log,
             echo_session: config.identity.echo,
             user_tags: UserTags::default(),
+            plan_header: config
+                .identity
+                .plan_header
+                .as_deref()
+                .map(header)
+                .transpose()?,
+            trusted_proxies: config.identity.trusted_proxies.clone(),
         })
     }
 
@@ -225,6 +239,14 @@ impl StreamGate {
             .map_err(|AmbiguousPath(why)| Answer::InvalidPath(why))?;
         if path == "*" && req.method != Method::OPTIONS {
             return Err(Answer::InvalidPath("only OPTIONS may ask for '*'"));
+        }
+        if self.plan_header.is_some() {
+            let ip = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            ctx.trusted_client =
+                ip.is_some_and(|ip| self.trusted_proxies.iter().any(|n| n.contains(&ip)));
         }
         let live = self.live.load();
         ctx.route = live.routes.classify(&path);
@@ -285,6 +307,8 @@ impl ProxyHttp for StreamGate {
             via: Via::None,
             strip_param: false,
             strip_token: false,
+            trusted_client: false,
+            forward: Arc::new([]),
             slot: None,
             manifest: None,
             manifest_skipped: None,

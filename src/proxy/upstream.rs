@@ -74,10 +74,21 @@ impl StreamGate {
                 upstream_request.insert_header(X_FORWARDED_FOR, value)?;
             }
         }
+        if let Some(name) = &self.plan_header {
+            if !ctx.trusted_client {
+                upstream_request.remove_header(name);
+            }
+        }
         let live = ctx.strip_token.then(|| self.live.load_full());
         let jwt = live.as_ref().and_then(|l| l.jwt.as_ref());
         if let Some(jwt) = jwt {
             jwt.strip(upstream_request);
+            for h in jwt.claim_headers() {
+                upstream_request.remove_header(h);
+            }
+            for (h, v) in ctx.forward.iter() {
+                upstream_request.insert_header(h.clone(), v.clone())?;
+            }
         }
         // The origin (and any cache before it) sees one URL for every viewer, and never a
         // token: the stream and token parameters go, the rest of the query stays as it was.

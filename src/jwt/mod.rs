@@ -14,11 +14,16 @@
 //! echoed, and is removed from the request before it goes upstream (see
 //! [`crate::proxy`]'s upstream request filter).
 
+mod ring;
+
+pub use self::ring::install as install_crypto;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::header::{AUTHORIZATION, COOKIE};
+use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -37,6 +42,8 @@ pub struct Principal {
     pub plan: Option<Arc<str>>,
     /// The token's own limit (`limit_claim`), already capped by `max_limit`.
     pub limit: Option<u32>,
+    /// `claim_to_headers`: the headers to send upstream, with the claims' values.
+    pub forward: Arc<[(HeaderName, HeaderValue)]>,
 }
 
 /// Why a token was refused: the machine reason of `401 invalid_token`.
@@ -121,6 +128,8 @@ pub struct Verifier {
     max_limit: u32,
     token_param: Option<String>,
     token_cookie: Option<String>,
+    /// `claim_to_headers`: header, and the claim path it carries.
+    claim_headers: Vec<(HeaderName, Vec<String>)>,
     /// By SHA-256 of the token: what it says, and until when.
     cache: Cache<[u8; 32], (Principal, Instant)>,
     auth: Option<IntCounterVec>,
@@ -129,6 +138,7 @@ pub struct Verifier {
 impl Verifier {
     /// Load every key `[identity.jwt]` names; errors name the key and the file.
     pub fn new(c: &JwtSection, auth: Option<IntCounterVec>) -> Result<Self, KeyError> {
+        install_crypto();
         let mut keys = Vec::new();
         for (i, k) in c.keys.iter().enumerate() {
             let pem = read(&format!("identity.jwt.keys[{i}].file"), &k.file)?;
@@ -167,14 +177,26 @@ impl Verifier {
                 });
             }
         }
-        if let Some(path) = &c.hmac_secret_file {
-            let mut secret = read("identity.jwt.hmac_secret_file", path)?;
-            if secret.last() == Some(&b'\n') {
-                secret.pop();
+        let secret = match (&c.hmac_secret_file, &c.hmac_secret_env) {
+            (Some(path), _) => {
+                let mut secret = read("identity.jwt.hmac_secret_file", path)?;
+                if secret.last() == Some(&b'\n') {
+                    secret.pop();
+                }
+                Some(("identity.jwt.hmac_secret_file", secret))
             }
+            (None, Some(var)) => {
+                let secret = std::env::var_os(var).ok_or_else(|| {
+                    KeyError::new("identity.jwt.hmac_secret_env", format!("{var} is not set"))
+                })?;
+                Some(("identity.jwt.hmac_secret_env", secret.into_encoded_bytes()))
+            }
+            (None, None) => None,
+        };
+        if let Some((key, secret)) = secret {
             if secret.len() < 32 {
                 return Err(KeyError::new(
-                    "identity.jwt.hmac_secret_file",
+                    key,
                     "an HMAC secret must be at least 32 bytes",
                 ));
             }
@@ -186,7 +208,7 @@ impl Verifier {
         if keys.is_empty() {
             return Err(KeyError::new(
                 "identity.jwt",
-                "mode = \"jwt\" needs keys, jwks_file or hmac_secret_file",
+                "mode = \"jwt\" needs keys, jwks_file, hmac_secret_file or hmac_secret_env",
             ));
         }
         let algorithms = parse_algorithms(&c.algorithms)?;
@@ -204,6 +226,20 @@ impl Verifier {
             max_limit: c.max_limit,
             token_param: c.token_param.clone(),
             token_cookie: c.token_cookie.clone(),
+            claim_headers: c
+                .claim_to_headers
+                .iter()
+                .map(|(h, claim)| {
+                    HeaderName::from_bytes(h.as_bytes())
+                        .map(|h| (h, path(claim)))
+                        .map_err(|_| {
+                            KeyError::new(
+                                format!("identity.jwt.claim_to_headers.{h}"),
+                                "not a header name",
+                            )
+                        })
+                })
+                .collect::<Result<_, _>>()?,
             cache: Cache::builder()
                 .max_capacity(c.cache_size)
                 .expire_after(UntilExp)
@@ -280,6 +316,11 @@ impl Verifier {
         }
     }
 
+    /// Headers only the proxy may set upstream (`claim_to_headers`): a client's copies go.
+    pub fn claim_headers(&self) -> impl Iterator<Item = &HeaderName> {
+        self.claim_headers.iter().map(|(h, _)| h)
+    }
+
     /// The query parameter that may carry a token (removed upstream like the stream's).
     pub fn token_param(&self) -> Option<&str> {
         self.token_param.as_deref()
@@ -319,7 +360,9 @@ impl Verifier {
         }
     }
 
-    fn verify_uncached(&self, token: &str) -> Result<(Principal, Duration), TokenError> {
+    /// Verify `token` without the cache (what a token's first request costs; benchmarks
+    /// use it): the principal, and how long the token stays valid.
+    pub fn verify_uncached(&self, token: &str) -> Result<(Principal, Duration), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::from_jwt(&e))?;
         if !self.algorithms.contains(&header.alg) {
             return Err(TokenError::BadAlgorithm);
@@ -408,11 +451,20 @@ impl Verifier {
             .and_then(Value::as_u64)
             .map(|l| u32::try_from(l).unwrap_or(u32::MAX).min(self.max_limit));
         let valid_for = Duration::from_secs(exp.saturating_sub(now) + self.leeway.as_secs());
+        let forward = self
+            .claim_headers
+            .iter()
+            .filter_map(|(h, p)| {
+                let v = lookup(claims, p).and_then(scalar)?;
+                Some((h.clone(), HeaderValue::from_str(&v).ok()?))
+            })
+            .collect();
         Ok((
             Principal {
                 user: Arc::from(user),
                 plan,
                 limit,
+                forward,
             },
             valid_for,
         ))
@@ -488,6 +540,7 @@ mod tests {
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
     fn verifier(extra: impl FnOnce(&mut JwtSection)) -> Verifier {
+        install_crypto();
         let dir = std::env::temp_dir().join(format!("sg-jwt-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("secret");
@@ -586,6 +639,33 @@ mod tests {
             v.verify(&hs384),
             Err(TokenError::BadAlgorithm),
             "not in the allow-list"
+        );
+    }
+
+    #[test]
+    fn an_hmac_secret_may_come_from_the_environment_never_too_short() {
+        install_crypto();
+        let env = |var: &str| JwtSection {
+            hmac_secret_env: Some(var.into()),
+            algorithms: vec!["HS256".into()],
+            ..JwtSection::default()
+        };
+        std::env::set_var("SG_TEST_JWT_SECRET", std::str::from_utf8(SECRET).unwrap());
+        let v = Verifier::new(&env("SG_TEST_JWT_SECRET"), None).unwrap();
+        let t = token(json!({"sub": "env", "exp": now() + 60}));
+        assert_eq!(&*v.verify(&t).unwrap().user, "env");
+        let unset = Verifier::new(&env("SG_TEST_JWT_UNSET"), None)
+            .err()
+            .unwrap();
+        assert_eq!(unset.key, "identity.jwt.hmac_secret_env");
+        std::env::set_var("SG_TEST_JWT_SHORT", "short");
+        let short = Verifier::new(&env("SG_TEST_JWT_SHORT"), None)
+            .err()
+            .unwrap();
+        assert!(short.message.contains("32 bytes"), "{short}");
+        assert!(
+            !short.to_string().contains("short\""),
+            "the secret is not echoed"
         );
     }
 
