@@ -796,8 +796,10 @@ async fn sighup_reloads_what_can_change_live_and_names_what_cannot() {
     let listen = format!("127.0.0.1:{}", free_port());
     let head = format!(
         "[upstream]\naddrs = [\"{}\"]\n[log]\naccess = \"off\"\n{{log}}\n\
+         [metrics]\nlisten = \"127.0.0.1:{}\"\n\
          [server]\nlisten = [\"{listen}\"]\ngrace_period = \"0s\"\n{{server}}\n",
-        origin.addr
+        origin.addr,
+        free_port()
     );
     let file = |log: &str, server: &str, streams: &str| {
         head.replace("{log}", log).replace("{server}", server) + "[streams]\n" + streams
