@@ -148,6 +148,45 @@ impl Reloader {
         }
     }
 
+    /// The JWT key files of the running config (PEM keys, JWKS, HMAC secret), and what
+    /// they look like now (length and modification time; `None`: unreadable).
+    pub fn key_files(&self) -> Vec<(PathBuf, Option<(u64, std::time::SystemTime)>)> {
+        let running = self.running.lock();
+        if running.identity.mode != IdentityMode::Jwt {
+            return Vec::new();
+        }
+        let jwt = &running.identity.jwt;
+        jwt.keys
+            .iter()
+            .map(|k| k.file.clone())
+            .chain(jwt.jwks_file.clone())
+            .chain(jwt.hmac_secret_file.clone())
+            .map(|p| {
+                let seen = std::fs::metadata(&p)
+                    .ok()
+                    .and_then(|m| Some((m.len(), m.modified().ok()?)));
+                (p, seen)
+            })
+            .collect()
+    }
+
+    /// The key files changed (a rotated JWKS): verify with what they hold now, the rest
+    /// of the running config as it is. A file that does not load keeps the old keys.
+    pub fn reload_keys(&self) -> bool {
+        let running = self.running.lock();
+        match Live::new(&running, &self.auth) {
+            Ok(live) => {
+                self.live.store(Arc::new(live));
+                info!("identity keys reloaded: a key file changed");
+                true
+            }
+            Err(e) => {
+                warn!("identity keys: {e}; the keys in use are kept");
+                false
+            }
+        }
+    }
+
     /// Apply a valid config: its live keys now, the others named and kept.
     pub fn apply(&self, next: Config) -> Outcome {
         let mut running = self.running.lock();

@@ -254,6 +254,15 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
         FollowEnds { store, inflight },
     ));
 
+    if config.identity.mode == crate::config::IdentityMode::Jwt {
+        server.add_service(background_service(
+            "identity keys",
+            WatchKeys {
+                reloader: reloader.clone(),
+            },
+        ));
+    }
+
     if let Some(addr) = launch.demo_origin {
         let mut svc = Service::new("demo origin".into(), DemoOrigin);
         svc.add_tcp(addr);
@@ -265,6 +274,37 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
         access_log,
         reloader,
     })
+}
+
+/// How often the JWT key files are looked at for a change.
+const KEY_FILES_CHECK: Duration = Duration::from_secs(2);
+
+/// A key file that changes (a JWKS rotated by the login service's deploy) is read again
+/// within [`KEY_FILES_CHECK`], without waiting for a `SIGHUP`.
+struct WatchKeys {
+    reloader: Arc<Reloader>,
+}
+
+#[async_trait]
+impl BackgroundService for WatchKeys {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut seen = self.reloader.key_files();
+        let mut tick = tokio::time::interval(KEY_FILES_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let now = self.reloader.key_files();
+            if now != seen {
+                // A half-written file fails to load and keeps the old keys; once its
+                // writer is done it has changed again, and the next look loads it whole.
+                self.reloader.reload_keys();
+                seen = now;
+            }
+        }
+    }
 }
 
 /// Streams ended through other instances: their requests in flight here are cut.

@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use common::certs::openssl;
@@ -512,5 +512,38 @@ async fn the_refusal_status_is_configurable() {
     assert_eq!(
         www, None,
         "a refusal at the limit is not an authentication challenge"
+    );
+}
+
+/// A JWKS file the login service rotates is read again by itself (no `SIGHUP`): a token of
+/// the new key is refused (`unknown_kid`) until the file changes, then admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_jwks_file_is_picked_up_without_a_signal() {
+    let keys = Keys::make();
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&jwt_config(&origin, &keys)).await;
+    // The Ed25519 key under a new kid, as a rotation would publish it.
+    let rotated = keys.sign("ed", Some("ed2"), &claims("erin"));
+    let (status, _, body) = error_of(get(&proxy, "/watch/1", Some(&rotated)).await).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (401, Some("unknown_kid"))
+    );
+
+    let jwks = std::fs::read_to_string(keys.path("jwks.json")).unwrap();
+    std::fs::write(keys.path("jwks.json"), jwks.replace("\"ed1\"", "\"ed2\"")).unwrap();
+    proxy
+        .eventually(
+            Duration::from_secs(10),
+            "the rotated key is in use",
+            || async { get(&proxy, "/watch/1", Some(&rotated)).await.status() == 200 },
+        )
+        .await;
+    // The old kid is gone with the old file.
+    let old = keys.sign("ed", Some("ed1"), &claims("erin"));
+    let (status, _, body) = error_of(get(&proxy, "/watch/2", Some(&old)).await).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (401, Some("unknown_kid"))
     );
 }
