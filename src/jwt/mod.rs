@@ -14,7 +14,13 @@
 //! echoed, and is removed from the request before it goes upstream (see
 //! [`crate::proxy`]'s upstream request filter).
 
+mod error;
 mod ring;
+mod sources;
+#[cfg(test)]
+mod tests;
+
+pub use self::error::TokenError;
 
 pub use self::ring::install as install_crypto;
 
@@ -22,13 +28,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderName, HeaderValue};
-use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use moka::sync::Cache;
-use pingora::http::RequestHeader;
 use prometheus::IntCounterVec;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -44,67 +47,6 @@ pub struct Principal {
     pub limit: Option<u32>,
     /// `claim_to_headers`: the headers to send upstream, with the claims' values.
     pub forward: Arc<[(HeaderName, HeaderValue)]>,
-}
-
-/// Why a token was refused: the machine reason of `401 invalid_token`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    #[error("no token (Authorization: Bearer, or the configured parameter or cookie)")]
-    Missing,
-    #[error("expired")]
-    Expired,
-    #[error("not_yet_valid")]
-    NotYetValid,
-    #[error("bad_signature")]
-    BadSignature,
-    #[error("bad_issuer")]
-    BadIssuer,
-    #[error("bad_audience")]
-    BadAudience,
-    #[error("bad_algorithm")]
-    BadAlgorithm,
-    #[error("unknown_kid")]
-    UnknownKid,
-    #[error("missing_claim")]
-    MissingClaim,
-    #[error("too_long_lived")]
-    TooLongLived,
-    #[error("malformed")]
-    Malformed,
-}
-
-impl TokenError {
-    /// The machine reason (also the metric label).
-    pub fn reason(self) -> &'static str {
-        match self {
-            TokenError::Missing => "missing",
-            TokenError::Expired => "expired",
-            TokenError::NotYetValid => "not_yet_valid",
-            TokenError::BadSignature => "bad_signature",
-            TokenError::BadIssuer => "bad_issuer",
-            TokenError::BadAudience => "bad_audience",
-            TokenError::BadAlgorithm => "bad_algorithm",
-            TokenError::UnknownKid => "unknown_kid",
-            TokenError::MissingClaim => "missing_claim",
-            TokenError::TooLongLived => "too_long_lived",
-            TokenError::Malformed => "malformed",
-        }
-    }
-
-    fn from_jwt(e: &jsonwebtoken::errors::Error) -> Self {
-        match e.kind() {
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-            ErrorKind::InvalidSignature => TokenError::BadSignature,
-            ErrorKind::InvalidIssuer => TokenError::BadIssuer,
-            ErrorKind::InvalidAudience => TokenError::BadAudience,
-            ErrorKind::InvalidAlgorithm
-            | ErrorKind::InvalidAlgorithmName
-            | ErrorKind::MissingAlgorithm => TokenError::BadAlgorithm,
-            ErrorKind::MissingRequiredClaim(_) => TokenError::MissingClaim,
-            _ => TokenError::Malformed,
-        }
-    }
 }
 
 /// One verification key, with the `kid` it is named by (if any).
@@ -246,84 +188,6 @@ impl Verifier {
                 .build(),
             auth,
         })
-    }
-
-    /// The request's token: `Authorization: Bearer`, else the query parameter, else the
-    /// cookie (those two only when configured).
-    pub fn find_token<'a>(&self, req: &'a RequestHeader) -> Option<&'a str> {
-        if let Some(t) = req
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer)
-        {
-            return Some(t);
-        }
-        if let Some(param) = &self.token_param {
-            let found = req.uri.query().and_then(|q| {
-                q.split('&')
-                    .find_map(|pair| pair.strip_prefix(param.as_str())?.strip_prefix('='))
-            });
-            if let Some(t) = found.filter(|t| !t.is_empty()) {
-                return Some(t);
-            }
-        }
-        let cookie = self.token_cookie.as_deref()?;
-        req.headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|c| c.trim().strip_prefix(cookie)?.strip_prefix('='))
-            .filter(|t| !t.is_empty())
-    }
-
-    /// Remove every place a token may travel in (a bearer `Authorization`, the parameter
-    /// is the caller's: see [`Self::token_param`], the cookie) from a request going
-    /// upstream.
-    pub fn strip(&self, upstream: &mut RequestHeader) {
-        let is_bearer = upstream
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer)
-            .is_some();
-        if is_bearer {
-            upstream.remove_header(&AUTHORIZATION);
-        }
-        let Some(name) = self.token_cookie.as_deref() else {
-            return;
-        };
-        let cookies: Vec<String> = upstream
-            .headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(|v| {
-                v.split(';')
-                    .map(str::trim)
-                    .filter(|c| c.split('=').next() != Some(name))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
-            .filter(|v| !v.is_empty())
-            .collect();
-        upstream.remove_header(&COOKIE);
-        for c in cookies {
-            if let Ok(v) = http::HeaderValue::from_str(&c) {
-                let _ = upstream.append_header(COOKIE, v);
-            }
-        }
-    }
-
-    /// Headers only the proxy may set upstream (`claim_to_headers`): a client's copies go.
-    pub fn claim_headers(&self) -> impl Iterator<Item = &HeaderName> {
-        self.claim_headers.iter().map(|(h, _)| h)
-    }
-
-    /// The query parameter that may carry a token (removed upstream like the stream's).
-    pub fn token_param(&self) -> Option<&str> {
-        self.token_param.as_deref()
     }
 
     /// Who `token` names, verifying it unless it was verified before and has not expired.
@@ -485,13 +349,6 @@ impl moka::Expiry<[u8; 32], (Principal, Instant)> for UntilExp {
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` value (the scheme in any case).
-fn bearer(v: &str) -> Option<&str> {
-    let (scheme, token) = v.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
 fn read(key: &str, path: &Path) -> Result<Vec<u8>, KeyError> {
     std::fs::read(path)
         .map_err(|e| KeyError::new(key, format!("cannot read {}: {e}", path.display())))
@@ -528,153 +385,5 @@ fn scalar(v: &Value) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use jsonwebtoken::{encode, EncodingKey, Header};
-    use serde_json::json;
-
-    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
-
-    fn verifier(extra: impl FnOnce(&mut JwtSection)) -> Verifier {
-        install_crypto();
-        let dir = std::env::temp_dir().join(format!("sg-jwt-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("secret");
-        std::fs::write(&file, SECRET).unwrap();
-        let mut c = JwtSection {
-            hmac_secret_file: Some(file),
-            algorithms: vec!["HS256".into()],
-            plan_claim: Some("app.plan".into()),
-            limit_claim: Some("screens".into()),
-            max_limit: 5,
-            ..JwtSection::default()
-        };
-        extra(&mut c);
-        Verifier::new(&c, None).unwrap()
-    }
-
-    fn now() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    }
-
-    fn token(claims: Value) -> String {
-        encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(SECRET),
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn claims_give_the_user_plan_and_capped_limit() {
-        let v = verifier(|_| {});
-        let t = token(json!({"sub": "alice", "exp": now() + 60,
-            "app": {"plan": "premium"}, "screens": 9}));
-        let p = v.verify(&t).unwrap();
-        assert_eq!(&*p.user, "alice");
-        assert_eq!(p.plan.as_deref(), Some("premium"));
-        assert_eq!(p.limit, Some(5), "capped by max_limit");
-        assert_eq!(v.verify(&t).unwrap(), p, "the cached answer is the same");
-    }
-
-    #[test]
-    fn each_bad_token_has_its_reason() {
-        let v = verifier(|c| {
-            c.issuers = vec!["login".into()];
-            c.max_lifetime = Some(Duration::from_secs(3600));
-        });
-        let ok = json!({"sub": "a", "iss": "login", "iat": now(), "exp": now() + 60});
-        assert!(v.verify(&token(ok.clone())).is_ok());
-        let with = |k: &str, val: Value| {
-            let mut c = ok.clone();
-            c[k] = val;
-            token(c)
-        };
-        assert_eq!(
-            v.verify(&with("exp", json!(now() - 120))),
-            Err(TokenError::Expired)
-        );
-        assert_eq!(
-            v.verify(&with("nbf", json!(now() + 120))),
-            Err(TokenError::NotYetValid)
-        );
-        assert_eq!(
-            v.verify(&with("iss", json!("evil"))),
-            Err(TokenError::BadIssuer)
-        );
-        assert_eq!(
-            v.verify(&with("exp", json!(now() + 7200))),
-            Err(TokenError::TooLongLived)
-        );
-        assert_eq!(
-            v.verify(&with("sub", json!(""))),
-            Err(TokenError::MissingClaim)
-        );
-        let mut no_exp = ok.clone();
-        no_exp.as_object_mut().unwrap().remove("exp");
-        assert_eq!(v.verify(&token(no_exp)), Err(TokenError::MissingClaim));
-        assert_eq!(v.verify("not.a.token"), Err(TokenError::Malformed));
-        let forged = encode(
-            &Header::new(Algorithm::HS256),
-            &ok,
-            &EncodingKey::from_secret(b"another secret, of the right length!"),
-        )
-        .unwrap();
-        assert_eq!(v.verify(&forged), Err(TokenError::BadSignature));
-        let hs384 = encode(
-            &Header::new(Algorithm::HS384),
-            &ok,
-            &EncodingKey::from_secret(SECRET),
-        )
-        .unwrap();
-        assert_eq!(
-            v.verify(&hs384),
-            Err(TokenError::BadAlgorithm),
-            "not in the allow-list"
-        );
-    }
-
-    #[test]
-    fn an_hmac_secret_may_come_from_the_environment_never_too_short() {
-        install_crypto();
-        let env = |var: &str| JwtSection {
-            hmac_secret_env: Some(var.into()),
-            algorithms: vec!["HS256".into()],
-            ..JwtSection::default()
-        };
-        std::env::set_var("SG_TEST_JWT_SECRET", std::str::from_utf8(SECRET).unwrap());
-        let v = Verifier::new(&env("SG_TEST_JWT_SECRET"), None).unwrap();
-        let t = token(json!({"sub": "env", "exp": now() + 60}));
-        assert_eq!(&*v.verify(&t).unwrap().user, "env");
-        let unset = Verifier::new(&env("SG_TEST_JWT_UNSET"), None)
-            .err()
-            .unwrap();
-        assert_eq!(unset.key, "identity.jwt.hmac_secret_env");
-        std::env::set_var("SG_TEST_JWT_SHORT", "short");
-        let short = Verifier::new(&env("SG_TEST_JWT_SHORT"), None)
-            .err()
-            .unwrap();
-        assert!(short.message.contains("32 bytes"), "{short}");
-        assert!(
-            !short.to_string().contains("short\""),
-            "the secret is not echoed"
-        );
-    }
-
-    #[test]
-    fn alg_none_is_refused() {
-        let v = verifier(|_| {});
-        // {"alg":"none","typ":"JWT"} . {"sub":"a","exp":9999999999} . (no signature)
-        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
-        assert!(v.verify(none).is_err());
-        assert!(parse_algorithms(&["none".into()]).is_err());
     }
 }

@@ -31,19 +31,18 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora::protocols::raw_connect::ProxyDigest;
-use pingora::protocols::tls::SslDigest;
-use pingora::protocols::tls::TlsRef;
-use pingora::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
-    TimingDigest, UniqueID, UniqueIDType, ALPN,
-};
+use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::Session;
 use prometheus::IntCounterVec;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep_until, Instant, Sleep};
 
+mod head_end;
+mod stream;
+#[cfg(test)]
+mod tests;
+
+use self::head_end::HeadEnd;
 use crate::config::Config;
 use crate::proxy::answer::Answer;
 
@@ -130,42 +129,6 @@ enum Step {
     Close,
     Linger,
     Done,
-}
-
-/// Finds the end of a request head (the first empty line after a non-empty one; empty
-/// lines before the request line are skipped, as `httparse` skips them), across reads.
-#[derive(Debug, Default)]
-struct HeadEnd {
-    /// A non-empty line was seen.
-    started: bool,
-    /// Bytes since the last `\n`.
-    line: usize,
-    /// The last byte seen.
-    last: u8,
-}
-
-impl HeadEnd {
-    /// Feed the next bytes; where in them the head ends, if it does.
-    fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
-        let mut from = 0;
-        for i in memchr::memchr_iter(b'\n', bytes) {
-            let len = self.line + (i - from);
-            let before = if i > from { bytes[i - 1] } else { self.last };
-            let empty = len == 0 || (len == 1 && before == b'\r');
-            if !empty {
-                self.started = true;
-            } else if self.started {
-                return Some(i + 1);
-            }
-            self.line = 0;
-            from = i + 1;
-        }
-        self.line += bytes.len() - from;
-        if let Some(&b) = bytes.last() {
-            self.last = b;
-        }
-        None
-    }
 }
 
 /// A client connection's stream, bounding its request heads (see the module docs).
@@ -439,201 +402,5 @@ impl HeadGuard {
     /// Whether a write is Pingora's own answer to a head no hook saw.
     fn is_pingoras(&self, buf: &[u8]) -> bool {
         matches!(self.phase, Phase::Head | Phase::Parsing) && buf.starts_with(b"HTTP/1.")
-    }
-}
-
-impl AsyncRead for HeadGuard {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        this.sync();
-        if this.handed < this.held.len() {
-            this.hand(out);
-            return Poll::Ready(Ok(()));
-        }
-        if matches!(this.phase, Phase::Serving) && !this.serving.load(Ordering::Acquire) {
-            // The last request is done and Pingora reads again: the next head.
-            this.next_head();
-        }
-        match this.phase {
-            Phase::Head => this.poll_head(cx, out),
-            Phase::Refusing(_) => this.poll_refuse(cx, out),
-            Phase::Parsing | Phase::Serving | Phase::Replaced { .. } => {
-                Pin::new(&mut this.inner).poll_read(cx, out)
-            }
-        }
-    }
-}
-
-impl AsyncWrite for HeadGuard {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.sync();
-        if this.is_pingoras(buf) {
-            this.replace(buf);
-        }
-        if let Phase::Replaced { .. } = this.phase {
-            ready!(this.poll_replacement(cx))?;
-            return Poll::Ready(Ok(buf.len()));
-        }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.sync();
-        let first = bufs.iter().find(|b| !b.is_empty());
-        if first.is_some_and(|b| this.is_pingoras(b)) {
-            this.replace(first.map(|b| &b[..]).unwrap_or_default());
-        }
-        if let Phase::Replaced { .. } = this.phase {
-            ready!(this.poll_replacement(cx))?;
-            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
-        }
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_replacement(cx))?;
-        Pin::new(&mut this.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_replacement(cx))?;
-        Pin::new(&mut this.inner).poll_shutdown(cx)
-    }
-}
-
-#[async_trait]
-impl Shutdown for HeadGuard {
-    async fn shutdown(&mut self) {
-        use tokio::io::AsyncWriteExt;
-        let _ = AsyncWriteExt::shutdown(self).await;
-    }
-}
-
-impl UniqueID for HeadGuard {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
-    }
-}
-
-impl Ssl for HeadGuard {
-    fn get_ssl(&self) -> Option<&TlsRef> {
-        self.inner.get_ssl()
-    }
-    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
-        self.inner.get_ssl_digest()
-    }
-    fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
-    }
-}
-
-impl GetTimingDigest for HeadGuard {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-    fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_read_pending_time()
-    }
-    fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for HeadGuard {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.inner.set_proxy_digest(digest)
-    }
-}
-
-impl GetSocketDigest for HeadGuard {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.inner.set_socket_digest(digest)
-    }
-}
-
-#[async_trait]
-impl Peek for HeadGuard {
-    /// Not offered: a peek would see bytes the guard holds back.
-    async fn try_peek(&mut self, _buf: &mut [u8]) -> io::Result<bool> {
-        Ok(false)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ends(chunks: &[&[u8]]) -> Option<(usize, usize)> {
-        let mut e = HeadEnd::default();
-        for (i, c) in chunks.iter().enumerate() {
-            if let Some(at) = e.feed(c) {
-                return Some((i, at));
-            }
-        }
-        None
-    }
-
-    #[test]
-    fn a_head_ends_at_its_first_empty_line_in_any_spelling() {
-        assert_eq!(
-            ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"]),
-            Some((0, 27))
-        );
-        assert_eq!(ends(&[b"GET / HTTP/1.1\nHost: a\n\n"]), Some((0, 24)));
-        assert_eq!(ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r"]), None);
-        assert_eq!(
-            ends(&[b"GET / HTTP/1.1\r\nHost: a\r\n", b"\r", b"\n"]),
-            Some((2, 1))
-        );
-        assert_eq!(
-            ends(&[b"GET / HTTP/1.1\r\nHost: a\r", b"\n\r\n"]),
-            Some((1, 3))
-        );
-        assert_eq!(
-            ends(&[b"GET / HTTP/1.1\r\nX: a", b"b\r\n", b"\r\n"]),
-            Some((2, 2))
-        );
-    }
-
-    #[test]
-    fn empty_lines_before_the_request_line_do_not_end_it() {
-        assert_eq!(ends(&[b"\r\n\r\n\n"]), None);
-        assert_eq!(ends(&[b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"]), Some((0, 22)));
-        assert_eq!(
-            ends(&[b"\r\n", b"\r\n", b"GET / HTTP/1.1\r\n\r\n"]),
-            Some((2, 18))
-        );
-    }
-
-    #[test]
-    fn a_lone_carriage_return_is_not_an_empty_line() {
-        assert_eq!(ends(&[b"GET / HTTP/1.1\r\nX: \r\r\n"]), None);
-        assert_eq!(ends(&[b"GET / HTTP/1.1\r\n\r\r\n"]), None);
     }
 }
