@@ -46,7 +46,8 @@ pub struct Principal {
     /// The token's own limit (`limit_claim`), already capped by `max_limit`.
     pub limit: Option<u32>,
     /// `claim_to_headers`: the headers to send upstream, with the claims' values.
-    pub forward: Arc<[(HeaderName, HeaderValue)]>,
+    /// `None` when no claim is forwarded (header identity, or no `claim_to_headers`).
+    pub forward: Option<Arc<[(HeaderName, HeaderValue)]>>,
 }
 
 /// One verification key, with the `kid` it is named by (if any).
@@ -315,14 +316,15 @@ impl Verifier {
             .and_then(Value::as_u64)
             .map(|l| u32::try_from(l).unwrap_or(u32::MAX).min(self.max_limit));
         let valid_for = Duration::from_secs(exp.saturating_sub(now) + self.leeway.as_secs());
-        let forward = self
-            .claim_headers
-            .iter()
-            .filter_map(|(h, p)| {
-                let v = lookup(claims, p).and_then(scalar)?;
-                Some((h.clone(), HeaderValue::from_str(&v).ok()?))
-            })
-            .collect();
+        let forward: Option<Arc<[_]>> = (!self.claim_headers.is_empty()).then(|| {
+            self.claim_headers
+                .iter()
+                .filter_map(|(h, p)| {
+                    let v = lookup(claims, p).and_then(scalar)?;
+                    Some((h.clone(), HeaderValue::from_str(&v).ok()?))
+                })
+                .collect()
+        });
         Ok((
             Principal {
                 user: Arc::from(user),

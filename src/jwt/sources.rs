@@ -54,6 +54,17 @@ impl Verifier {
         let Some(name) = self.token_cookie.as_deref() else {
             return;
         };
+        let is_token = |c: &str| c.trim().split('=').next() == Some(name);
+        let carried = upstream
+            .headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(';').any(is_token));
+        if !carried {
+            // Cookies go upstream byte for byte unless the token is among them.
+            return;
+        }
         let cookies: Vec<String> = upstream
             .headers
             .get_all(COOKIE)
@@ -62,7 +73,7 @@ impl Verifier {
             .map(|v| {
                 v.split(';')
                     .map(str::trim)
-                    .filter(|c| c.split('=').next() != Some(name))
+                    .filter(|c| !is_token(c))
                     .collect::<Vec<_>>()
                     .join("; ")
             })

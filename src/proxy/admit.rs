@@ -100,7 +100,7 @@ impl StreamGate {
                 ),
                 plan: self.plan_from_header(req, ctx),
                 limit: None,
-                forward: Arc::new([]),
+                forward: None,
             },
             Some(jwt) => {
                 let Some(token) = jwt.find_token(req) else {

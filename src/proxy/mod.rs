@@ -121,7 +121,7 @@ pub struct RequestCtx {
     /// The client is one of `identity.trusted_proxies` (its plan header is believed).
     trusted_client: bool,
     /// Claims forwarded upstream as headers (`identity.jwt.claim_to_headers`).
-    forward: Arc<[(HeaderName, HeaderValue)]>,
+    forward: Option<Arc<[(HeaderName, HeaderValue)]>>,
     /// This request's place among its stream's requests in flight.
     slot: Option<Slot>,
     /// A manifest being buffered for rewriting.
@@ -308,7 +308,7 @@ impl ProxyHttp for StreamGate {
             strip_param: false,
             strip_token: false,
             trusted_client: false,
-            forward: Arc::new([]),
+            forward: None,
             slot: None,
             manifest: None,
             manifest_skipped: None,

@@ -86,7 +86,7 @@ impl StreamGate {
             for h in jwt.claim_headers() {
                 upstream_request.remove_header(h);
             }
-            for (h, v) in ctx.forward.iter() {
+            for (h, v) in ctx.forward.iter().flat_map(|f| f.iter()) {
                 upstream_request.insert_header(h.clone(), v.clone())?;
             }
         }
