@@ -22,10 +22,8 @@ use arc_swap::ArcSwap;
 use log::{info, warn};
 use parking_lot::Mutex;
 
-use prometheus::IntCounterVec;
-
 use crate::config::{Config, IdentityMode, KeyError, LogLevel, Overrides};
-use crate::jwt::Verifier;
+use crate::jwt::{self, Verifier};
 use crate::policy::Policy;
 use crate::routing::Routes;
 use crate::store::StreamStore;
@@ -46,13 +44,23 @@ pub const LIVE_KEYS: &[&str] = &[
     "identity.jwt",
 ];
 
+/// Keys inside a [`LIVE_KEYS`] table that still need a restart: the `jwks_url` key set is
+/// fetched by one task started with the process.
+const RESTART_KEYS: &[&str] = &[
+    "identity.jwt.jwks_url",
+    "identity.jwt.jwks_refresh",
+    "identity.jwt.jwks_max_stale",
+    "identity.jwt.jwks_timeout",
+];
+
 fn is_live(key: &str) -> bool {
-    LIVE_KEYS.iter().any(|k| {
-        key == *k
-            || key
-                .strip_prefix(k)
-                .is_some_and(|rest| rest.starts_with('.'))
-    })
+    !RESTART_KEYS.contains(&key)
+        && LIVE_KEYS.iter().any(|k| {
+            key == *k
+                || key
+                    .strip_prefix(k)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
 }
 
 /// The settings each request reads, swapped whole by a reload.
@@ -65,9 +73,9 @@ pub struct Live {
 
 impl Live {
     /// Fails when a JWT key file cannot be read or used (naming the key).
-    pub fn new(config: &Config, auth: &IntCounterVec) -> Result<Self, KeyError> {
+    pub fn new(config: &Config, keys: &jwt::Runtime) -> Result<Self, KeyError> {
         let jwt = match config.identity.mode {
-            IdentityMode::Jwt => Some(Verifier::new(&config.identity.jwt, Some(auth.clone()))?),
+            IdentityMode::Jwt => Some(Verifier::new(&config.identity.jwt, Some(keys))?),
             IdentityMode::Header => None,
         };
         Ok(Self {
@@ -81,8 +89,8 @@ impl Live {
 /// The live settings, shared by the proxy (which reads them) and the [`Reloader`].
 pub type Shared = Arc<ArcSwap<Live>>;
 
-pub fn shared(config: &Config, auth: &IntCounterVec) -> Result<Shared, KeyError> {
-    Ok(Arc::new(ArcSwap::from_pointee(Live::new(config, auth)?)))
+pub fn shared(config: &Config, keys: &jwt::Runtime) -> Result<Shared, KeyError> {
+    Ok(Arc::new(ArcSwap::from_pointee(Live::new(config, keys)?)))
 }
 
 /// Set the process log's level from `log.level`, unless `RUST_LOG` decides it.
@@ -112,7 +120,7 @@ pub struct Reloader {
     running: Mutex<Config>,
     live: Shared,
     store: Arc<dyn StreamStore>,
-    auth: IntCounterVec,
+    keys: jwt::Runtime,
 }
 
 impl Reloader {
@@ -121,14 +129,14 @@ impl Reloader {
         running: Config,
         live: Shared,
         store: Arc<dyn StreamStore>,
-        auth: IntCounterVec,
+        keys: jwt::Runtime,
     ) -> Self {
         Self {
             source,
             running: Mutex::new(running),
             live,
             store,
-            auth,
+            keys,
         }
     }
 
@@ -174,7 +182,7 @@ impl Reloader {
     /// of the running config as it is. A file that does not load keeps the old keys.
     pub fn reload_keys(&self) -> bool {
         let running = self.running.lock();
-        match Live::new(&running, &self.auth) {
+        match Live::new(&running, &self.keys) {
             Ok(live) => {
                 self.live.store(Arc::new(live));
                 info!("identity keys reloaded: a key file changed");
@@ -196,7 +204,7 @@ impl Reloader {
         if !applied.is_empty() {
             let mut candidate = running.clone();
             take_live(&mut candidate, &next);
-            let live = match Live::new(&candidate, &self.auth) {
+            let live = match Live::new(&candidate, &self.keys) {
                 Ok(live) => live,
                 Err(e) => {
                     warn!("SIGHUP: {e}; the running config is kept");
@@ -236,7 +244,18 @@ fn take_live(running: &mut Config, next: &Config) {
     running.streams.default_plan = next.streams.default_plan.clone();
     running.streams.unknown_plan = next.streams.unknown_plan;
     running.plans = next.plans.clone();
+    let (url, refresh, stale, timeout) = {
+        let j = &running.identity.jwt;
+        (
+            j.jwks_url.clone(),
+            j.jwks_refresh,
+            j.jwks_max_stale,
+            j.jwks_timeout,
+        )
+    };
     running.identity.jwt = next.identity.jwt.clone();
+    let j = &mut running.identity.jwt;
+    (j.jwks_url, j.jwks_refresh, j.jwks_max_stale, j.jwks_timeout) = (url, refresh, stale, timeout);
 }
 
 /// The dotted keys (`section.key`) whose values differ. Only names: values may be
@@ -341,5 +360,30 @@ mod tests {
         assert!(!is_live("identity.mode"));
         assert!(!is_live("plansx"));
         assert!(is_live("plans.basic.limit"));
+    }
+
+    #[test]
+    fn the_jwks_url_and_its_timings_need_a_restart() {
+        let a = config("", "");
+        let mut b = a.clone();
+        b.identity.jwt.jwks_url = Some("https://login.example/jwks".into());
+        b.identity.jwt.jwks_refresh = Duration::from_secs(60);
+        b.identity.jwt.leeway = Duration::from_secs(5);
+        let changed = changed_keys(&a, &b);
+        let (live, restart): (Vec<String>, Vec<String>) =
+            changed.into_iter().partition(|k| is_live(k));
+        assert_eq!(live, ["identity.jwt.leeway"]);
+        assert_eq!(
+            restart,
+            ["identity.jwt.jwks_refresh", "identity.jwt.jwks_url"]
+        );
+        let mut running = a.clone();
+        take_live(&mut running, &b);
+        assert_eq!(running.identity.jwt.leeway, Duration::from_secs(5));
+        assert_eq!(
+            changed_keys(&running, &b),
+            restart,
+            "kept as running: still named at the next reload"
+        );
     }
 }

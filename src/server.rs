@@ -20,6 +20,7 @@ use crate::demo::DemoOrigin;
 use crate::drain::{Drain, Draining, Signals};
 use crate::head_limits::HeadLimits;
 use crate::inflight::StreamInflight;
+use crate::jwt::remote::{RemoteError, RemoteKeys};
 use crate::metrics::{Metrics, MetricsApp};
 use crate::proxy::StreamGate;
 use crate::reload::{self, Reloader};
@@ -186,13 +187,25 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
     let access_log = AccessLog::start(&config.log, metrics.access_log_dropped.clone())
         .map_err(BuildError::AccessLog)?;
     let heads = HeadLimits::new(config, metrics.refused_heads.clone());
-    let live = reload::shared(config, &metrics.auth).map_err(BuildError::Identity)?;
+    let remote = match config.identity.mode {
+        crate::config::IdentityMode::Jwt => RemoteKeys::from_config(&config.identity.jwt, registry)
+            .map_err(|e| match e {
+                RemoteError::Config(e) => BuildError::Identity(e),
+                RemoteError::Metrics(e) => BuildError::Metrics(e),
+            })?,
+        crate::config::IdentityMode::Header => None,
+    };
+    let keys = crate::jwt::Runtime {
+        auth: Some(metrics.auth.clone()),
+        remote: remote.clone(),
+    };
+    let live = reload::shared(config, &keys).map_err(BuildError::Identity)?;
     let reloader = Arc::new(Reloader::new(
         launch.reload_from.clone(),
         config.clone(),
         live.clone(),
         store.clone(),
-        metrics.auth.clone(),
+        keys,
     ));
     let gate = StreamGate::new(
         config,
@@ -263,6 +276,10 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
         ));
     }
 
+    if let Some(remote) = remote {
+        server.add_service(background_service("identity key set", FetchKeys { remote }));
+    }
+
     if let Some(addr) = launch.demo_origin {
         let mut svc = Service::new("demo origin".into(), DemoOrigin);
         svc.add_tcp(addr);
@@ -303,6 +320,21 @@ impl BackgroundService for WatchKeys {
                 self.reloader.reload_keys();
                 seen = now;
             }
+        }
+    }
+}
+
+/// `identity.jwt.jwks_url`: fetched at start and kept fresh (src/jwt/remote.rs).
+struct FetchKeys {
+    remote: Arc<RemoteKeys>,
+}
+
+#[async_trait]
+impl BackgroundService for FetchKeys {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = self.remote.keep_fresh() => {}
         }
     }
 }

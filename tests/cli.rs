@@ -80,6 +80,10 @@ fn bad_files_give_one_line_naming_file_and_key_and_exit_2() {
         (format!("{VALID}[identity]\nmode = \"jwt\"\njwt.keys = [{{ kid = \"a\", file = \"/etc/hostname\" }}]\n"), "identity.jwt.keys[0].file"),
         (format!("{VALID}[identity]\nmode = \"jwt\"\njwt.jwks_file = \"/nonexistent\"\n"), "identity.jwt.jwks_file"),
         (format!("{VALID}[identity]\nmode = \"jwt\"\njwt.jwks_file = \"/x\"\njwt.algorithms = [\"none\"]\n"), "identity.jwt.algorithms"),
+        (format!("{VALID}[identity]\nmode = \"jwt\"\njwt.jwks_url = \"ftp://login/keys\"\n"), "identity.jwt.jwks_url"),
+        (format!("{VALID}[identity]\nmode = \"jwt\"\njwt.jwks_url = \"not a url\"\n"), "identity.jwt.jwks_url"),
+        (format!("{VALID}[identity]\nmode = \"jwt\"\njwt.jwks_url = \"https://login/keys\"\njwt.jwks_refresh = \"1h\"\njwt.jwks_max_stale = \"10m\"\n"), "identity.jwt.jwks_max_stale"),
+        (format!("{VALID}[identity]\nmode = \"jwt\"\njwt.jwks_url = \"https://login/keys\"\njwt.jwks_refresh = \"100ms\"\n"), "identity.jwt.jwks_refresh"),
         (format!("{VALID}[streams]\ndefault_plan = \"gold\"\n"), "streams.default_plan"),
         (format!("{VALID}[plans.gold]\n"), "plans.gold"),
     ] {

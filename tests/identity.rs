@@ -4,13 +4,17 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use common::certs::openssl;
 use common::*;
+use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Key pairs (RSA 2048, EC P-256, Ed25519) in a fresh directory; public keys as PEM, the
 /// Ed25519 one also in a JWKS file (`kid` "ed1").
@@ -545,5 +549,229 @@ async fn a_rotated_jwks_file_is_picked_up_without_a_signal() {
     assert_eq!(
         (status, body["reason"].as_str()),
         (401, Some("unknown_kid"))
+    );
+}
+
+/// The login service's JWKS endpoint: serves its set (`503` while it has none) and counts
+/// the fetches it answered.
+struct Jwks {
+    addr: std::net::SocketAddr,
+    set: Arc<Mutex<Option<String>>>,
+    fetches: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Jwks {
+    async fn start(set: Option<String>) -> Jwks {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let set = Arc::new(Mutex::new(set));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (s, f) = (set.clone(), fetches.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (s, f) = (s.clone(), f.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let body = s.lock().unwrap().clone();
+                    let answer = match body {
+                        Some(b) => format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                             Content-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                            b.len()
+                        ),
+                        None => "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\
+                                 Connection: close\r\n\r\n"
+                            .to_string(),
+                    };
+                    let _ = sock.write_all(answer.as_bytes()).await;
+                    f.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Jwks {
+            addr,
+            set,
+            fetches,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/.well-known/jwks.json", self.addr)
+    }
+
+    fn publish(&self, set: Option<String>) {
+        *self.set.lock().unwrap() = set;
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Jwks {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Keys {
+    /// A JWKS of these keys: (`name`, `kid`) pairs, `name` one of `rs`, `ec`.
+    fn jwks(&self, entries: &[(&str, &str)]) -> String {
+        let keys: Vec<Value> = entries
+            .iter()
+            .map(|(name, kid)| {
+                let (key, alg) = match *name {
+                    "ec" => (
+                        EncodingKey::from_ec_pem(&self.private(name)),
+                        Algorithm::ES256,
+                    ),
+                    _ => (
+                        EncodingKey::from_rsa_pem(&self.private(name)),
+                        Algorithm::RS256,
+                    ),
+                };
+                let mut jwk = Jwk::from_encoding_key(&key.unwrap(), alg).unwrap();
+                jwk.common.key_id = Some(kid.to_string());
+                serde_json::to_value(jwk).unwrap()
+            })
+            .collect();
+        json!({ "keys": keys }).to_string()
+    }
+}
+
+fn jwks_config(origin: &Origin, jwks: &Jwks) -> TestConfig {
+    TestConfig::new(origin)
+        .limit(3)
+        .identity("mode = \"jwt\"")
+        .identity(&format!("jwt.jwks_url = \"{}\"", jwks.url()))
+}
+
+/// `jwks_url`: a token of a key the login service has just published is admitted at its
+/// first request (one fetch, awaited); a key it removed stops its tokens, cached or not;
+/// made-up `kid`s do not make the proxy fetch again within 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_url_is_refetched_once_for_a_new_kid() {
+    let keys = Keys::make();
+    let jwks = Jwks::start(Some(keys.jwks(&[("ec", "k1")]))).await;
+    let origin = Origin::start().await;
+    let proxy =
+        Proxy::start(&jwks_config(&origin, &jwks).identity("jwt.jwks_refresh = \"10m\"")).await;
+    proxy
+        .counted("streamgate_jwks_refresh_total{result=\"ok\"}", 1.0)
+        .await;
+
+    let old = keys.sign("ec", Some("k1"), &claims("fay"));
+    assert_eq!(get(&proxy, "/watch/1", Some(&old)).await.status(), 200);
+    assert_eq!(jwks.fetches(), 1);
+
+    // The login service rotates: k2 in, k1 out. The first k2 token fetches the set.
+    jwks.publish(Some(keys.jwks(&[("rs", "k2")])));
+    let new = keys.sign("rs", Some("k2"), &claims("fay"));
+    assert_eq!(get(&proxy, "/watch/2", Some(&new)).await.status(), 200);
+    assert_eq!(jwks.fetches(), 2, "one fetch for the new kid");
+    assert_eq!(
+        proxy
+            .metric("streamgate_jwks_refresh_total{result=\"ok\"}")
+            .await,
+        2.0
+    );
+    // k1's token was cached as good; its key left the set, so it is refused now.
+    let (status, www, body) = error_of(get(&proxy, "/watch/3", Some(&old)).await).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (401, Some("unknown_kid"))
+    );
+    assert!(www
+        .unwrap_or_default()
+        .contains("error_description=\"unknown_kid\""));
+
+    // Made-up kids are refused without asking the login service again.
+    for n in 0..5 {
+        let forged = keys.sign("rs", Some(&format!("k{}", 10 + n)), &claims("fay"));
+        let (status, _, body) = error_of(get(&proxy, "/watch/4", Some(&forged)).await).await;
+        assert_eq!(
+            (status, body["reason"].as_str()),
+            (401, Some("unknown_kid"))
+        );
+    }
+    assert_eq!(jwks.fetches(), 2, "no fetch within 30 s of the last");
+}
+
+/// `jwks_url` down: before any set, tokens are `503 auth_unavailable` (never `401`); once a
+/// set arrived, a failing endpoint keeps it for `jwks_max_stale`, then `503` again until
+/// the endpoint is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_url_down_keeps_the_last_good_set_until_it_is_too_stale() {
+    let keys = Keys::make();
+    let jwks = Jwks::start(None).await;
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(
+        &jwks_config(&origin, &jwks)
+            .identity("jwt.jwks_refresh = \"1s\"")
+            .identity("jwt.jwks_max_stale = \"3s\""),
+    )
+    .await;
+    let failed = "streamgate_jwks_refresh_total{result=\"failed\"}";
+    proxy.counted(failed, 1.0).await;
+    assert_eq!(
+        proxy.metric("streamgate_jwks_age_seconds").await,
+        f64::INFINITY,
+        "no set yet"
+    );
+    let token = |sub: &str| keys.sign("ec", Some("k1"), &claims(sub));
+    let r = get(&proxy, "/watch/1", Some(&token("gus"))).await;
+    assert_eq!(r.headers()["retry-after"], "5");
+    let (status, www, body) = error_of(r).await;
+    assert_eq!(
+        (status, body["error"].as_str(), www),
+        (503, Some("auth_unavailable"), None)
+    );
+
+    let set = keys.jwks(&[("ec", "k1")]);
+    jwks.publish(Some(set.clone()));
+    proxy
+        .eventually(Duration::from_secs(5), "the set is fetched", || async {
+            get(&proxy, "/watch/1", Some(&token("gus"))).await.status() == 200
+        })
+        .await;
+
+    // The endpoint fails again: the set in hand still verifies new tokens...
+    jwks.publish(None);
+    let before = proxy.metric(failed).await;
+    proxy.counted(failed, before + 1.0).await;
+    assert_eq!(
+        get(&proxy, "/watch/2", Some(&token("hal"))).await.status(),
+        200
+    );
+    assert!(proxy.metric("streamgate_jwks_age_seconds").await >= 1.0);
+    // ...until it is older than jwks_max_stale. (A user per poll: polls that pass open a
+    // stream.)
+    let polls = AtomicUsize::new(0);
+    let fresh = || token(&format!("ida{}", polls.fetch_add(1, Ordering::Relaxed)));
+    proxy
+        .eventually(Duration::from_secs(8), "the set is too stale", || async {
+            get(&proxy, "/watch/3", Some(&fresh())).await.status() == 503
+        })
+        .await;
+    jwks.publish(Some(set));
+    proxy
+        .eventually(Duration::from_secs(5), "the endpoint is back", || async {
+            get(&proxy, "/watch/3", Some(&fresh())).await.status() == 200
+        })
+        .await;
+    assert!(
+        proxy
+            .metric("streamgate_auth_total{reason=\"keys_unavailable\",result=\"unavailable\"}")
+            .await
+            >= 2.0
     );
 }

@@ -319,6 +319,19 @@ pub struct JwtSection {
     pub keys: Vec<JwtKey>,
     /// A JSON Web Key Set file (read at start and on `SIGHUP`).
     pub jwks_file: Option<PathBuf>,
+    /// A JSON Web Key Set served by the login service (`http://` or `https://`, the
+    /// system's CA roots): fetched at start, then every `jwks_refresh`, and once more
+    /// (at most every 30 s) when a token names a `kid` it does not hold.
+    pub jwks_url: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// How long the last good set is used while fetches fail; older, tokens are answered
+    /// `503 auth_unavailable` until a fetch succeeds.
+    #[serde(with = "humantime_serde")]
+    pub jwks_max_stale: Duration,
+    /// The longest one fetch may take (connect, answer and body).
+    #[serde(with = "humantime_serde")]
+    pub jwks_timeout: Duration,
     /// An HS256/384/512 shared secret, from a file (its bytes, a final newline dropped).
     pub hmac_secret_file: Option<PathBuf>,
     /// The same from an environment variable (named here; its value is never logged).
@@ -359,6 +372,10 @@ impl Default for JwtSection {
         Self {
             keys: Vec::new(),
             jwks_file: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(600),
+            jwks_max_stale: Duration::from_secs(24 * 3600),
+            jwks_timeout: Duration::from_secs(5),
             hmac_secret_file: None,
             hmac_secret_env: None,
             algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],

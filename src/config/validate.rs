@@ -169,12 +169,31 @@ impl JwtSection {
     fn validate(&self) -> Result<(), KeyError> {
         if self.keys.is_empty()
             && self.jwks_file.is_none()
+            && self.jwks_url.is_none()
             && self.hmac_secret_file.is_none()
             && self.hmac_secret_env.is_none()
         {
+            return Err(KeyError::new("identity.jwt", crate::jwt::NO_KEYS));
+        }
+        if let Some(url) = &self.jwks_url {
+            crate::jwt::remote::parse_url(url)?;
+        }
+        if self.jwks_refresh < Duration::from_secs(1) {
             return Err(KeyError::new(
-                "identity.jwt",
-                "mode = \"jwt\" needs keys, jwks_file, hmac_secret_file or hmac_secret_env",
+                "identity.jwt.jwks_refresh",
+                "must be at least 1s",
+            ));
+        }
+        if self.jwks_max_stale < self.jwks_refresh {
+            return Err(KeyError::new(
+                "identity.jwt.jwks_max_stale",
+                "must be at least jwks_refresh (a set would expire between two fetches)",
+            ));
+        }
+        if self.jwks_timeout.is_zero() {
+            return Err(KeyError::new(
+                "identity.jwt.jwks_timeout",
+                "must be more than 0s",
             ));
         }
         if self.hmac_secret_file.is_some() && self.hmac_secret_env.is_some() {

@@ -27,6 +27,10 @@ pub enum TokenError {
     TooLongLived,
     #[error("malformed")]
     Malformed,
+    /// No key set to verify with (`jwks_url` not fetched yet, or staler than
+    /// `jwks_max_stale`): `503 auth_unavailable`, since the token may be fine.
+    #[error("keys_unavailable")]
+    KeysUnavailable,
 }
 
 impl TokenError {
@@ -44,6 +48,7 @@ impl TokenError {
             TokenError::MissingClaim => "missing_claim",
             TokenError::TooLongLived => "too_long_lived",
             TokenError::Malformed => "malformed",
+            TokenError::KeysUnavailable => "keys_unavailable",
         }
     }
 

@@ -6,7 +6,8 @@
 //! user is a claim (`sub` by default) that nobody can change without the signing key, and
 //! the plan and a per-user limit can come from claims too (see [`crate::policy`]).
 //!
-//! Keys come from PEM files (`keys`), a JWKS file (`jwks_file`) and an HMAC secret file;
+//! Keys come from PEM files (`keys`), a JWKS file (`jwks_file`), the login service's JWKS
+//! endpoint (`jwks_url`, kept fresh by [`remote`]) and an HMAC secret file or variable;
 //! `algorithms` is an allow-list (`none` is never accepted), and a key only verifies the
 //! algorithm family it belongs to, so an HS256 token "signed" with a public RSA key is
 //! refused. A verified token is remembered by its SHA-256 until its `exp`, so a player's
@@ -15,6 +16,7 @@
 //! [`crate::proxy`]'s upstream request filter).
 
 mod error;
+pub mod remote;
 mod ring;
 mod sources;
 #[cfg(test)]
@@ -22,7 +24,12 @@ mod tests;
 
 pub use self::error::TokenError;
 
+pub use self::remote::RemoteKeys;
 pub use self::ring::install as install_crypto;
+
+/// Why `mode = "jwt"` without any key source is refused.
+pub const NO_KEYS: &str =
+    "mode = \"jwt\" needs keys, jwks_file, jwks_url, hmac_secret_file or hmac_secret_env";
 
 use std::path::Path;
 use std::sync::Arc;
@@ -50,8 +57,17 @@ pub struct Principal {
     pub forward: Option<Arc<[(HeaderName, HeaderValue)]>>,
 }
 
+/// What a verifier shares with the rest of the process, and keeps across reloads.
+#[derive(Clone, Default)]
+pub struct Runtime {
+    /// `streamgate_auth_total`.
+    pub auth: Option<IntCounterVec>,
+    /// The `jwks_url` key set, fetched by its own task.
+    pub remote: Option<Arc<RemoteKeys>>,
+}
+
 /// One verification key, with the `kid` it is named by (if any).
-struct Key {
+pub(crate) struct Key {
     kid: Option<String>,
     key: DecodingKey,
 }
@@ -73,14 +89,25 @@ pub struct Verifier {
     token_cookie: Option<String>,
     /// `claim_to_headers`: header, and the claim path it carries.
     claim_headers: Vec<(HeaderName, Vec<String>)>,
-    /// By SHA-256 of the token: what it says, and until when.
-    cache: Cache<[u8; 32], (Principal, Instant)>,
+    /// By SHA-256 of the token: what it says, until when, and the remote set it was
+    /// verified under (an entry of an older set is verified again).
+    cache: Cache<[u8; 32], Verified>,
     auth: Option<IntCounterVec>,
+    remote: Option<Arc<RemoteKeys>>,
+}
+
+/// A cache entry: what a token says, until when, under which remote key set.
+#[derive(Clone)]
+struct Verified {
+    principal: Principal,
+    until: Instant,
+    generation: Option<u64>,
 }
 
 impl Verifier {
     /// Load every key `[identity.jwt]` names; errors name the key and the file.
-    pub fn new(c: &JwtSection, auth: Option<IntCounterVec>) -> Result<Self, KeyError> {
+    pub fn new(c: &JwtSection, runtime: Option<&Runtime>) -> Result<Self, KeyError> {
+        let runtime = runtime.cloned().unwrap_or_default();
         install_crypto();
         let mut keys = Vec::new();
         for (i, k) in c.keys.iter().enumerate() {
@@ -148,11 +175,8 @@ impl Verifier {
                 key: DecodingKey::from_secret(&secret),
             });
         }
-        if keys.is_empty() {
-            return Err(KeyError::new(
-                "identity.jwt",
-                "mode = \"jwt\" needs keys, jwks_file, hmac_secret_file or hmac_secret_env",
-            ));
+        if keys.is_empty() && c.jwks_url.is_none() {
+            return Err(KeyError::new("identity.jwt", NO_KEYS));
         }
         let algorithms = parse_algorithms(&c.algorithms)?;
         let path = |p: &str| p.split('.').map(str::to_owned).collect::<Vec<_>>();
@@ -187,25 +211,66 @@ impl Verifier {
                 .max_capacity(c.cache_size)
                 .expire_after(UntilExp)
                 .build(),
-            auth,
+            auth: runtime.auth,
+            remote: runtime.remote,
         })
+    }
+
+    /// Who `token` names, as [`Verifier::verify`] says; when it names a key the remote set
+    /// lacks (or no set is loaded yet), after one fetch of the set (see [`remote`]).
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, TokenError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut outcome = self.check(&digest, token);
+        if let (Err(TokenError::UnknownKid | TokenError::KeysUnavailable), Some(remote)) =
+            (&outcome, &self.remote)
+        {
+            if remote.refetch().await {
+                outcome = self.check(&digest, token);
+            }
+        }
+        self.counted(outcome)
     }
 
     /// Who `token` names, verifying it unless it was verified before and has not expired.
     pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some((p, until)) = self.cache.get(&digest) {
-            if Instant::now() < until {
-                self.count("cached", "none");
-                return Ok(p);
+        let outcome = self.check(&digest, token);
+        self.counted(outcome)
+    }
+
+    /// The cache, else a verification (remembered when good): the principal, and whether
+    /// it came from the cache.
+    fn check(&self, digest: &[u8; 32], token: &str) -> Result<(Principal, bool), TokenError> {
+        let generation = self.remote.as_ref().and_then(|r| r.generation());
+        if let Some(v) = self.cache.get(digest) {
+            if Instant::now() < v.until && v.generation == generation {
+                return Ok((v.principal, true));
             }
         }
-        match self.verify_uncached(token) {
-            Ok((p, valid_for)) => {
-                self.count("verified", "none");
-                self.cache
-                    .insert(digest, (p.clone(), Instant::now() + valid_for));
+        let (principal, valid_for) = self.verify_uncached(token)?;
+        self.cache.insert(
+            *digest,
+            Verified {
+                principal: principal.clone(),
+                until: Instant::now() + valid_for,
+                generation,
+            },
+        );
+        Ok((principal, false))
+    }
+
+    fn counted(
+        &self,
+        outcome: Result<(Principal, bool), TokenError>,
+    ) -> Result<Principal, TokenError> {
+        match outcome {
+            Ok((p, cached)) => {
+                self.count(if cached { "cached" } else { "verified" }, "none");
                 Ok(p)
+            }
+            Err(e @ TokenError::KeysUnavailable) => {
+                self.count("unavailable", e.reason());
+                Err(e)
             }
             Err(e) => {
                 self.count("refused", e.reason());
@@ -233,9 +298,15 @@ impl Verifier {
             return Err(TokenError::BadAlgorithm);
         }
         let family = header.alg.family();
+        let remote = self.remote.as_ref().map(|r| r.current());
+        let fetched = match &remote {
+            Some(Some(set)) => set.keys.as_slice(),
+            _ => &[],
+        };
         let mut candidates = self
             .keys
             .iter()
+            .chain(fetched)
             .filter(|k| k.key.family() == family)
             .filter(|k| match (&header.kid, &k.kid) {
                 (Some(want), Some(have)) => want == have,
@@ -244,6 +315,10 @@ impl Verifier {
             })
             .peekable();
         if candidates.peek().is_none() {
+            // With a remote set configured but none usable, the token may be fine.
+            if matches!(remote, Some(None)) {
+                return Err(TokenError::KeysUnavailable);
+            }
             return Err(if header.kid.is_some() {
                 TokenError::UnknownKid
             } else {
@@ -340,14 +415,14 @@ impl Verifier {
 /// Cache entries expire with their token.
 struct UntilExp;
 
-impl moka::Expiry<[u8; 32], (Principal, Instant)> for UntilExp {
+impl moka::Expiry<[u8; 32], Verified> for UntilExp {
     fn expire_after_create(
         &self,
         _key: &[u8; 32],
-        value: &(Principal, Instant),
+        value: &Verified,
         created_at: Instant,
     ) -> Option<Duration> {
-        Some(value.1.saturating_duration_since(created_at))
+        Some(value.until.saturating_duration_since(created_at))
     }
 }
 

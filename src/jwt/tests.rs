@@ -142,3 +142,45 @@ fn alg_none_is_refused() {
     assert!(v.verify(none).is_err());
     assert!(parse_algorithms(&["none".into()]).is_err());
 }
+
+#[test]
+fn a_fetched_key_set_keeps_the_keys_that_verify_and_skips_the_rest() {
+    let ed = json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed1",
+        "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
+    let set = json!({"keys": [
+        ed,
+        {"kty": "OKP", "crv": "Ed25519", "kid": "enc", "use": "enc",
+         "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+        {"kty": "oct", "kid": "secret", "k": "c2VjcmV0"},
+        {"kty": "PQC", "kid": "future"},
+    ]});
+    let (keys, fingerprint) = remote::parse_set(set.to_string().as_bytes()).unwrap();
+    let kids: Vec<_> = keys.iter().map(|k| k.kid.as_deref()).collect();
+    assert_eq!(kids, [Some("ed1")]);
+    // The fingerprint is of the usable keys: the skipped ones and member order do not
+    // change it; another key does.
+    let same = json!({"keys": [{"x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo",
+        "kid": "ed1", "crv": "Ed25519", "kty": "OKP"}]});
+    assert_eq!(
+        remote::parse_set(same.to_string().as_bytes()).unwrap().1,
+        fingerprint
+    );
+    let mut other = ed.clone();
+    other["kid"] = json!("ed2");
+    let other = json!({"keys": [other]});
+    assert_ne!(
+        remote::parse_set(other.to_string().as_bytes()).unwrap().1,
+        fingerprint
+    );
+    for bad in [
+        &b"not json"[..],
+        br#"{"keys": []}"#,
+        br#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#,
+    ] {
+        assert!(remote::parse_set(bad).is_err());
+    }
+    assert!(remote::parse_url("https://login.example/.well-known/jwks.json").is_ok());
+    for bad in ["file:///etc/jwks.json", "login.example/jwks", "https://"] {
+        assert!(remote::parse_url(bad).is_err(), "{bad}");
+    }
+}

@@ -107,7 +107,7 @@ impl StreamGate {
                     jwt.refused(TokenError::Missing);
                     return Err(Answer::Token(TokenError::Missing));
                 };
-                jwt.verify(token).map_err(Answer::Token)?
+                jwt.authenticate(token).await.map_err(Answer::Token)?
             }
         };
         ctx.forward = principal.forward.clone();
@@ -299,15 +299,7 @@ mod tests {
             metrics,
             crate::drain::Drain::new(Duration::ZERO, Duration::ZERO),
             crate::access_log::AccessLog::off(prometheus::IntCounter::new("d", "d").unwrap()),
-            crate::reload::shared(
-                &config,
-                &prometheus::IntCounterVec::new(
-                    prometheus::Opts::new("a", "a"),
-                    &["result", "reason"],
-                )
-                .unwrap(),
-            )
-            .unwrap(),
+            crate::reload::shared(&config, &crate::jwt::Runtime::default()).unwrap(),
         )
         .unwrap()
     }

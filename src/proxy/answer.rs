@@ -108,6 +108,7 @@ impl Answer {
             Answer::Framing(r) => r.status,
             Answer::InvalidPath(_) | Answer::Identity(_) | Answer::MalformedHead => 400,
             Answer::LimitExceeded { status, .. } => *status,
+            Answer::Token(TokenError::KeysUnavailable) => 503,
             Answer::Token(_) => 401,
             Answer::Plan(_) => 403,
             Answer::NotFound | Answer::StreamNotFound => 404,
@@ -152,6 +153,7 @@ impl Answer {
             Answer::StreamNotFound => "stream_not_found",
             Answer::LimitExceeded { .. } => "stream_limit_exceeded",
             Answer::Token(TokenError::Missing) => "token_required",
+            Answer::Token(TokenError::KeysUnavailable) => "auth_unavailable",
             Answer::Token(_) => "invalid_token",
             Answer::Plan(PlanRefusal::Blocked(_)) => "plan_blocked",
             Answer::Plan(PlanRefusal::Unknown) => "unknown_plan",
@@ -189,6 +191,10 @@ impl Answer {
             Answer::Token(TokenError::Missing) => {
                 respond::error_body(code, &TokenError::Missing.to_string())
             }
+            Answer::Token(TokenError::KeysUnavailable) => respond::error_body(
+                code,
+                "the keys that verify identity tokens are not available; try again shortly",
+            ),
             Answer::Token(e) => respond::error_body_with(
                 code,
                 "the identity token does not verify",
@@ -233,6 +239,9 @@ impl Answer {
                 HeaderValue::from(retry_after_secs(*retry_after)),
             )],
             Answer::Busy => vec![(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+            Answer::Token(TokenError::KeysUnavailable) => {
+                vec![(header::RETRY_AFTER, HeaderValue::from_static("5"))]
+            }
             // RFC 6750 section 3: no error code when the request carried no token.
             Answer::Token(TokenError::Missing) => vec![(
                 header::WWW_AUTHENTICATE,
