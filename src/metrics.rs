@@ -56,6 +56,9 @@ const DECISIONS: [Decision; 7] = [
 ];
 const MANIFEST_KINDS: [Kind; 2] = [Kind::Hls, Kind::Dash];
 
+/// The `plan` label of users under no configured plan.
+pub const DEFAULT_PLAN: &str = "default";
+
 /// Label lookups hash and lock; the hot path uses handles resolved once, here.
 #[derive(Clone)]
 struct Handles {
@@ -141,11 +144,14 @@ impl Metrics {
         let decisions = IntCounterVec::new(
             Opts::new(
                 "streamgate_stream_decisions_total",
-                "Stream decisions by outcome.",
+                "Stream decisions by outcome and the user's plan (configured names, default, \
+                 unknown; none for expiries).",
             ),
-            &["outcome"],
+            &["outcome", "plan"],
         )?;
-        let expired = decisions.with_label_values(&["expired"]);
+        // The store that expires a lease does not know its user's plan: an empty label,
+        // which Prometheus reads as none.
+        let expired = decisions.with_label_values(&["expired", ""]);
         let m = Metrics {
             active_streams: IntGauge::new(
                 "streamgate_active_streams",
@@ -246,7 +252,7 @@ impl Metrics {
         m.handles = Handles {
             decisions: DECISIONS
                 .iter()
-                .map(|d| m.decisions.with_label_values(&[d.label()]))
+                .map(|d| m.decisions.with_label_values(&[d.label(), DEFAULT_PLAN]))
                 .collect(),
             requests: ROUTES
                 .iter()
@@ -301,10 +307,13 @@ impl Metrics {
         }
     }
 
-    pub fn decision(&self, d: Decision) {
-        // Indexed by the variant itself: `DECISIONS` lists them in declaration order.
-        let i = d as usize;
-        self.handles.decisions[i].inc();
+    /// Count a decision under the user's plan label (`None`: `default`, from a handle).
+    pub fn decision(&self, d: Decision, plan: Option<&str>) {
+        match plan {
+            // Indexed by the variant itself: `DECISIONS` lists them in declaration order.
+            None => self.handles.decisions[d as usize].inc(),
+            Some(p) => self.decisions.with_label_values(&[d.label(), p]).inc(),
+        }
     }
 
     pub fn request_done(&self, route: Route, status: u16, elapsed: Duration) {
@@ -411,7 +420,8 @@ mod tests {
     fn metrics_register_on_a_fresh_registry_with_conventional_names() {
         let reg = Registry::new();
         let m = Metrics::new(&reg).unwrap();
-        m.decision(Decision::Admitted);
+        m.decision(Decision::Admitted, None);
+        m.decision(Decision::Rejected, Some("basic"));
         m.expired.inc();
         m.request_done(Route::Watch, 401, Duration::from_millis(3));
         m.upstream_errors.with_label_values(&["connect"]).inc();
@@ -420,8 +430,9 @@ mod tests {
         let text = String::from_utf8(MetricsApp::new(reg.clone()).render().unwrap()).unwrap();
         for needle in [
             "streamgate_active_streams 0",
-            "streamgate_stream_decisions_total{outcome=\"admitted\"} 1",
-            "streamgate_stream_decisions_total{outcome=\"expired\"} 1",
+            "streamgate_stream_decisions_total{outcome=\"admitted\",plan=\"default\"} 1",
+            "streamgate_stream_decisions_total{outcome=\"rejected\",plan=\"basic\"} 1",
+            "streamgate_stream_decisions_total{outcome=\"expired\",plan=\"\"} 1",
             "streamgate_requests_total{route=\"watch\",status=\"4xx\"} 1",
             "streamgate_request_duration_seconds_bucket",
             "streamgate_upstream_errors_total{kind=\"connect\"} 1",

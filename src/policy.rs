@@ -48,6 +48,8 @@ pub struct Policy {
     default_plan: Option<Arc<str>>,
     unknown_plan: UnknownPlan,
     limit_status: u16,
+    /// The label of plan names no table has.
+    unknown_label: Arc<str>,
 }
 
 impl Policy {
@@ -71,6 +73,21 @@ impl Policy {
             default_plan: config.streams.default_plan.as_deref().map(Arc::from),
             unknown_plan: config.streams.unknown_plan,
             limit_status: config.streams.limit_status,
+            unknown_label: Arc::from("unknown"),
+        }
+    }
+
+    /// The `plan` label of a user's decisions, bounded by the config: a configured plan's
+    /// name, `unknown` for any other name, and for users without a plan
+    /// `streams.default_plan` if set, else `None` (counted as `default`).
+    pub fn plan_label(&self, plan: Option<&Arc<str>>) -> Option<Arc<str>> {
+        match plan {
+            Some(p) if self.plans.contains_key(&**p) => Some(p.clone()),
+            Some(_) => Some(self.unknown_label.clone()),
+            None => self
+                .default_plan
+                .clone()
+                .filter(|d| self.plans.contains_key(&**d)),
         }
     }
 
@@ -176,5 +193,19 @@ mod tests {
             Err(PlanRefusal::Unknown)
         );
         assert_eq!(limit(&strict, None, None), Ok(3));
+    }
+
+    #[test]
+    fn plan_labels_are_configured_names_unknown_or_default() {
+        let label = |p: &Policy, plan: Option<&str>| {
+            p.plan_label(plan.map(Arc::from).as_ref())
+                .map(|l| l.to_string())
+        };
+        let p = policy("");
+        assert_eq!(label(&p, Some("basic")).as_deref(), Some("basic"));
+        assert_eq!(label(&p, Some("gold")).as_deref(), Some("unknown"));
+        assert_eq!(label(&p, None), None);
+        let d = policy("default_plan = \"premium\"");
+        assert_eq!(label(&d, None).as_deref(), Some("premium"));
     }
 }

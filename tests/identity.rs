@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use common::certs::openssl;
+use common::redis_server::RedisServer;
 use common::*;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -427,6 +428,59 @@ async fn plans_give_each_user_their_limit() {
     assert_eq!(
         proxy.metric("streamgate_active_streams").await as usize,
         1 + 2 + 4 + 3 + 12
+    );
+    // Decisions by plan: configured names only (no plan: the default plan).
+    let decided = |outcome: &str, plan: &str| {
+        let series =
+            format!("streamgate_stream_decisions_total{{outcome=\"{outcome}\",plan=\"{plan}\"}}");
+        let proxy = &proxy;
+        async move { proxy.metric(&series).await }
+    };
+    assert_eq!(decided("admitted", "premium").await, 4.0 + 3.0);
+    assert_eq!(decided("admitted", "standard").await, 2.0);
+    assert_eq!(decided("admitted", "staff").await, 12.0);
+    assert_eq!(decided("rejected", "basic").await, 2.0);
+    assert_eq!(decided("admitted", "default").await, 0.0);
+}
+
+/// Plans on the shared store: two instances on one Redis hold each user to their plan's
+/// limit together, and a downgrade applies at the next open on either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_hold_across_instances_on_redis() {
+    let keys = Keys::make();
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let cfg = jwt_config(&origin, &keys)
+        .redis(&redis.url(), "plans", "deny")
+        .table("[plans.basic]\nlimit = 1\n[plans.premium]\nlimit = 4");
+    let (a, b) = (Proxy::start(&cfg).await, Proxy::start(&cfg).await);
+    let token = |sub: &str, plan: &str| {
+        let mut c = claims(sub);
+        c["plan"] = json!(plan);
+        keys.sign("rs", Some("rs1"), &c)
+    };
+    let premium = token("pat", "premium");
+    for (n, proxy) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let r = get(proxy, &format!("/watch/{n}"), Some(&premium)).await;
+        assert_eq!(r.status(), 200, "premium open {n}");
+    }
+    for proxy in [&a, &b] {
+        let (status, _, body) = error_of(get(proxy, "/watch/5", Some(&premium)).await).await;
+        assert_eq!((status, body["limit"].as_u64()), (401, Some(4)));
+        assert_eq!(
+            (body["active"].as_u64(), body["plan"].as_str()),
+            (Some(4), Some("premium"))
+        );
+    }
+    let basic = token("bea", "basic");
+    assert_eq!(get(&a, "/watch/1", Some(&basic)).await.status(), 200);
+    assert_eq!(get(&b, "/watch/2", Some(&basic)).await.status(), 401);
+    // pat is downgraded: the 4 streams stay, the next open is refused by basic's limit.
+    let downgraded = token("pat", "basic");
+    let (status, _, body) = error_of(get(&b, "/watch/6", Some(&downgraded)).await).await;
+    assert_eq!(
+        (status, body["limit"].as_u64(), body["active"].as_u64()),
+        (401, Some(1), Some(4))
     );
 }
 

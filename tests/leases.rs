@@ -382,10 +382,10 @@ async fn metrics_count_decisions_requests_and_durations() {
         .await;
     let text = proxy.metrics().await;
     for line in [
-        "streamgate_stream_decisions_total{outcome=\"admitted\"} 1",
-        "streamgate_stream_decisions_total{outcome=\"renewed\"} 1",
-        "streamgate_stream_decisions_total{outcome=\"rejected\"} 1",
-        "streamgate_stream_decisions_total{outcome=\"ended\"} 1",
+        "streamgate_stream_decisions_total{outcome=\"admitted\",plan=\"default\"} 1",
+        "streamgate_stream_decisions_total{outcome=\"renewed\",plan=\"default\"} 1",
+        "streamgate_stream_decisions_total{outcome=\"rejected\",plan=\"default\"} 1",
+        "streamgate_stream_decisions_total{outcome=\"ended\",plan=\"default\"} 1",
         "streamgate_requests_total{route=\"watch\",status=\"2xx\"} 3",
         "streamgate_requests_total{route=\"watch\",status=\"4xx\"} 1",
         "streamgate_requests_total{route=\"health\",status=\"2xx\"}",

@@ -42,7 +42,7 @@ impl StreamGate {
 
     fn decided(&self, ctx: &mut RequestCtx, d: Decision) {
         ctx.decision = Some(d);
-        self.metrics.decision(d);
+        self.metrics.decision(d, ctx.plan.as_deref());
     }
 
     /// The store failed: counted, logged, and the answer for it.
@@ -111,6 +111,7 @@ impl StreamGate {
             }
         };
         ctx.forward = principal.forward.clone();
+        ctx.plan = live.policy.plan_label(principal.plan.as_ref());
         let user = principal.user.clone();
         let (stream, via) = self
             .identity

@@ -108,6 +108,8 @@ pub struct RequestCtx {
     user: Option<Arc<str>>,
     stream_id: Option<StreamId>,
     decision: Option<Decision>,
+    /// The `plan` label of the decision (`None`: `default`).
+    plan: Option<Arc<str>>,
     hold: Option<LeaseHold>,
     upstream_status: Option<u16>,
     /// Upstream connection attempts so far (for trying the next upstream).
@@ -301,6 +303,7 @@ impl ProxyHttp for StreamGate {
             user: None,
             stream_id: None,
             decision: None,
+            plan: None,
             hold: None,
             upstream_status: None,
             tries: 0,

@@ -702,11 +702,11 @@ impl Proxy {
     }
 
     /// One sample's value from the metrics page (exact series text, e.g. `a{b="c"}`).
+    /// The value of `series` (`name` or `name{label="v",...}`), summed over every series
+    /// of that name whose labels include the ones given, as PromQL's `sum(...)` would; 0
+    /// when none is exported.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+        sum_series(&self.metrics().await, series)
     }
 
     /// Poll until `check` holds, bounded by `within`.
@@ -869,4 +869,31 @@ pub async fn raw(addr: SocketAddr, request: &[u8], within: Duration) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(within, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// See [`Proxy::metric`]: `text` is a Prometheus text exposition.
+pub fn sum_series(text: &str, series: &str) -> f64 {
+    fn split(s: &str) -> (&str, Vec<&str>) {
+        match s.split_once('{') {
+            Some((name, labels)) => (
+                name,
+                labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .collect(),
+            ),
+            None => (s, Vec::new()),
+        }
+    }
+    let (name, want) = split(series);
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (s, value) = l.rsplit_once(' ')?;
+            let (n, labels) = split(s);
+            (n == name && want.iter().all(|w| labels.contains(w)))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
 }
