@@ -8,7 +8,8 @@ Starts, on loopback only:
     store), streamgate with the limiter off (plain passthrough), streamgate on a Redis
     store (when redis-server is installed), a bare Pingora passthrough as the framework's
     own reference (examples/bare_pingora.rs: no filters, no timeouts; its /health goes to
-    the origin), and an nginx peer configured for the same job (limit_conn_zone
+    the origin), streamgate with JWT identity (ES256 tokens made with the openssl CLI; on
+    the JWT players shape only), and an nginx peer configured for the same job (limit_conn_zone
     $http_session_id, limit_conn 3, limit_conn_status 401, 400 without the header, /health
     answered locally);
   - wrk (pinned with the origin to the other core) with the same bounded load for each.
@@ -26,6 +27,8 @@ is stopped by PID at the end; the load is bounded by --duration and --rounds.
 """
 
 import argparse
+import base64
+import json
 import os
 import re
 import resource
@@ -50,10 +53,14 @@ PORTS = {
     "redis-store": 18004,
     "bare-pingora": 18005,
     "access-log": 18006,
+    "jwt": 18007,
     "nginx": 18002,
     "redis": 18379,
 }
-METRICS = {"streamgate": 19001, "passthrough": 19003, "redis-store": 19004, "access-log": 19006}
+METRICS = {"streamgate": 19001, "passthrough": 19003, "redis-store": 19004, "access-log": 19006,
+           "jwt": 19007}
+# The jwt target verifies ES256 tokens signed with this key (made in main's directory).
+JWT_KEY = None
 
 started = []
 
@@ -176,6 +183,7 @@ keepalive_pool_size = 1024
 # The players' Lua tells answers apart by the echoed Session-Id (wrk's response() does not
 # say which request it answers); the product's default is not to echo it.
 echo = true
+{identity_extra}
 [streams]
 routes = [{routes}]
 limit = 3
@@ -247,10 +255,70 @@ end
 """
 
 
+LUA_PLAYERS_JWT = """
+-- Players as in the players shape, each also sending its own ES256 token (sub = the same
+-- name as its Session-Id): the jwt target identifies them by the token, the others by the
+-- header, so every target does the same work but the token's verification.
+local base = "{base}"
+local players = {players}
+local tokens = {{ {tokens} }}
+local turn = 0
+local sid = {{}}
+request = function()
+  turn = turn % players + 1
+  local user = base .. turn
+  local h = {{["Session-Id"] = user, ["Authorization"] = "Bearer " .. tokens[turn]}}
+  if sid[user] then h["Stream-Id"] = sid[user] end
+  return wrk.format("GET", "{path}", h)
+end
+response = function(status, headers, body)
+  local user = headers["Session-Id"] or headers["session-id"]
+  local s = headers["Stream-Id"] or headers["stream-id"]
+  if user and s then sid[user] = s end
+end
+"""
+
+
+def b64u(data):
+    if isinstance(data, str):
+        data = data.encode()
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def es256_raw(der):
+    """An ECDSA signature from openssl (DER SEQUENCE of r, s) as JWS wants it: r || s."""
+    i = 2 if der[1] < 0x80 else 2 + (der[1] & 0x7F)
+    out = b""
+    for _ in range(2):
+        n = der[i + 1]
+        out += der[i + 2:i + 2 + n].lstrip(b"\0").rjust(32, b"\0")
+        i += 2 + n
+    return out
+
+
+def es256_tokens(subs):
+    """One token per sub, signed with JWT_KEY by the openssl CLI, valid for an hour."""
+    header = b64u(json.dumps({"alg": "ES256", "typ": "JWT", "kid": "bench"}))
+    exp = int(time.time()) + 3600
+    tokens = []
+    for sub in subs:
+        signing = f"{header}.{b64u(json.dumps({'sub': sub, 'exp': exp}))}"
+        der = subprocess.run(["openssl", "dgst", "-sha256", "-sign", JWT_KEY], input=signing.encode(),
+                             capture_output=True, check=True).stdout
+        tokens.append(f"{signing}.{b64u(es256_raw(der))}")
+    return tokens
+
+
 def wrk(port, path, users, conns, duration, threads=1):
-    script_text = (LUA_PLAYERS.format(path=path, players=conns) if users == 0
-                   else LUA_PLAYERS_URL.format(path=path, players=conns) if users == -1
-                   else LUA_RANDOM_USERS.format(path=path, users=users))
+    if users == -2:
+        base = f"jwtplayer{os.getpid()}-{time.monotonic_ns()}-"
+        tokens = es256_tokens([f"{base}{n}" for n in range(1, conns + 1)])
+        script_text = LUA_PLAYERS_JWT.format(path=path, players=conns, base=base,
+                                             tokens=", ".join(f'"{t}"' for t in tokens))
+    else:
+        script_text = (LUA_PLAYERS.format(path=path, players=conns) if users == 0
+                       else LUA_PLAYERS_URL.format(path=path, players=conns) if users == -1
+                       else LUA_RANDOM_USERS.format(path=path, users=users))
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script_text)
         script = f.name
@@ -400,7 +468,7 @@ def store_latency(metrics_port):
     return out
 
 
-def streamgate_conf(d, name, port, origin, store, routes, args, access="off"):
+def streamgate_conf(d, name, port, origin, store, routes, args, access="off", identity_extra=""):
     """Write the config of one streamgate target; server settings come from the options.
     The access log is off (as the nginx peer's is) except on the `access-log` target."""
     server_extra = "" if args.read_buffer is None else f"read_buffer = {args.read_buffer}"
@@ -408,9 +476,12 @@ def streamgate_conf(d, name, port, origin, store, routes, args, access="off"):
     with open(path, "w") as f:
         f.write(STREAMGATE_CONF.format(port=port, origin=origin, store=store, routes=routes,
                                        metrics=METRICS[name], threads=args.threads, server_extra=server_extra,
-                                       access=access,
+                                       access=access, identity_extra=identity_extra,
                                        stealing=str(not args.no_stealing).lower()))
     return path
+
+
+JWT_SHAPE = "small, one stream renewed (JWT players)"
 
 
 def med(xs):
@@ -444,7 +515,7 @@ def main():
     ap.add_argument("--bare", default=os.path.join(ROOT, "target/release/examples/bare_pingora"),
                     help="bare Pingora passthrough (examples/bare_pingora.rs), the reference row")
     ap.add_argument("--only", default="", help="comma-separated targets")
-    ap.add_argument("--shapes", default="", help="comma-separated shape numbers (1-7) to run")
+    ap.add_argument("--shapes", default="", help="comma-separated shape numbers (1-8) to run")
     args = ap.parse_args()
 
     if not os.path.exists(args.binary):
@@ -487,6 +558,17 @@ def main():
         # The same as `streamgate`, writing an access line per request to a file.
         commands["access-log"] = (sg + [streamgate_conf(d, "access-log", PORTS["access-log"], PORTS["origin"], mem, '"/watch"', args,
                                                         access=os.path.join(d, "access.log"))], env)
+        # JWT identity (ES256, the token cache on): measured on the JWT players shape only.
+        global JWT_KEY
+        JWT_KEY = os.path.join(d, "jwt-ec.key")
+        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-out", JWT_KEY], check=True, capture_output=True)
+        subprocess.run(["openssl", "pkey", "-in", JWT_KEY, "-pubout", "-out", JWT_KEY + ".pub"],
+                       check=True, capture_output=True)
+        jwt = (f'mode = "jwt"\njwt.keys = [{{ kid = "bench", file = "{JWT_KEY}.pub" }}]\n'
+               'jwt.algorithms = ["ES256"]')
+        commands["jwt"] = (sg + [streamgate_conf(d, "jwt", PORTS["jwt"], PORTS["origin"], mem, '"/watch"', args,
+                                                 identity_extra=jwt)], env)
         commands["passthrough"] = (sg + [streamgate_conf(d, "passthrough", PORTS["passthrough"], PORTS["origin"], mem, '"/limiter-off"', args)], env)
         if shutil.which("redis-server"):
             start(["redis-server", "--port", str(PORTS["redis"]), "--bind", "127.0.0.1", "--save", "",
@@ -528,6 +610,7 @@ def main():
             ("small, one stream renewed by URL", "/watch", -1),
             ("manifest, 100 segments, rewritten", "/watch/live.m3u8", -1),
             ("same bytes, not a manifest", "/watch/live.bin", -1),
+            (JWT_SHAPE, "/watch", -2),
         ]
         if args.held_only:
             shapes = []
@@ -539,6 +622,9 @@ def main():
             for shape, path, users in shapes:
                 conns = args.conns if "MiB" not in shape else 16
                 for name in targets:
+                    # The jwt target answers header-only requests 401 token_required.
+                    if name == "jwt" and shape != JWT_SHAPE:
+                        continue
                     errs = store_errors(METRICS[name]) if name in METRICS else 0
                     cpu = cpu_seconds(targets[name].pid)
                     r = wrk(PORTS[name], path, users, conns, args.duration)
@@ -558,6 +644,8 @@ def main():
         held = {name: [] for name in targets}
         for rnd in range(args.rounds if args.held else 0):
             for name in commands:
+                if name == "jwt":  # held streams name their user by header
+                    continue
                 proc = launch(name)
                 time.sleep(1)
                 h = held_streams(name, proc.pid, PORTS[name], args.held, args.duration)
@@ -587,6 +675,8 @@ def report(args, shapes, results, held, latency):
         base_p99 = med([r["p99"] for r in base])
         for name in results:
             rs = results[name][shape]
+            if not rs:
+                continue
             rps = [r["rps"] for r in rs]
             p99 = [r["p99"] for r in rs]
             ratio = f"{med(rps) / base_rps:.2f}x" if base_rps else "-"
@@ -595,6 +685,11 @@ def report(args, shapes, results, held, latency):
                          f"{fmt_spread([r['p50'] for r in rs], 2)} | {fmt_spread(p99, 2)} | "
                          f"{int(med([r['non2xx'] for r in rs]))} | {int(med([r['errors'] for r in rs]))} | "
                          f"{int(med([r['store_errors'] for r in rs]))} | {ratio} | {pratio} |")
+    jwt = med([r["rps"] for r in results.get("jwt", {}).get(JWT_SHAPE, [])])
+    header = med([r["rps"] for r in results.get("streamgate", {}).get(JWT_SHAPE, [])])
+    if jwt and header:
+        lines.append(f"\nJWT players (ES256, cached) vs header players on one streamgate build: "
+                     f"{jwt:.0f} vs {header:.0f} req/s = **{jwt / header:.3f}x** (aim: within 5 %)")
     lines.append("")
     held = {name: hs for name, hs in held.items() if hs}
     if held:
