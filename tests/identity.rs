@@ -482,6 +482,14 @@ async fn plans_hold_across_instances_on_redis() {
         (status, body["limit"].as_u64(), body["active"].as_u64()),
         (401, Some(1), Some(4))
     );
+    // A plan no table has, with unknown_plan = "default": as no plan, streams.limit (2).
+    let gold = token("gil", "gold");
+    assert_eq!(get(&a, "/watch/1", Some(&gold)).await.status(), 200);
+    assert_eq!(get(&b, "/watch/2", Some(&gold)).await.status(), 200);
+    let (status, _, body) = error_of(get(&a, "/watch/3", Some(&gold)).await).await;
+    assert_eq!((status, body["limit"].as_u64()), (401, Some(2)));
+    let unknown = "streamgate_stream_decisions_total{outcome=\"admitted\",plan=\"unknown\"}";
+    assert_eq!(a.metric(unknown).await + b.metric(unknown).await, 2.0);
 }
 
 /// Header identity: the plan header is believed from `identity.trusted_proxies` only;
