@@ -16,6 +16,7 @@
 //! [`crate::proxy`]'s upstream request filter).
 
 mod error;
+mod keys;
 pub mod remote;
 mod ring;
 mod sources;
@@ -23,6 +24,8 @@ mod sources;
 mod tests;
 
 pub use self::error::TokenError;
+pub use self::keys::parse_algorithms;
+pub(crate) use self::keys::Key;
 
 pub use self::remote::RemoteKeys;
 pub use self::ring::install as install_crypto;
@@ -31,13 +34,11 @@ pub use self::ring::install as install_crypto;
 pub const NO_KEYS: &str =
     "mode = \"jwt\" needs keys, jwks_file, jwks_url, hmac_secret_file or hmac_secret_env";
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderName, HeaderValue};
-use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use moka::sync::Cache;
 use prometheus::IntCounterVec;
 use serde_json::Value;
@@ -64,12 +65,6 @@ pub struct Runtime {
     pub auth: Option<IntCounterVec>,
     /// The `jwks_url` key set, fetched by its own task.
     pub remote: Option<Arc<RemoteKeys>>,
-}
-
-/// One verification key, with the `kid` it is named by (if any).
-pub(crate) struct Key {
-    kid: Option<String>,
-    key: DecodingKey,
 }
 
 /// The keys, the rules and the cache of verified tokens. Built from `[identity.jwt]` at
@@ -109,72 +104,7 @@ impl Verifier {
     pub fn new(c: &JwtSection, runtime: Option<&Runtime>) -> Result<Self, KeyError> {
         let runtime = runtime.cloned().unwrap_or_default();
         install_crypto();
-        let mut keys = Vec::new();
-        for (i, k) in c.keys.iter().enumerate() {
-            let pem = read(&format!("identity.jwt.keys[{i}].file"), &k.file)?;
-            let key = DecodingKey::from_rsa_pem(&pem)
-                .or_else(|_| DecodingKey::from_ec_pem(&pem))
-                .or_else(|_| DecodingKey::from_ed_pem(&pem))
-                .map_err(|_| {
-                    KeyError::new(
-                        format!("identity.jwt.keys[{i}].file"),
-                        "not a PEM RSA, EC or Ed25519 public key",
-                    )
-                })?;
-            keys.push(Key {
-                kid: Some(k.kid.clone()),
-                key,
-            });
-        }
-        if let Some(path) = &c.jwks_file {
-            let text = read("identity.jwt.jwks_file", path)?;
-            let set: JwkSet = serde_json::from_slice(&text).map_err(|e| {
-                KeyError::new(
-                    "identity.jwt.jwks_file",
-                    format!("not a JSON Web Key Set: {e}"),
-                )
-            })?;
-            for jwk in &set.keys {
-                let key = DecodingKey::from_jwk(jwk).map_err(|e| {
-                    KeyError::new(
-                        "identity.jwt.jwks_file",
-                        format!("a key cannot be used: {e}"),
-                    )
-                })?;
-                keys.push(Key {
-                    kid: jwk.common.key_id.clone(),
-                    key,
-                });
-            }
-        }
-        let secret = match (&c.hmac_secret_file, &c.hmac_secret_env) {
-            (Some(path), _) => {
-                let mut secret = read("identity.jwt.hmac_secret_file", path)?;
-                if secret.last() == Some(&b'\n') {
-                    secret.pop();
-                }
-                Some(("identity.jwt.hmac_secret_file", secret))
-            }
-            (None, Some(var)) => {
-                let secret = std::env::var_os(var).ok_or_else(|| {
-                    KeyError::new("identity.jwt.hmac_secret_env", format!("{var} is not set"))
-                })?;
-                Some(("identity.jwt.hmac_secret_env", secret.into_encoded_bytes()))
-            }
-            (None, None) => None,
-        };
-        if let Some((key, secret)) = secret {
-            if secret.len() < 32 {
-                return Err(KeyError::new(
-                    key,
-                    "an HMAC secret must be at least 32 bytes",
-                ));
-            }
-            keys.push(Key {
-                kid: None,
-                key: DecodingKey::from_secret(&secret),
-            });
-        }
+        let keys = keys::load(c)?;
         if keys.is_empty() && c.jwks_url.is_none() {
             return Err(KeyError::new("identity.jwt", NO_KEYS));
         }
@@ -424,32 +354,6 @@ impl moka::Expiry<[u8; 32], Verified> for UntilExp {
     ) -> Option<Duration> {
         Some(value.until.saturating_duration_since(created_at))
     }
-}
-
-fn read(key: &str, path: &Path) -> Result<Vec<u8>, KeyError> {
-    std::fs::read(path)
-        .map_err(|e| KeyError::new(key, format!("cannot read {}: {e}", path.display())))
-}
-
-/// `identity.jwt.algorithms`, refusing `none` and names that are not algorithms.
-pub fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, KeyError> {
-    if names.is_empty() {
-        return Err(KeyError::new(
-            "identity.jwt.algorithms",
-            "needs at least one algorithm",
-        ));
-    }
-    names
-        .iter()
-        .map(|n| {
-            n.parse::<Algorithm>().map_err(|_| {
-                KeyError::new(
-                    "identity.jwt.algorithms",
-                    format!("{n:?} is not an accepted algorithm (none never is)"),
-                )
-            })
-        })
-        .collect()
 }
 
 fn lookup<'a>(claims: &'a Value, path: &[String]) -> Option<&'a Value> {
