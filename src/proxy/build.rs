@@ -1,0 +1,81 @@
+//! What a [`StreamGate`] is made of: the config's values, parsed once into the proxy's
+//! state (header names, upstreams, timeouts, CORS, manifest tagging).
+
+use super::*;
+
+impl StreamGate {
+    /// The table of requests in flight per stream, which stream ends reaching this
+    /// instance from the store cut (see [`crate::inflight`]).
+    pub(crate) fn inflight(&self) -> Arc<StreamInflight> {
+        self.inflight.clone()
+    }
+
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn StreamStore>,
+        metrics: Metrics,
+        drain: Arc<Drain>,
+        access_log: AccessLog,
+        live: reload::Shared,
+    ) -> std::io::Result<Self> {
+        let header = |name: &str| {
+            HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        };
+        let upstreams =
+            LoadBalancer::try_from_iter(config.upstream.addrs.iter().map(String::as_str))?;
+        Ok(Self {
+            live,
+            identity: IdentityRules {
+                session_header: header(&config.identity.header)?,
+                stream_header: header(&config.streams.stream_id_header)?,
+                stream_param: config.streams.stream_id_param.clone(),
+                max_len: config.identity.max_len,
+            },
+            session_header_case: bytes::Bytes::from(config.identity.header.clone()),
+            stream_header_case: bytes::Bytes::from(config.streams.stream_id_header.clone()),
+            store,
+            metrics,
+            upstreams,
+            upstream_count: config.upstream.addrs.len(),
+            timeouts: UpstreamTimeouts {
+                connect: config.upstream.connect_timeout,
+                read: config.upstream.read_timeout,
+                write: config.upstream.write_timeout,
+                idle: config.upstream.idle_timeout,
+            },
+            other_paths: config.server.other_paths,
+            downstream_read_timeout: config.server.downstream_read_timeout,
+            downstream_write_timeout: config.server.downstream_write_timeout,
+            pipelining: config.server.pipelining,
+            forwarded_for: config.upstream.forwarded_for,
+            cors: respond::Cors::new(
+                &config.streams.cors_origins,
+                &[
+                    &config.streams.stream_id_header,
+                    &config.identity.header,
+                    "Retry-After",
+                ],
+            ),
+            tagger: Tagger::new(
+                &config.streams.stream_id_param,
+                &config.streams.rewrite_hosts,
+            ),
+            max_manifest_size: config.streams.max_manifest_size,
+            max_request_head: config.server.max_request_head,
+            redirect_manifests: config.streams.redirect_manifests,
+            inflight: StreamInflight::new(config.streams.max_inflight_per_stream),
+            drain,
+            access_log,
+            echo_session: config.identity.echo,
+            user_tags: UserTags::default(),
+            plan_header: config
+                .identity
+                .plan_header
+                .as_deref()
+                .map(header)
+                .transpose()?,
+            trusted_proxies: config.identity.trusted_proxies.clone(),
+        })
+    }
+}
