@@ -27,149 +27,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
-use redis::{RedisError, Script, ScriptInvocation};
+use redis::{RedisError, ScriptInvocation};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
+mod conn;
+mod scripts;
+
+use self::conn::Conn;
+pub use self::conn::Target;
+use self::scripts::Scripts;
+
 use super::{LeaseCounters, LeaseInfo, OnEnd, Opened, StoreError, StreamStore, Tuning};
 use crate::identity::StreamId;
-
-/// Common preamble: Redis time in ms, and prune leases that have run out.
-const PRELUDE: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local expired = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local function touch()
-  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-  if last[2] then
-    redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(last[2])) + 1000)
-  end
-end
-"#;
-
-/// ARGV: limit, ttl_ms, new id. Returns {admitted 0|1|2, active, retry_after_ms, expired}:
-/// 2 when the id was live already (renewed, not counted again).
-const OPEN: &str = r#"
-if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
-  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[3])
-  touch()
-  return {2, redis.call('ZCARD', KEYS[1]), 0, expired}
-end
-local n = redis.call('ZCARD', KEYS[1])
-if n >= tonumber(ARGV[1]) then
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {0, n, math.floor(tonumber(first[2])) - now, expired}
-end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-redis.call('ZREM', KEYS[2], ARGV[3])
-touch()
-return {1, n + 1, 0, expired}
-"#;
-
-/// ARGV: id, ttl_ms. Pushes a live lease's expiry out. Returns {renewed 0|1, expired}.
-const RENEW: &str = r#"
--- Existence, not ZADD's change count: a renewal in the same millisecond changes nothing.
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  return {0, expired}
-end
-redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
-touch()
-return {1, expired}
-"#;
-
-/// ARGV: id, ttl_ms. A held lease's refresh: pushes its expiry out, and writes it back if
-/// it is missing without having been ended (a tombstone in KEYS[2]). Returns {0 ended |
-/// 1 refreshed | 2 written back, expired}.
-const REFRESH: &str = r#"
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
-  touch()
-  return {1, expired}
-end
-local ended = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if ended and tonumber(ended) > now then
-  return {0, expired}
-end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-touch()
-return {2, expired}
-"#;
-
-/// ARGV: id, ttl_ms, channel, user. Removes a lease, leaves a tombstone for one TTL, and
-/// tells every instance (`PUBLISH "<id> <user>"`) so they cut its requests in flight.
-/// Returns {removed 0|1, expired}.
-const END: &str = r#"
-local ok = redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + 1000)
-if ok == 1 then
-  redis.call('PUBLISH', ARGV[3], ARGV[1] .. ' ' .. ARGV[4])
-end
-return {ok, expired}
-"#;
-
-/// Returns {expired, now, id1, expiry1, id2, expiry2, ...}.
-const LIST: &str = r#"
-local out = {expired, now}
-local all = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-for i = 1, #all do out[#out + 1] = all[i] end
-return out
-"#;
-
-/// Where the store connects.
-#[derive(Clone)]
-pub enum Target {
-    /// One server (`redis://` or `rediss://` URL).
-    Single(String),
-    /// A cluster, through its seed nodes.
-    Cluster(Vec<String>),
-}
-
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl Conn {
-    async fn query<T: redis::FromRedisValue + Send>(
-        &self,
-        cmd: &redis::Cmd,
-    ) -> Result<T, RedisError> {
-        match self {
-            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
-            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
-        }
-    }
-
-    async fn invoke<T: redis::FromRedisValue + Send>(
-        &self,
-        inv: &ScriptInvocation<'_>,
-    ) -> Result<T, RedisError> {
-        match self {
-            Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
-            Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
-        }
-    }
-}
 
 /// Most abandoned opens being cleaned up at once; past it, their leases expire by TTL.
 const MAX_CLEANUPS: usize = 4096;
 
 /// How often an abandoned open's cleanup tries again while Redis does not answer.
 const CLEANUP_RETRY: Duration = Duration::from_millis(250);
-
-struct Scripts {
-    open: Script,
-    renew: Script,
-    refresh: Script,
-    end: Script,
-    list: Script,
-}
 
 pub struct RedisStore {
     target: Target,
@@ -209,20 +85,13 @@ impl RedisStore {
         timeout: Duration,
         counters: LeaseCounters,
     ) -> Self {
-        let script = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
         // rustls needs one process-wide crypto provider; a second install is a no-op error.
         let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
             target,
             tls_ca: None,
             conn: OnceCell::new(),
-            scripts: Scripts {
-                open: script(OPEN),
-                renew: script(RENEW),
-                refresh: script(REFRESH),
-                end: script(END),
-                list: script(LIST),
-            },
+            scripts: Scripts::new(),
             cleanups: Arc::new(tokio::sync::Semaphore::new(MAX_CLEANUPS)),
             prefix: prefix.to_owned(),
             tuning: Tuning::new(lease_ttl, timeout),
@@ -236,13 +105,6 @@ impl RedisStore {
         self
     }
 
-    fn certs(&self) -> Option<redis::TlsCertificates> {
-        self.tls_ca.as_ref().map(|pem| redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(pem.clone()),
-        })
-    }
-
     /// The one key holding a user's leases; the braces make it a Cluster hash tag.
     pub fn key(&self, user: &str) -> String {
         format!("{}:{{{}}}:streams", self.prefix, user)
@@ -253,53 +115,9 @@ impl RedisStore {
         format!("{}:ended", self.prefix)
     }
 
-    /// A client for `url`, with the configured CA for `rediss://`.
-    fn client(&self, url: &str) -> Result<redis::Client, RedisError> {
-        match self.certs() {
-            Some(certs) => redis::Client::build_with_tls(url, certs),
-            None => redis::Client::open(url),
-        }
-    }
-
     /// The user's tombstones: streams ended on purpose, for one TTL (same hash slot).
     pub fn ended_key(&self, user: &str) -> String {
         format!("{}:{{{}}}:ended", self.prefix, user)
-    }
-
-    /// Connect on first use (and after a failed first attempt), inside the proxy's runtime.
-    async fn connect(&self) -> Result<&Conn, RedisError> {
-        self.conn
-            .get_or_try_init(|| async {
-                match &self.target {
-                    Target::Single(url) => {
-                        let client = self.client(url)?;
-                        let config = ConnectionManagerConfig::new()
-                            .set_connection_timeout(self.tuning.timeout())
-                            .set_response_timeout(self.tuning.timeout())
-                            // No retry inside one attempt: a refused password (or a
-                            // down server) is then its own error within `store.timeout`,
-                            // not a timeout after backing off; the health check
-                            // (`store.health_interval`) tries again in the background.
-                            .set_number_of_retries(0)
-                            .set_max_delay(1000);
-                        Ok(Conn::Single(
-                            client.get_connection_manager_with_config(config).await?,
-                        ))
-                    }
-                    Target::Cluster(nodes) => {
-                        let mut builder = ClusterClient::builder(nodes.clone())
-                            .connection_timeout(self.tuning.timeout())
-                            .response_timeout(self.tuning.timeout())
-                            .retries(1);
-                        if let Some(certs) = self.certs() {
-                            builder = builder.certs(certs);
-                        }
-                        let client = builder.build()?;
-                        Ok(Conn::Cluster(client.get_async_connection().await?))
-                    }
-                }
-            })
-            .await
     }
 
     /// Run one script invocation, bounded by the store timeout.
@@ -375,7 +193,7 @@ impl RedisStore {
         // answer NOSCRIPT only after the pause, and the retry with the script would come
         // after the client's next open instead of right behind the abandoned one.
         let mut end = redis::cmd("EVAL");
-        end.arg(format!("{PRELUDE}{END}"))
+        end.arg(scripts::end_source())
             .arg(2)
             .arg(self.key(user))
             .arg(self.ended_key(user))
