@@ -6,19 +6,24 @@
 //! also yields Pingora's own [`ServerConf`], so there is no second config file to keep in
 //! step. Error messages never echo values, because a Redis URL may carry a password.
 //!
-//! `schema.rs` is the file's shape and defaults, `validate.rs` what serde cannot check (one
+//! `schema.rs` is the file's shape and defaults (with `identity.rs` and `store.rs` for
+//! the two largest sections), `validate.rs` what serde cannot check (one
 //! function per section), `pingora.rs` Pingora's `ServerConf`; this file reads.
 
 use std::path::{Path, PathBuf};
 
+mod identity;
 mod pingora;
 mod schema;
+mod store;
 #[cfg(test)]
 mod tests;
 mod tls;
 mod validate;
 
+pub use identity::*;
 pub use schema::*;
+pub use store::*;
 
 /// Why a config file was refused. `Display` is one line: `FILE: KEY: what is wrong`.
 #[derive(Debug, thiserror::Error)]
