@@ -104,7 +104,7 @@ pub fn build_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn StreamS
         if st.refusal_cache.is_zero() {
             return Ok(store);
         }
-        let cached = RefusalCache::new(store, st.refusal_cache, metrics.cached_refusals.clone());
+        let cached = RefusalCache::new(store, st.refusal_cache, metrics.cached_refusals_counter());
         Ok(Arc::new(cached) as Arc<dyn StreamStore>)
     };
     match st.kind {
@@ -170,7 +170,7 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
         check_listeners(config, launch)?;
     }
     let metrics = Metrics::new(registry)?;
-    let metrics_up = metrics.store_up.clone();
+    let metrics_up = metrics.store_up_gauge();
     let store = build_store(config, &metrics)?;
 
     let opt = Opt {
@@ -184,9 +184,9 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
         config.server.grace_period,
         config.server.graceful_shutdown_timeout,
     );
-    let access_log = AccessLog::start(&config.log, metrics.access_log_dropped.clone())
+    let access_log = AccessLog::start(&config.log, metrics.access_log_dropped_counter())
         .map_err(BuildError::AccessLog)?;
-    let heads = HeadLimits::new(config, metrics.refused_heads.clone());
+    let heads = HeadLimits::new(config, metrics.refused_heads_counter());
     let remote = match config.identity.mode {
         crate::config::IdentityMode::Jwt => RemoteKeys::from_config(&config.identity.jwt, registry)
             .map_err(|e| match e {
@@ -196,7 +196,7 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
         crate::config::IdentityMode::Header => None,
     };
     let keys = crate::jwt::Runtime {
-        auth: Some(metrics.auth.clone()),
+        auth: Some(metrics.auth_counter()),
         remote: remote.clone(),
     };
     let live = reload::shared(config, &keys).map_err(BuildError::Identity)?;

@@ -36,7 +36,7 @@ impl StreamGate {
             user.clone(),
             id,
             kind,
-            self.metrics.inflight_requests.clone(),
+            self.metrics.inflight_gauge(),
         ));
     }
 
@@ -47,10 +47,7 @@ impl StreamGate {
 
     /// The store failed: counted, logged, and the answer for it.
     fn store_failed(&self, e: StoreError) -> Answer {
-        self.metrics
-            .store_errors
-            .with_label_values(&[e.kind()])
-            .inc();
+        self.metrics.store_error(&e);
         warn!("stream store failed: {e}");
         Answer::Store(e)
     }
@@ -59,10 +56,7 @@ impl StreamGate {
     /// fresh stream id) or closed, as the policy says.
     fn admission_failed(&self, ctx: &mut RequestCtx, e: StoreError) -> Result<Forward, Answer> {
         if self.live.load().policy.fail_open() && !matches!(e, StoreError::Full) {
-            self.metrics
-                .store_errors
-                .with_label_values(&[e.kind()])
-                .inc();
+            self.metrics.store_error(&e);
             warn!("stream store failed, admitting without a lease: {e}");
             ctx.stream_id = Some(uuid::Uuid::new_v4());
             self.decided(ctx, Decision::FailOpen);
@@ -77,7 +71,7 @@ impl StreamGate {
         let name = self.plan_header.as_ref()?;
         let value = req.headers.get(name)?;
         if !ctx.trusted_client {
-            self.metrics.untrusted_plan_headers.inc();
+            self.metrics.untrusted_plan_header();
             return None;
         }
         let v = value.to_str().ok()?.trim();

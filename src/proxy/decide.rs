@@ -64,10 +64,7 @@ impl StreamGate {
             Route::Ready => match self.timed(StoreOp::Ping, self.store.ping()).await {
                 Ok(()) => Err(Answer::Ready),
                 Err(e) => {
-                    self.metrics
-                        .store_errors
-                        .with_label_values(&[e.kind()])
-                        .inc();
+                    self.metrics.store_error(&e);
                     Err(Answer::Store(e))
                 }
             },

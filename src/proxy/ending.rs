@@ -31,17 +31,11 @@ impl StreamGate {
             .unwrap_or(0);
         if let Some(err) = e {
             if let Some(kind) = failure::upstream_error_kind(err.etype(), err.esource()) {
-                self.metrics
-                    .upstream_errors
-                    .with_label_values(&[kind])
-                    .inc();
+                self.metrics.upstream_error(kind);
             }
         }
         if ctx.upstream_status.is_some_and(|s| s >= 500) {
-            self.metrics
-                .upstream_errors
-                .with_label_values(&["status_5xx"])
-                .inc();
+            self.metrics.upstream_error("status_5xx");
         }
         if let Some(hold) = ctx.hold.take() {
             let answered = Some(status).filter(|&s| s != 0).or(ctx.upstream_status);

@@ -7,19 +7,20 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
-use http::{Response, StatusCode};
-use pingora::apps::http_app::ServeHttp;
-use pingora::protocols::http::ServerSession;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
 use crate::manifest::Kind;
 use crate::proxy::manifests::Outcome;
 use crate::routing::Route;
 use crate::store::LeaseCounters;
+
+mod serve;
+#[cfg(test)]
+mod tests;
+
+pub use self::serve::MetricsApp;
 
 /// Store operations, the label values of the store-latency histogram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,40 +103,40 @@ impl Decision {
 #[derive(Clone)]
 pub struct Metrics {
     /// Live stream leases in the store (this instance's view).
-    pub active_streams: IntGauge,
+    active_streams: IntGauge,
     /// Requests of a stream currently in flight through this instance.
-    pub inflight_requests: IntGauge,
+    inflight_requests: IntGauge,
     /// Stream decisions by outcome (`admitted`, `renewed`, `rejected`, `ended`, `expired`, `fail_open`).
-    pub decisions: IntCounterVec,
+    decisions: IntCounterVec,
     /// Leases that ended by expiry (also counted as `decisions{outcome="expired"}`).
-    pub expired: IntCounter,
+    expired: IntCounter,
     /// Requests by route (`watch`, `health`, `ready`, `other`) and status class (`2xx`...).
-    pub requests: IntCounterVec,
+    requests: IntCounterVec,
     /// Request duration from request header to the end of the response, by route.
-    pub request_duration: HistogramVec,
+    request_duration: HistogramVec,
     /// Failures talking to the upstream, by kind (`connect`, `timeout`, `closed`, `status_5xx`...).
-    pub upstream_errors: IntCounterVec,
+    upstream_errors: IntCounterVec,
     /// Store operation latency, by operation.
-    pub store_latency: HistogramVec,
+    store_latency: HistogramVec,
     /// Store failures, by kind (`timeout`, `unavailable`, `full`, `protocol`).
-    pub store_errors: IntCounterVec,
+    store_errors: IntCounterVec,
     /// Opens refused from this instance's memory of a shared store's recent refusal
     /// (`store.refusal_cache`), without asking the store.
-    pub cached_refusals: IntCounter,
+    cached_refusals: IntCounter,
     /// 1 while the store answered its last background health check (always 1 for the
     /// memory store).
-    pub store_up: IntGauge,
+    store_up: IntGauge,
     /// Access lines dropped because the writer fell behind (its queue was full).
-    pub access_log_dropped: IntCounter,
+    access_log_dropped: IntCounter,
     /// Request heads answered before any request was read, by reason (`too_large`,
     /// `timeout`, `malformed`, `connect`).
-    pub refused_heads: IntCounterVec,
+    refused_heads: IntCounterVec,
     /// Plan headers sent by clients outside `identity.trusted_proxies` (ignored, removed).
-    pub untrusted_plan_headers: IntCounter,
+    untrusted_plan_headers: IntCounter,
     /// Tokens by result (`verified`, `cached`, `refused`) and reason (`none`, `expired`...).
-    pub auth: IntCounterVec,
+    auth: IntCounterVec,
     /// Manifests by kind (`hls`, `dash`) and outcome (`rewritten`, `too_large`, `unchanged`).
-    pub manifests: IntCounterVec,
+    manifests: IntCounterVec,
     handles: Handles,
 }
 
@@ -299,6 +300,51 @@ impl Metrics {
         Ok(m)
     }
 
+    /// The gauge of requests in flight, which each lease hold moves.
+    pub fn inflight_gauge(&self) -> IntGauge {
+        self.inflight_requests.clone()
+    }
+
+    /// The counter the refusal cache moves (`streamgate_cached_refusals_total`).
+    pub fn cached_refusals_counter(&self) -> IntCounter {
+        self.cached_refusals.clone()
+    }
+
+    /// The gauge the store's health check sets (`streamgate_store_up`).
+    pub fn store_up_gauge(&self) -> IntGauge {
+        self.store_up.clone()
+    }
+
+    /// The counter the access log's writer moves when it drops a line.
+    pub fn access_log_dropped_counter(&self) -> IntCounter {
+        self.access_log_dropped.clone()
+    }
+
+    /// The counters the request-head guard moves, by reason.
+    pub fn refused_heads_counter(&self) -> IntCounterVec {
+        self.refused_heads.clone()
+    }
+
+    /// The counters token verification moves (`streamgate_auth_total`).
+    pub fn auth_counter(&self) -> IntCounterVec {
+        self.auth.clone()
+    }
+
+    /// A store failure, by its kind.
+    pub fn store_error(&self, e: &crate::store::StoreError) {
+        self.store_errors.with_label_values(&[e.kind()]).inc();
+    }
+
+    /// A failure talking to the upstream, by kind (`connect`, `timeout`, `status_5xx`...).
+    pub fn upstream_error(&self, kind: &str) {
+        self.upstream_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// A plan header from a client outside `identity.trusted_proxies`.
+    pub fn untrusted_plan_header(&self) {
+        self.untrusted_plan_headers.inc();
+    }
+
     /// The handles a store updates itself.
     pub fn lease_counters(&self) -> LeaseCounters {
         LeaseCounters {
@@ -339,110 +385,5 @@ impl Metrics {
     pub fn store_op(&self, op: StoreOp, elapsed: Duration) {
         let i = op as usize;
         self.handles.store_ops[i].observe(elapsed.as_secs_f64());
-    }
-}
-
-/// Serves `GET /metrics` in Prometheus text format; everything else is `404`.
-pub struct MetricsApp {
-    registry: Registry,
-}
-
-impl MetricsApp {
-    pub fn new(registry: Registry) -> Self {
-        Self { registry }
-    }
-
-    fn render(&self) -> Result<Vec<u8>, prometheus::Error> {
-        let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
-        Ok(buf)
-    }
-}
-
-#[async_trait]
-impl ServeHttp for MetricsApp {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path();
-        let (status, ctype, body) = if path != "/metrics" {
-            (
-                StatusCode::NOT_FOUND,
-                "application/json",
-                br#"{"error":"not_found","message":"metrics are served at /metrics"}"#.to_vec(),
-            )
-        } else {
-            match self.render() {
-                Ok(body) => (StatusCode::OK, "text/plain; version=0.0.4", body),
-                Err(_) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "application/json",
-                    br#"{"error":"internal_error","message":"metrics could not be encoded"}"#
-                        .to_vec(),
-                ),
-            }
-        };
-        let mut resp = Response::new(body);
-        *resp.status_mut() = status;
-        let len = resp.body().len();
-        let headers = resp.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(ctype),
-        );
-        headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
-        resp
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn handle_tables_list_every_variant_at_its_own_index() {
-        for (i, d) in DECISIONS.iter().enumerate() {
-            assert_eq!(*d as usize, i, "{d:?}");
-        }
-        for (i, r) in ROUTES.iter().enumerate() {
-            assert_eq!(*r as usize, i, "{r:?}");
-        }
-        for (i, o) in StoreOp::ALL.iter().enumerate() {
-            assert_eq!(*o as usize, i, "{o:?}");
-        }
-        for (i, k) in MANIFEST_KINDS.iter().enumerate() {
-            assert_eq!(*k as usize, i, "{k:?}");
-        }
-        for (i, o) in Outcome::ALL.iter().enumerate() {
-            assert_eq!(*o as usize, i, "{o:?}");
-        }
-    }
-
-    #[test]
-    fn metrics_register_on_a_fresh_registry_with_conventional_names() {
-        let reg = Registry::new();
-        let m = Metrics::new(&reg).unwrap();
-        m.decision(Decision::Admitted, None);
-        m.decision(Decision::Rejected, Some("basic"));
-        m.expired.inc();
-        m.request_done(Route::Watch, 401, Duration::from_millis(3));
-        m.upstream_errors.with_label_values(&["connect"]).inc();
-        m.store_op(StoreOp::Open, Duration::from_millis(1));
-        m.store_errors.with_label_values(&["timeout"]).inc();
-        let text = String::from_utf8(MetricsApp::new(reg.clone()).render().unwrap()).unwrap();
-        for needle in [
-            "streamgate_active_streams 0",
-            "streamgate_stream_decisions_total{outcome=\"admitted\",plan=\"default\"} 1",
-            "streamgate_stream_decisions_total{outcome=\"rejected\",plan=\"basic\"} 1",
-            "streamgate_stream_decisions_total{outcome=\"expired\",plan=\"\"} 1",
-            "streamgate_requests_total{route=\"watch\",status=\"4xx\"} 1",
-            "streamgate_request_duration_seconds_bucket",
-            "streamgate_upstream_errors_total{kind=\"connect\"} 1",
-            "streamgate_store_operation_duration_seconds_bucket",
-            "streamgate_store_errors_total{kind=\"timeout\"} 1",
-        ] {
-            assert!(text.contains(needle), "missing {needle} in\n{text}");
-        }
-        // A second server on its own registry does not collide.
-        Metrics::new(&Registry::new()).unwrap();
-        assert!(Metrics::new(&reg).is_err());
     }
 }
