@@ -179,7 +179,7 @@ pub trait StreamStore: Send + Sync + 'static {
 
     /// Periodic housekeeping (evict expired users, settle gauges). The memory store also
     /// extends the deadlines of users with a request in flight here, so a server must call
-    /// it at least every quarter of the lease TTL (`server.rs` does).
+    /// it at least every quarter of the lease TTL (`server/background.rs` does).
     fn maintain(&self) {}
 }
 

@@ -5,21 +5,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::Opt;
-use pingora::server::{RunArgs, Server, ShutdownWatch};
-use pingora::services::background::{background_service, BackgroundService};
+use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use prometheus::Registry;
 
+mod background;
+
+use self::background::{FetchKeys, FollowEnds, Housekeeping, WatchKeys, HOUSEKEEPING_TICK};
 use crate::access_log::AccessLog;
 use crate::config::{Config, Overrides, StoreKind};
 use crate::demo::DemoOrigin;
 use crate::drain::{Drain, Draining, Signals};
 use crate::head_limits::HeadLimits;
-use crate::inflight::StreamInflight;
 use crate::jwt::remote::{RemoteError, RemoteKeys};
 use crate::metrics::{Metrics, MetricsApp};
 use crate::proxy::StreamGate;
@@ -293,128 +294,5 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
     })
 }
 
-/// How often the JWT key files are looked at for a change.
-const KEY_FILES_CHECK: Duration = Duration::from_secs(2);
-
-/// A key file that changes (a JWKS rotated by the login service's deploy) is read again
-/// within [`KEY_FILES_CHECK`], without waiting for a `SIGHUP`.
-struct WatchKeys {
-    reloader: Arc<Reloader>,
-}
-
-#[async_trait]
-impl BackgroundService for WatchKeys {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut seen = self.reloader.key_files();
-        let mut tick = tokio::time::interval(KEY_FILES_CHECK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
-            let now = self.reloader.key_files();
-            if now != seen {
-                // A half-written file fails to load and keeps the old keys; once its
-                // writer is done it has changed again, and the next look loads it whole.
-                self.reloader.reload_keys();
-                seen = now;
-            }
-        }
-    }
-}
-
-/// `identity.jwt.jwks_url`: fetched at start and kept fresh (src/jwt/remote.rs).
-struct FetchKeys {
-    remote: Arc<RemoteKeys>,
-}
-
-#[async_trait]
-impl BackgroundService for FetchKeys {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        tokio::select! {
-            _ = shutdown.changed() => {}
-            _ = self.remote.keep_fresh() => {}
-        }
-    }
-}
-
-/// Streams ended through other instances: their requests in flight here are cut.
-struct FollowEnds {
-    store: Arc<dyn StreamStore>,
-    inflight: Arc<StreamInflight>,
-}
-
-#[async_trait]
-impl BackgroundService for FollowEnds {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let cut = |user: &str, id| {
-            self.inflight.cut(user, id);
-        };
-        tokio::select! {
-            _ = shutdown.changed() => {}
-            _ = self.store.follow_ends(&cut) => {}
-        }
-    }
-}
-
 /// How long an exiting process waits for its last access lines to be written.
 const LAST_LINES: Duration = Duration::from_secs(1);
-
-/// How often store housekeeping runs.
-const HOUSEKEEPING_TICK: Duration = Duration::from_millis(10);
-
-struct Housekeeping {
-    store: Arc<dyn StreamStore>,
-    every: Duration,
-    /// How often to check a shared store's connection (`store.health_interval`); `None`
-    /// for the memory store.
-    health: Option<Duration>,
-    up: prometheus::IntGauge,
-}
-
-impl Housekeeping {
-    /// `PING` the store: a connection Redis closed while this instance was idle is
-    /// replaced here, not by the next request (which would fail). Logs once per change.
-    async fn check_health(&self, was_up: &mut Option<bool>) {
-        let result = self.store.ping().await;
-        let up = result.is_ok();
-        self.up.set(i64::from(up));
-        if *was_up != Some(up) {
-            match result {
-                Ok(()) if was_up.is_some() => log::info!("the store answers again"),
-                Ok(()) => {}
-                Err(e) => log::warn!("the store does not answer its health check: {e}"),
-            }
-            *was_up = Some(up);
-        }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for Housekeeping {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(self.every);
-        self.up.set(1);
-        let Some(every) = self.health else {
-            loop {
-                tokio::select! {
-                    _ = shutdown.changed() => return,
-                    _ = tick.tick() => self.store.maintain(),
-                }
-            }
-        };
-        // The first check runs at once: a wrong password or an unreachable Redis is one
-        // line at start, not a surprise at the first viewer.
-        let mut health = tokio::time::interval(every);
-        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut was_up = None;
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => self.store.maintain(),
-                _ = health.tick() => self.check_health(&mut was_up).await,
-            }
-        }
-    }
-}
