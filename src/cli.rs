@@ -1,5 +1,6 @@
 //! The command line: run, check a config (like `nginx -t`), or start the demo.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,8 +26,8 @@ pub struct Cli {
     #[arg(long, short = 't')]
     pub check: bool,
     /// Listen address, instead of `server.listen` (repeatable).
-    #[arg(long, value_name = "ADDR", global = true)]
-    pub listen: Vec<String>,
+    #[arg(long, value_name = "ADDR", global = true, value_parser = listen_addr("server.listen"))]
+    pub listen: Vec<SocketAddr>,
     /// Upstream address, instead of `upstream.addrs` (repeatable).
     #[arg(long, value_name = "ADDR", global = true)]
     pub upstream: Vec<String>,
@@ -34,8 +35,8 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub limit: Option<u32>,
     /// Metrics listen address, instead of `metrics.listen`.
-    #[arg(long, value_name = "ADDR", global = true)]
-    pub metrics: Option<String>,
+    #[arg(long, value_name = "ADDR", global = true, value_parser = listen_addr("metrics.listen"))]
+    pub metrics: Option<SocketAddr>,
     /// Take the listening sockets over from the running instance (zero-downtime upgrade):
     /// start this, then send the old process SIGQUIT within 5 s.
     #[arg(long, short = 'u')]
@@ -60,7 +61,7 @@ impl Cli {
             listen: self.listen.clone(),
             upstream: self.upstream.clone(),
             limit: self.limit,
-            metrics: self.metrics.clone(),
+            metrics: self.metrics,
         }
     }
 }
@@ -134,4 +135,12 @@ pub fn run(cli: Cli) -> ExitCode {
         config.streams.limit
     );
     server.run_forever()
+}
+
+/// A listen flag's value: an `IP:port`, named after the key it replaces when it is not.
+fn listen_addr(key: &'static str) -> impl Fn(&str) -> Result<SocketAddr, String> + Clone {
+    move |v: &str| {
+        v.parse()
+            .map_err(|_| format!("not an IP:port address (instead of {key})"))
+    }
 }

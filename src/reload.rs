@@ -354,7 +354,7 @@ mod tests {
         let b = config("", "threads = 2");
         assert_eq!(changed_keys(&a, &b), vec!["server.threads".to_string()]);
         let mut c = a.clone();
-        c.server.listen = vec!["127.0.0.1:3002".into()];
+        c.server.listen = vec!["127.0.0.1:3002".parse().unwrap()];
         assert_eq!(changed_keys(&a, &c), vec!["server.listen".to_string()]);
         assert!(changed_keys(&a, &a.clone()).is_empty());
         assert!(!is_live("identity.mode"));

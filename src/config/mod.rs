@@ -137,7 +137,7 @@ impl Config {
             self.streams.limit = limit;
         }
         if let Some(m) = &o.metrics {
-            self.metrics.listen = Some(m.clone());
+            self.metrics.listen = Some(*m);
         }
         self
     }

@@ -1,6 +1,7 @@
 //! The configuration file's shape: one struct per section, each with its defaults (one
 //! `impl Default` per section; `Config::default()` is the whole file's).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -97,7 +98,8 @@ impl Default for LogSection {
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSection {
     /// Addresses serving HTTPS, beside (or instead of) `server.listen`.
-    pub listen: Vec<String>,
+    #[serde(deserialize_with = "addrs")]
+    pub listen: Vec<SocketAddr>,
     /// PEM certificate chain, the server's own certificate first.
     pub cert_file: Option<PathBuf>,
     /// PEM private key of that certificate.
@@ -131,7 +133,8 @@ pub enum OtherPaths {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     /// Addresses the proxy listens on.
-    pub listen: Vec<String>,
+    #[serde(deserialize_with = "addrs")]
+    pub listen: Vec<SocketAddr>,
     /// Worker threads of the proxy service.
     pub threads: usize,
     /// Let idle worker threads steal tasks from busy ones (only meaningful with `threads > 1`).
@@ -196,7 +199,7 @@ pub(super) const MAX_MANIFEST_SIZE: usize = 64 << 20;
 impl Default for ServerSection {
     fn default() -> Self {
         Self {
-            listen: vec!["0.0.0.0:3001".into()],
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 3001))],
             threads: 1,
             work_stealing: true,
             other_paths: OtherPaths::Forward,
@@ -335,22 +338,42 @@ impl Default for StreamsSection {
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSection {
     /// Where Prometheus scrapes `/metrics`; leave out to serve no metrics.
-    pub listen: Option<String>,
+    #[serde(deserialize_with = "addr")]
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for MetricsSection {
     fn default() -> Self {
         Self {
-            listen: Some("127.0.0.1:9091".into()),
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9091))),
         }
     }
+}
+
+/// Listen addresses, parsed once: an error names the key (not the element) and never
+/// echoes the value.
+fn addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|a| parse_addr(a))
+        .collect()
+}
+
+fn addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|a| parse_addr(&a))
+        .transpose()
+}
+
+fn parse_addr<E: serde::de::Error>(a: &str) -> Result<SocketAddr, E> {
+    a.parse().map_err(|_| E::custom("not an IP:port address"))
 }
 
 /// Command-line values that take precedence over the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
-    pub listen: Vec<String>,
+    pub listen: Vec<SocketAddr>,
     pub upstream: Vec<String>,
     pub limit: Option<u32>,
-    pub metrics: Option<String>,
+    pub metrics: Option<SocketAddr>,
 }

@@ -13,14 +13,14 @@ fn err(text: &str) -> KeyError {
 #[test]
 fn minimal_file_gets_documented_defaults() {
     let c = Config::from_toml(MINIMAL).expect("valid");
-    assert_eq!(c.server.listen, vec!["0.0.0.0:3001"]);
+    assert_eq!(c.server.listen, vec![addr("0.0.0.0:3001")]);
     assert_eq!(c.identity.header, "Session-Id");
     assert_eq!(c.streams.routes, vec!["/watch"]);
     assert_eq!(c.streams.limit, 3);
     assert_eq!(c.streams.lease_ttl, Duration::from_secs(60));
     assert_eq!(c.streams.stream_id_header, "Stream-Id");
     assert_eq!(c.store.kind, StoreKind::Memory);
-    assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9091"));
+    assert_eq!(c.metrics.listen, Some(addr("127.0.0.1:9091")));
     assert_eq!(c.server.read_buffer, 0);
     assert!(c.server.pipelining);
     assert!(c.upstream.forwarded_for);
@@ -164,20 +164,20 @@ fn upstream_addresses_are_checked_without_dns() {
 #[test]
 fn overrides_win_over_the_file() {
     let o = Overrides {
-        listen: vec!["127.0.0.1:4000".into()],
+        listen: vec![addr("127.0.0.1:4000")],
         upstream: vec!["127.0.0.1:9000".into()],
         limit: Some(5),
-        metrics: Some("127.0.0.1:9999".into()),
+        metrics: Some(addr("127.0.0.1:9999")),
     };
     let c = Config::parse(MINIMAL)
         .unwrap()
         .with_overrides(&o)
         .validate()
         .unwrap();
-    assert_eq!(c.server.listen, vec!["127.0.0.1:4000"]);
+    assert_eq!(c.server.listen, vec![addr("127.0.0.1:4000")]);
     assert_eq!(c.upstream.addrs, vec!["127.0.0.1:9000"]);
     assert_eq!(c.streams.limit, 5);
-    assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.1:9999"));
+    assert_eq!(c.metrics.listen, Some(addr("127.0.0.1:9999")));
 }
 
 #[test]
@@ -196,4 +196,8 @@ fn shipped_config_is_the_defaults_plus_its_upstream() {
     let mut want = Config::default();
     want.upstream.addrs = vec!["127.0.0.1:8080".into()];
     assert_eq!(format!("{shipped:?}"), format!("{want:?}"));
+}
+
+fn addr(a: &str) -> std::net::SocketAddr {
+    a.parse().unwrap()
 }

@@ -73,12 +73,12 @@ fn check_listeners(config: &Config, launch: &Launch) -> Result<(), BuildError> {
     let demo = launch.demo_origin.map(|a| ("demo origin", a));
     let all = keyed
         .iter()
-        .flat_map(|(key, addrs)| addrs.iter().map(move |a| (*key, a.as_str())))
-        .chain(demo);
+        .flat_map(|(key, addrs)| addrs.iter().map(move |a| (*key, a.to_string())))
+        .chain(demo.map(|(key, a)| (key, a.to_string())));
     for (key, addr) in all {
-        std::net::TcpListener::bind(addr).map_err(|source| BuildError::Listen {
+        std::net::TcpListener::bind(addr.as_str()).map_err(|source| BuildError::Listen {
             key,
-            addr: addr.to_string(),
+            addr,
             source,
         })?;
     }
@@ -226,14 +226,14 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
     let mut proxy = Service::new("streamgate".into(), app);
     let buffers = L4BufferSettings::default().read(config.server.read_buffer);
     for addr in &config.server.listen {
-        proxy.add_listener(ListenerConfig::tcp(addr.as_str()).l4_buffer(buffers));
+        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
     }
     // Without the `tls` feature, validation refused a config with `tls.listen`.
     #[cfg(feature = "tls")]
     for addr in &config.tls.listen {
         let tls = crate::tls::listener_settings(&config.tls).map_err(BuildError::Tls)?;
         proxy.add_listener(
-            ListenerConfig::tcp(addr.as_str())
+            ListenerConfig::tcp(addr.to_string())
                 .tls(tls)
                 .l4_buffer(buffers),
         );
@@ -242,7 +242,7 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
 
     if let Some(addr) = &config.metrics.listen {
         let mut svc = Service::new("metrics".into(), MetricsApp::new(registry.clone()));
-        svc.add_tcp(addr);
+        svc.add_tcp(&addr.to_string());
         server.add_service(svc);
     }
 

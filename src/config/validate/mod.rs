@@ -257,7 +257,7 @@ impl StoreSection {
 }
 
 impl MetricsSection {
-    fn validate(&self, server: &ServerSection, tls_listen: &[String]) -> Result<(), KeyError> {
+    fn validate(&self, server: &ServerSection, tls_listen: &[SocketAddr]) -> Result<(), KeyError> {
         if let Some(m) = &self.listen {
             check_socket_addr("metrics.listen", m)?;
             check_no_overlap(&[
@@ -273,12 +273,11 @@ impl MetricsSection {
 /// Most worker threads: each is a runtime of its own, and far more than cores only costs.
 const MAX_THREADS: usize = 1024;
 
-fn check_socket_addr(key: &str, addr: &str) -> Result<(), KeyError> {
-    match addr.parse::<SocketAddr>() {
-        Ok(a) if a.port() == 0 => Err(KeyError::new(key, "port 0 is not a port to listen on")),
-        Ok(_) => Ok(()),
-        Err(_) => Err(KeyError::new(key, "not an IP:port address")),
+fn check_socket_addr(key: &str, addr: &SocketAddr) -> Result<(), KeyError> {
+    if addr.port() == 0 {
+        return Err(KeyError::new(key, "port 0 is not a port to listen on"));
     }
+    Ok(())
 }
 
 /// Whether two listeners would want the same socket: the same port, and the same address
@@ -289,15 +288,11 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
-/// No address is listened on twice, within one key or across them (already parsed).
-fn check_no_overlap(lists: &[(&str, &[String])]) -> Result<(), KeyError> {
+/// No address is listened on twice, within one key or across them.
+fn check_no_overlap(lists: &[(&str, &[SocketAddr])]) -> Result<(), KeyError> {
     let all: Vec<(&str, SocketAddr)> = lists
         .iter()
-        .flat_map(|(key, addrs)| {
-            addrs
-                .iter()
-                .filter_map(move |a| Some((*key, a.parse().ok()?)))
-        })
+        .flat_map(|(key, addrs)| addrs.iter().map(move |a| (*key, *a)))
         .collect();
     for (i, (key_a, a)) in all.iter().enumerate() {
         if let Some((key_b, _)) = all[i + 1..].iter().find(|(_, b)| overlaps(*a, *b)) {
