@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::header::Header;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentitySection {
@@ -13,7 +15,7 @@ pub struct IdentitySection {
     /// token (`jwt`, see `[identity.jwt]`).
     pub mode: IdentityMode,
     /// The request header that names the user (`mode = "header"`).
-    pub header: String,
+    pub header: Header,
     /// Longest accepted identity value, in bytes.
     pub max_len: usize,
     /// Send the identity header back on admitted answers (and make them `private` for
@@ -23,7 +25,7 @@ pub struct IdentitySection {
     pub jwt: JwtSection,
     /// `mode = "header"`: a header naming the user's plan (see `[plans]`), believed only
     /// from `trusted_proxies`; from anyone else it is ignored and removed.
-    pub plan_header: Option<String>,
+    pub plan_header: Option<Header>,
     /// Client networks (CIDR, `10.0.0.0/8`, `127.0.0.1/32`) whose `plan_header` is
     /// believed: the gateway that sets it.
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -33,7 +35,7 @@ impl Default for IdentitySection {
     fn default() -> Self {
         Self {
             mode: IdentityMode::Header,
-            header: "Session-Id".into(),
+            header: Header::fixed("session-id", "Session-Id"),
             max_len: 128,
             echo: false,
             jwt: JwtSection::default(),

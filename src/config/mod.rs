@@ -12,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
+mod header;
 mod identity;
 mod pingora;
 mod schema;
@@ -21,6 +22,7 @@ mod tests;
 mod tls;
 mod validate;
 
+pub use header::Header;
 pub use identity::*;
 pub use schema::*;
 pub use store::*;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::header::Header;
 use super::identity::{IdentitySection, PlanSection, UnknownPlan};
 use super::store::StoreSection;
 
@@ -286,7 +287,7 @@ pub struct StreamsSection {
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
     /// The header that carries the stream id, both ways.
-    pub stream_id_header: String,
+    pub stream_id_header: Header,
     /// The query parameter that carries the stream id in URLs (players cannot echo a
     /// header); removed before the request goes upstream.
     pub stream_id_param: String,
@@ -320,7 +321,7 @@ impl Default for StreamsSection {
             case_sensitive_routes: false,
             limit: 3,
             lease_ttl: Duration::from_secs(60),
-            stream_id_header: "Stream-Id".into(),
+            stream_id_header: Header::fixed("stream-id", "Stream-Id"),
             stream_id_param: "sg_stream".into(),
             rewrite_hosts: Vec::new(),
             max_manifest_size: 4 << 20,

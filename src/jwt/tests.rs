@@ -6,9 +6,13 @@ const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
 fn verifier(extra: impl FnOnce(&mut JwtSection)) -> Verifier {
     install_crypto();
+    // One file per verifier: tests run in parallel, and a file rewritten under a reader
+    // reads empty.
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("sg-jwt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("secret");
+    let file = dir.join(format!("secret-{n}"));
     std::fs::write(&file, SECRET).unwrap();
     let mut c = JwtSection {
         hmac_secret_file: Some(file),

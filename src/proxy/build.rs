@@ -18,22 +18,20 @@ impl StreamGate {
         access_log: AccessLog,
         live: reload::Shared,
     ) -> std::io::Result<Self> {
-        let header = |name: &str| {
-            HeaderName::from_bytes(name.as_bytes())
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-        };
         let upstreams =
             LoadBalancer::try_from_iter(config.upstream.addrs.iter().map(String::as_str))?;
         Ok(Self {
             live,
             identity: IdentityRules {
-                session_header: header(&config.identity.header)?,
-                stream_header: header(&config.streams.stream_id_header)?,
+                session_header: config.identity.header.name().clone(),
+                stream_header: config.streams.stream_id_header.name().clone(),
                 stream_param: config.streams.stream_id_param.clone(),
                 max_len: config.identity.max_len,
             },
-            session_header_case: bytes::Bytes::from(config.identity.header.clone()),
-            stream_header_case: bytes::Bytes::from(config.streams.stream_id_header.clone()),
+            session_header_case: bytes::Bytes::from(config.identity.header.spelling().to_owned()),
+            stream_header_case: bytes::Bytes::from(
+                config.streams.stream_id_header.spelling().to_owned(),
+            ),
             store,
             metrics,
             upstreams,
@@ -52,8 +50,8 @@ impl StreamGate {
             cors: respond::Cors::new(
                 &config.streams.cors_origins,
                 &[
-                    &config.streams.stream_id_header,
-                    &config.identity.header,
+                    config.streams.stream_id_header.spelling(),
+                    config.identity.header.spelling(),
                     "Retry-After",
                 ],
             ),
@@ -72,9 +70,8 @@ impl StreamGate {
             plan_header: config
                 .identity
                 .plan_header
-                .as_deref()
-                .map(header)
-                .transpose()?,
+                .as_ref()
+                .map(|h| h.name().clone()),
             trusted_proxies: config.identity.trusted_proxies.clone(),
         })
     }

@@ -140,17 +140,11 @@ impl IdentitySection {
         if self.mode == IdentityMode::Jwt {
             self.jwt.validate()?;
         }
-        check_header_name("identity.header", &self.header)?;
-        check_end_to_end("identity.header", &self.header)?;
-        if let Some(h) = &self.plan_header {
-            check_header_name("identity.plan_header", h)?;
-            check_end_to_end("identity.plan_header", h)?;
-            if self.trusted_proxies.is_empty() {
-                return Err(KeyError::new(
-                    "identity.trusted_proxies",
-                    "plan_header is believed only from trusted_proxies: name them",
-                ));
-            }
+        if self.plan_header.is_some() && self.trusted_proxies.is_empty() {
+            return Err(KeyError::new(
+                "identity.trusted_proxies",
+                "plan_header is believed only from trusted_proxies: name them",
+            ));
         }
         if self.max_len == 0 || self.max_len > 4096 {
             return Err(KeyError::new(

@@ -3,8 +3,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::HeaderName;
-
 use super::*;
 
 mod identity;
@@ -128,9 +126,7 @@ impl StreamsSection {
         if st.lease_ttl < Duration::from_millis(100) {
             return Err(KeyError::new("streams.lease_ttl", "must be at least 100ms"));
         }
-        check_header_name("streams.stream_id_header", &st.stream_id_header)?;
-        check_end_to_end("streams.stream_id_header", &st.stream_id_header)?;
-        if st.stream_id_header.eq_ignore_ascii_case(&identity.header) {
+        if st.stream_id_header.name() == identity.header.name() {
             return Err(KeyError::new(
                 "streams.stream_id_header",
                 "must differ from identity.header",
@@ -305,31 +301,6 @@ fn check_no_overlap(lists: &[(&str, &[SocketAddr])]) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// Headers a proxy consumes or rewrites (framing, hop-by-hop, `Host`) cannot carry an id.
-fn check_end_to_end(key: &str, name: &str) -> Result<(), KeyError> {
-    const NOT_END_TO_END: [&str; 12] = [
-        "host",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "content-length",
-        "te",
-        "trailer",
-        "upgrade",
-        "expect",
-        "proxy-authorization",
-        "proxy-authenticate",
-    ];
-    if NOT_END_TO_END.iter().any(|h| h.eq_ignore_ascii_case(name)) {
-        return Err(KeyError::new(
-            key,
-            "must be an end-to-end header (not Host, a hop-by-hop or a framing header)",
-        ));
-    }
-    Ok(())
-}
-
 /// `host:port` or `[v6]:port`, checked without resolving (no DNS at check time: the
 /// name is resolved when the server starts).
 fn check_host_port(key: &str, addr: &str) -> Result<(), KeyError> {
@@ -368,10 +339,4 @@ fn check_positive(key: &str, d: Duration) -> Result<(), KeyError> {
     } else {
         Ok(())
     }
-}
-
-fn check_header_name(key: &str, name: &str) -> Result<(), KeyError> {
-    HeaderName::from_bytes(name.as_bytes())
-        .map(|_| ())
-        .map_err(|_| KeyError::new(key, "not a valid HTTP header name"))
 }
