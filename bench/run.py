@@ -209,16 +209,21 @@ LUA_PLAYERS = """
 -- in flight (nginx's limit_conn, which counts requests in progress, then refuses none, and
 -- both proxies do the same work). A player opens a stream once, then fetches segments on
 -- it: streamgate echoes Session-Id and Stream-Id, and the player sends the Stream-Id back
--- (streamgate renews the lease; nginx just forwards the extra header).
+-- (streamgate renews the lease; nginx just forwards the extra header). JWT players (the
+-- JWT players shape) also send their own ES256 token, whose sub is the same name: the jwt
+-- target identifies them by it, the others by the header, so every target does the same
+-- work but the token's verification.
 math.randomseed(os.time() + tonumber(tostring({{}}):sub(8), 16))
-local base = "player" .. math.random(1, 1000000000) .. "-"
+local base = {base}
 local players = {players}
+local tokens = {{ {tokens} }}
 local turn = 0
 local sid = {{}}
 request = function()
   turn = turn % players + 1
   local user = base .. turn
   local h = {{["Session-Id"] = user}}
+  if tokens[turn] then h["Authorization"] = "Bearer " .. tokens[turn] end
   if sid[user] then h["Stream-Id"] = sid[user] end
   return wrk.format("GET", "{path}", h)
 end
@@ -251,30 +256,6 @@ response = function(status, headers, body)
   if not s and loc then s = string.match(loc, "sg_stream=([%w-]+)") end
   local user = headers["Session-Id"] or headers["session-id"]
   if s and user then sid[user] = s end
-end
-"""
-
-
-LUA_PLAYERS_JWT = """
--- Players as in the players shape, each also sending its own ES256 token (sub = the same
--- name as its Session-Id): the jwt target identifies them by the token, the others by the
--- header, so every target does the same work but the token's verification.
-local base = "{base}"
-local players = {players}
-local tokens = {{ {tokens} }}
-local turn = 0
-local sid = {{}}
-request = function()
-  turn = turn % players + 1
-  local user = base .. turn
-  local h = {{["Session-Id"] = user, ["Authorization"] = "Bearer " .. tokens[turn]}}
-  if sid[user] then h["Stream-Id"] = sid[user] end
-  return wrk.format("GET", "{path}", h)
-end
-response = function(status, headers, body)
-  local user = headers["Session-Id"] or headers["session-id"]
-  local s = headers["Stream-Id"] or headers["stream-id"]
-  if user and s then sid[user] = s end
 end
 """
 
@@ -313,10 +294,12 @@ def wrk(port, path, users, conns, duration, threads=1):
     if users == -2:
         base = f"jwtplayer{os.getpid()}-{time.monotonic_ns()}-"
         tokens = es256_tokens([f"{base}{n}" for n in range(1, conns + 1)])
-        script_text = LUA_PLAYERS_JWT.format(path=path, players=conns, base=base,
-                                             tokens=", ".join(f'"{t}"' for t in tokens))
+        script_text = LUA_PLAYERS.format(path=path, players=conns, base=f'"{base}"',
+                                         tokens=", ".join(f'"{t}"' for t in tokens))
     else:
-        script_text = (LUA_PLAYERS.format(path=path, players=conns) if users == 0
+        random_base = '"player" .. math.random(1, 1000000000) .. "-"'
+        script_text = (LUA_PLAYERS.format(path=path, players=conns, base=random_base, tokens="")
+                       if users == 0
                        else LUA_PLAYERS_URL.format(path=path, players=conns) if users == -1
                        else LUA_RANDOM_USERS.format(path=path, users=users))
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use futures::executor::block_on;
-use prometheus::{IntCounter, IntGauge};
 use streamgate::store::{LeaseCounters, MemoryStore, Opened, StreamStore};
 use uuid::Uuid;
 
@@ -17,10 +16,7 @@ use uuid::Uuid;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn store_with(users: usize) -> (MemoryStore, Vec<(String, Uuid)>) {
-    let counters = LeaseCounters {
-        active: IntGauge::new("a", "a").unwrap(),
-        expired: IntCounter::new("e", "e").unwrap(),
-    };
+    let counters = LeaseCounters::unregistered();
     let store = MemoryStore::new(Duration::from_secs(3600), 10_000_000, counters);
     let leases = (0..users)
         .map(|i| {

@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use prometheus::{IntCounter, IntGauge};
 use streamgate::store::{LeaseCounters, Opened, RedisStore, StreamStore, Target};
 
 #[tokio::main(flavor = "current_thread")]
@@ -16,10 +15,7 @@ async fn main() {
         .next()
         .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    let counters = LeaseCounters {
-        active: IntGauge::new("a", "a").unwrap(),
-        expired: IntCounter::new("e", "e").unwrap(),
-    };
+    let counters = LeaseCounters::unregistered();
     let store = RedisStore::new(
         Target::Single(url),
         "latency",

@@ -132,14 +132,10 @@ impl Drop for LeaseHold {
 mod tests {
     use super::*;
     use crate::store::{LeaseCounters, MemoryStore, Opened};
-    use prometheus::IntCounter;
     use std::time::Duration;
 
     fn setup() -> (Arc<MemoryStore>, IntGauge) {
-        let counters = LeaseCounters {
-            active: IntGauge::new("a", "a").unwrap(),
-            expired: IntCounter::new("e", "e").unwrap(),
-        };
+        let counters = LeaseCounters::unregistered();
         let store = Arc::new(MemoryStore::new(Duration::from_secs(60), 10, counters));
         (store, IntGauge::new("i", "i").unwrap())
     }

@@ -6,17 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::redis_server::{RedisCluster, RedisServer};
-use prometheus::{IntCounter, IntGauge};
+use prometheus::IntCounter;
 use streamgate::store::{
     LeaseCounters, MemoryStore, Opened, RedisStore, RefusalCache, StreamStore, Target,
 };
 use uuid::Uuid;
 
 fn counters() -> LeaseCounters {
-    LeaseCounters {
-        active: IntGauge::new("a", "a").unwrap(),
-        expired: IntCounter::new("e", "e").unwrap(),
-    }
+    LeaseCounters::unregistered()
 }
 
 type Factory = Box<dyn Fn(Duration) -> Arc<dyn StreamStore>>;

@@ -82,6 +82,28 @@ pub struct LeaseCounters {
     pub expired: IntCounter,
 }
 
+/// Tests: the id of an admission, or a panic naming what came instead.
+#[cfg(test)]
+pub(crate) fn admitted(o: Opened) -> StreamId {
+    match o {
+        Opened::Admitted(id) => id,
+        other => panic!("expected an admission, got {other:?}"),
+    }
+}
+
+impl LeaseCounters {
+    /// Handles registered nowhere: for a store outside a server (tests, benchmarks,
+    /// examples).
+    pub fn unregistered() -> Self {
+        Self {
+            active: IntGauge::new("streamgate_active_streams", "Live leases.")
+                .unwrap_or_else(|_| unreachable!("a valid metric name")),
+            expired: IntCounter::new("streamgate_expired_leases_total", "Expired leases.")
+                .unwrap_or_else(|_| unreachable!("a valid metric name")),
+        }
+    }
+}
+
 /// The store settings a reload changes while running (`streams.lease_ttl`,
 /// `store.timeout`), read at each use.
 #[derive(Debug)]

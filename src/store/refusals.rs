@@ -215,14 +215,10 @@ impl StreamStore for RefusalCache {
 mod tests {
     use super::*;
     use crate::store::{LeaseCounters, MemoryStore};
-    use prometheus::IntGauge;
 
     /// The real store these tests put behind the cache.
     fn memory(ttl: Duration) -> MemoryStore {
-        let counters = LeaseCounters {
-            active: IntGauge::new("a", "a").unwrap(),
-            expired: IntCounter::new("e", "e").unwrap(),
-        };
+        let counters = LeaseCounters::unregistered();
         MemoryStore::new(ttl, 1_000, counters)
     }
 
@@ -235,12 +231,7 @@ mod tests {
         )
     }
 
-    fn admitted(o: Opened) -> StreamId {
-        match o {
-            Opened::Admitted(id) => id,
-            other => panic!("expected an admission, got {other:?}"),
-        }
-    }
+    use crate::store::admitted;
 
     #[tokio::test]
     async fn a_refusal_is_answered_from_memory_until_a_local_end_forgets_it() {

@@ -3,7 +3,6 @@
 use std::hash::BuildHasher;
 
 use super::*;
-use prometheus::{IntCounter, IntGauge};
 
 #[test]
 fn user_keys_hash_to_their_folded_halves() {
@@ -27,19 +26,11 @@ fn store(ttl_ms: u64, max_users: u64) -> MemoryStore {
     MemoryStore::new(
         Duration::from_millis(ttl_ms),
         max_users,
-        LeaseCounters {
-            active: IntGauge::new("a", "a").unwrap(),
-            expired: IntCounter::new("e", "e").unwrap(),
-        },
+        LeaseCounters::unregistered(),
     )
 }
 
-fn admitted(o: Opened) -> StreamId {
-    match o {
-        Opened::Admitted(id) => id,
-        other => panic!("expected admission, got {other:?}"),
-    }
-}
+use crate::store::admitted;
 
 #[test]
 fn user_keys_are_stable_per_user_and_distinct_between_users() {

@@ -397,7 +397,6 @@ impl StreamStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus::{IntCounter, IntGauge};
 
     #[test]
     fn keys_are_prefixed_and_hash_tagged_by_user() {
@@ -406,10 +405,7 @@ mod tests {
             "sg",
             Duration::from_secs(60),
             Duration::from_millis(100),
-            LeaseCounters {
-                active: IntGauge::new("a", "a").unwrap(),
-                expired: IntCounter::new("e", "e").unwrap(),
-            },
+            LeaseCounters::unregistered(),
         );
         assert_eq!(s.key("abc"), "sg:{abc}:streams");
         assert_eq!(s.hold_refresh_interval(), Some(Duration::from_secs(20)));
