@@ -25,6 +25,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::identity::StreamId;
+use crate::store::StoreError;
 
 const SHARDS: usize = 16;
 
@@ -115,6 +116,27 @@ impl StreamInflight {
             }
             None => 0,
         }
+    }
+
+    /// End a stream: its requests in flight here are cut first, then (once they have let
+    /// go, at most `within` later) `end_lease`, the store's end, runs; the store tells
+    /// other instances, which cut theirs. Whether there was anything to end (a cut
+    /// opening request gives its lease back as it fails: ended all the same).
+    pub async fn end<F>(
+        &self,
+        user: &str,
+        id: StreamId,
+        within: Duration,
+        end_lease: F,
+    ) -> Result<bool, StoreError>
+    where
+        F: std::future::Future<Output = Result<bool, StoreError>>,
+    {
+        let cut = self.cut(user, id);
+        if cut > 0 && !self.wait_released(user, id, within).await {
+            log::warn!("stream {id}: requests still in flight {within:?} after it was ended");
+        }
+        Ok(end_lease.await? || cut > 0)
     }
 
     /// Wait (at most `within`) until no request of the stream is in flight here; whether

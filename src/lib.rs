@@ -5,6 +5,7 @@
 //! what they decide; see the README's file map.
 
 mod access_log;
+mod admin;
 pub mod cli;
 pub mod config;
 mod demo;

@@ -34,6 +34,26 @@ pub struct Config {
     /// `[plans.<name>]`: limits per plan.
     #[serde(default)]
     pub plans: std::collections::BTreeMap<String, PlanSection>,
+    /// `[admin]`: the admin API's own listener; off unless `listen` is set.
+    #[serde(default)]
+    pub admin: AdminSection,
+}
+
+/// The admin API (`[admin]`): support staff list a user's streams and end them. Its own
+/// listener, never the proxy's; every request needs a bearer token.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Where the admin API listens; off when absent. Keep it on a private address.
+    #[serde(deserialize_with = "addr")]
+    pub listen: Option<SocketAddr>,
+    /// The token that may read (list streams, stats), from a file or an environment
+    /// variable (named here; the value is never logged).
+    pub read_token_file: Option<PathBuf>,
+    pub read_token_env: Option<String>,
+    /// The token that may also end streams.
+    pub write_token_file: Option<PathBuf>,
+    pub write_token_env: Option<String>,
 }
 
 /// The access log (`[log]`): one line per request, written by its own thread.

@@ -135,6 +135,8 @@ pub struct Metrics {
     untrusted_plan_headers: IntCounter,
     /// Tokens by result (`verified`, `cached`, `refused`) and reason (`none`, `expired`...).
     auth: IntCounterVec,
+    /// Admin API requests by action (`list`, `end`, `end_all`, `stats`, `other`) and status.
+    admin: IntCounterVec,
     /// Manifests by kind (`hls`, `dash`) and outcome (`rewritten`, `too_large`, `unchanged`).
     manifests: IntCounterVec,
     handles: Handles,
@@ -234,6 +236,13 @@ impl Metrics {
                 "streamgate_store_cached_refusals_total",
                 "Opens refused from this instance's memory of a recent store refusal.",
             )?,
+            admin: IntCounterVec::new(
+                Opts::new(
+                    "streamgate_admin_requests_total",
+                    "Admin API requests by action and status.",
+                ),
+                &["action", "status"],
+            )?,
             manifests: IntCounterVec::new(
                 Opts::new(
                     "streamgate_manifests_total",
@@ -297,6 +306,7 @@ impl Metrics {
         registry.register(Box::new(m.auth.clone()))?;
         registry.register(Box::new(m.untrusted_plan_headers.clone()))?;
         registry.register(Box::new(m.manifests.clone()))?;
+        registry.register(Box::new(m.admin.clone()))?;
         Ok(m)
     }
 
@@ -328,6 +338,17 @@ impl Metrics {
     /// The counters token verification moves (`streamgate_auth_total`).
     pub fn auth_counter(&self) -> IntCounterVec {
         self.auth.clone()
+    }
+
+    /// The admin API's request counters, and the gauges its stats read.
+    pub fn admin_handles(&self) -> (IntCounterVec, crate::admin::Stats) {
+        (
+            self.admin.clone(),
+            crate::admin::Stats {
+                active_streams: self.active_streams.clone(),
+                inflight_requests: self.inflight_requests.clone(),
+            },
+        )
     }
 
     /// A store failure, by its kind.

@@ -251,15 +251,9 @@ impl StreamGate {
             return Answer::Identity(IdentityError::StreamIdRequired(header));
         };
         ctx.stream_id = Some(id);
-        // Its requests in flight here stop first, and the slot is given back once they
-        // have (other instances cut theirs when the store tells them of the end).
-        let cut = self.inflight.cut(user, id);
-        if cut > 0 && !self.inflight.wait_released(user, id, CUT_WAIT).await {
-            warn!("stream {id}: requests still in flight {CUT_WAIT:?} after it was ended");
-        }
-        // A cut opening request gave the lease back as it failed: ended all the same.
-        match self.timed(StoreOp::End, self.store.end(user, id)).await {
-            Ok(ended) if ended || cut > 0 => {
+        let end_lease = self.timed(StoreOp::End, self.store.end(user, id));
+        match self.inflight.end(user, id, CUT_WAIT, end_lease).await {
+            Ok(true) => {
                 self.decided(ctx, Decision::Ended);
                 Answer::Ended
             }

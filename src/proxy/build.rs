@@ -10,6 +10,11 @@ impl StreamGate {
         self.inflight.clone()
     }
 
+    /// The tags this proxy's log lines give users, for the admin API's lines.
+    pub(crate) fn user_tags(&self) -> UserTags {
+        self.user_tags.clone()
+    }
+
     pub fn new(
         config: &Config,
         store: Arc<dyn StreamStore>,

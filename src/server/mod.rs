@@ -52,10 +52,14 @@ pub enum BuildError {
     },
 }
 
-/// What `--check` tries beyond the file itself: that the JWT keys it names load.
+/// What `--check` tries beyond the file itself: that the JWT keys and the admin tokens it
+/// names load.
 pub fn check_identity(config: &Config) -> Result<(), crate::config::KeyError> {
     if config.identity.mode == crate::config::IdentityMode::Jwt {
         crate::jwt::Verifier::new(&config.identity.jwt, None)?;
+    }
+    if config.admin.listen.is_some() {
+        crate::admin::Tokens::load(&config.admin)?;
     }
     Ok(())
 }
@@ -69,6 +73,7 @@ fn check_listeners(config: &Config, launch: &Launch) -> Result<(), BuildError> {
         ("server.listen", config.server.listen.as_slice()),
         ("tls.listen", config.tls.listen.as_slice()),
         ("metrics.listen", config.metrics.listen.as_slice()),
+        ("admin.listen", config.admin.listen.as_slice()),
     ];
     let demo = launch.demo_origin.map(|a| ("demo origin", a));
     let all = keyed
@@ -208,6 +213,13 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
         store.clone(),
         keys,
     ));
+    let admin = match config.admin.listen {
+        Some(addr) => {
+            let tokens = crate::admin::Tokens::load(&config.admin).map_err(BuildError::Identity)?;
+            Some((addr, tokens, metrics.admin_handles()))
+        }
+        None => None,
+    };
     let gate = StreamGate::new(
         config,
         store.clone(),
@@ -218,6 +230,20 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
     )
     .map_err(BuildError::Upstream)?;
     let inflight = gate.inflight();
+    if let Some((addr, tokens, (requests, stats))) = admin {
+        let app = crate::admin::AdminApp::new(
+            store.clone(),
+            inflight.clone(),
+            tokens,
+            gate.user_tags(),
+            config.identity.max_len,
+            requests,
+            stats,
+        );
+        let mut svc = Service::new("admin".into(), app);
+        svc.add_tcp(&addr.to_string());
+        server.add_service(svc);
+    }
     let app = Draining::new(
         pingora::proxy::http_proxy(&server.configuration, gate),
         drain.clone(),

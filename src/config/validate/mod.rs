@@ -19,6 +19,7 @@ impl Config {
         self.store.validate()?;
         self.metrics.validate(&self.server, &self.tls.listen)?;
         validate_plans(&self.plans, &self.streams)?;
+        self.admin.validate(&self)?;
         if self.log.access.is_empty() || self.log.access.contains('\0') {
             return Err(KeyError::new(
                 "log.access",
@@ -261,6 +262,47 @@ impl MetricsSection {
                 ("tls.listen", tls_listen),
                 ("metrics.listen", std::slice::from_ref(m)),
             ])?;
+        }
+        Ok(())
+    }
+}
+
+impl AdminSection {
+    fn validate(&self, c: &Config) -> Result<(), KeyError> {
+        let Some(a) = &self.listen else {
+            return Ok(());
+        };
+        check_socket_addr("admin.listen", a)?;
+        check_no_overlap(&[
+            ("server.listen", &c.server.listen),
+            ("tls.listen", &c.tls.listen),
+            ("metrics.listen", c.metrics.listen.as_slice()),
+            ("admin.listen", std::slice::from_ref(a)),
+        ])?;
+        for (key, file, env) in [
+            (
+                "admin.read_token",
+                &self.read_token_file,
+                &self.read_token_env,
+            ),
+            (
+                "admin.write_token",
+                &self.write_token_file,
+                &self.write_token_env,
+            ),
+        ] {
+            if file.is_some() && env.is_some() {
+                return Err(KeyError::new(
+                    format!("{key}_env"),
+                    "set the _file or the _env key, not both",
+                ));
+            }
+        }
+        if self.write_token_file.is_none() && self.write_token_env.is_none() {
+            return Err(KeyError::new(
+                "admin.write_token_file",
+                "admin.listen needs a write token (write_token_file or write_token_env)",
+            ));
         }
         Ok(())
     }

@@ -1,0 +1,501 @@
+//! The admin API (`[admin]`): what support staff need when a user reports a stuck device
+//! or a shared password. They can see a user's streams and end one or all of them.
+//!
+//! The API has its own listener, never the proxy's, and is off unless `admin.listen` is
+//! set. JSON goes in and out, under versioned paths:
+//! - `GET /admin/v1/users/{user}/streams`: each lease's id, whether a request of it is in
+//!   flight, and when it expires otherwise;
+//! - `DELETE /admin/v1/users/{user}/streams/{id}` ends one stream, and
+//!   `DELETE /admin/v1/users/{user}/streams` ends all of the user's streams. Either way the
+//!   stream's responses in flight are cut on this instance and, through the store, on
+//!   every other instance, just as a player's own `DELETE` is;
+//! - `GET /admin/v1/stats`: this instance's counts.
+//!
+//! `{user}` is the identity the proxy keys on: the session id, or the token's user claim.
+//! It is percent-encoded in the path. No endpoint lists every user, because a scan of a
+//! million keys would be an outage.
+//!
+//! Every request needs `Authorization: Bearer` with one of two tokens. The read token may
+//! list and read stats; the write token may also end streams. The comparison runs in
+//! constant time (`subtle`). No token, or a wrong one, gets `401` with `WWW-Authenticate`;
+//! the read token on a write gets `403`. Tokens never appear in a log line or an answer.
+//! Each request is counted (`streamgate_admin_requests_total{action, status}`), and each
+//! write is logged on target `streamgate::admin` with the user's log tag, never the user.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Response, StatusCode};
+use log::info;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use prometheus::{IntCounterVec, IntGauge};
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use crate::config::{AdminSection, KeyError};
+use crate::identity::{StreamId, UserTags};
+use crate::inflight::StreamInflight;
+use crate::proxy::respond::error_body;
+use crate::store::{StoreError, StreamStore};
+
+/// How long an end waits for the stream's requests in flight here to let go.
+const CUT_WAIT: Duration = Duration::from_secs(1);
+/// The shortest token accepted: a guessable one is no lock.
+const MIN_TOKEN: usize = 16;
+
+/// What a request's token allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    None,
+    Read,
+    Write,
+}
+
+/// The two bearer tokens, read once at start.
+pub struct Tokens {
+    read: Option<Vec<u8>>,
+    write: Vec<u8>,
+}
+
+impl Tokens {
+    /// Read the tokens `[admin]` names. Errors name the key, never the value.
+    pub fn load(a: &AdminSection) -> Result<Self, KeyError> {
+        let read = token("admin.read_token", &a.read_token_file, &a.read_token_env)?;
+        let write = token("admin.write_token", &a.write_token_file, &a.write_token_env)?
+            .ok_or_else(|| {
+                KeyError::new(
+                    "admin.write_token_file",
+                    "admin.listen needs a write token (write_token_file or write_token_env)",
+                )
+            })?;
+        Ok(Self { read, write })
+    }
+
+    fn scope(&self, authorization: Option<&HeaderValue>) -> Scope {
+        let Some(given) = authorization
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+        else {
+            return Scope::None;
+        };
+        let given = given.as_bytes();
+        if bool::from(given.ct_eq(&self.write)) {
+            Scope::Write
+        } else if self
+            .read
+            .as_ref()
+            .is_some_and(|r| bool::from(given.ct_eq(r)))
+        {
+            Scope::Read
+        } else {
+            Scope::None
+        }
+    }
+}
+
+fn token(
+    key: &str,
+    file: &Option<std::path::PathBuf>,
+    env: &Option<String>,
+) -> Result<Option<Vec<u8>>, KeyError> {
+    let (key, mut value) = match (file, env) {
+        (Some(path), _) => {
+            let k = format!("{key}_file");
+            let v = std::fs::read(path)
+                .map_err(|e| KeyError::new(&k, format!("cannot read {}: {e}", path.display())))?;
+            (k, v)
+        }
+        (None, Some(var)) => {
+            let k = format!("{key}_env");
+            let v = std::env::var_os(var)
+                .ok_or_else(|| KeyError::new(&k, format!("{var} is not set")))?;
+            (k, v.into_encoded_bytes())
+        }
+        (None, None) => return Ok(None),
+    };
+    while value.last().is_some_and(u8::is_ascii_whitespace) {
+        value.pop();
+    }
+    if value.len() < MIN_TOKEN {
+        return Err(KeyError::new(
+            key,
+            format!("a token must be at least {MIN_TOKEN} bytes"),
+        ));
+    }
+    Ok(Some(value))
+}
+
+/// This instance's counts, for `GET /admin/v1/stats`.
+pub struct Stats {
+    pub active_streams: IntGauge,
+    pub inflight_requests: IntGauge,
+}
+
+/// The admin API's HTTP service.
+pub struct AdminApp {
+    store: Arc<dyn StreamStore>,
+    inflight: Arc<StreamInflight>,
+    tokens: Tokens,
+    tags: UserTags,
+    max_user_len: usize,
+    requests: IntCounterVec,
+    stats: Stats,
+}
+
+/// One answer: status, JSON body, extra headers.
+struct Reply {
+    status: StatusCode,
+    body: Bytes,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+impl Reply {
+    fn json(status: StatusCode, body: impl Serialize) -> Self {
+        let body = serde_json::to_vec(&body)
+            .map(Bytes::from)
+            .unwrap_or_else(|_| {
+                Bytes::from_static(br#"{"error":"internal","message":"unserializable"}"#)
+            });
+        Self {
+            status,
+            body,
+            headers: Vec::new(),
+        }
+    }
+
+    fn error(status: StatusCode, code: &str, message: &str) -> Self {
+        Self {
+            status,
+            body: error_body(code, message),
+            headers: Vec::new(),
+        }
+    }
+
+    fn with(mut self, name: header::HeaderName, value: &'static str) -> Self {
+        self.headers.push((name, HeaderValue::from_static(value)));
+        self
+    }
+}
+
+#[derive(Serialize)]
+struct Lease {
+    id: String,
+    in_flight: bool,
+    /// `None` while in flight (a lease cannot expire then).
+    expires_in_ms: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Listing<'a> {
+    user: &'a str,
+    streams: Vec<Lease>,
+}
+
+impl AdminApp {
+    pub fn new(
+        store: Arc<dyn StreamStore>,
+        inflight: Arc<StreamInflight>,
+        tokens: Tokens,
+        tags: UserTags,
+        max_user_len: usize,
+        requests: IntCounterVec,
+        stats: Stats,
+    ) -> Self {
+        Self {
+            store,
+            inflight,
+            tokens,
+            tags,
+            max_user_len,
+            requests,
+            stats,
+        }
+    }
+
+    /// The action a request asks for, and its answer.
+    async fn handle(
+        &self,
+        method: &Method,
+        path: &str,
+        auth: Option<&HeaderValue>,
+    ) -> (&'static str, Reply) {
+        let parts: Vec<&str> = match path.strip_prefix("/admin/v1/") {
+            Some(rest) => rest.split('/').collect(),
+            None => return ("other", not_found()),
+        };
+        let (action, write) = match (method, parts.as_slice()) {
+            (&Method::GET, ["stats"]) => ("stats", false),
+            (&Method::GET, ["users", _, "streams"]) => ("list", false),
+            (&Method::DELETE, ["users", _, "streams"]) => ("end_all", true),
+            (&Method::DELETE, ["users", _, "streams", _]) => ("end", true),
+            (_, ["stats"]) => return ("other", not_allowed("GET")),
+            (_, ["users", _, "streams"]) => return ("other", not_allowed("GET, DELETE")),
+            (_, ["users", _, "streams", _]) => return ("other", not_allowed("DELETE")),
+            _ => return ("other", not_found()),
+        };
+        match (self.tokens.scope(auth), write) {
+            (Scope::None, _) => {
+                return (
+                    action,
+                    Reply::error(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "the admin API needs Authorization: Bearer with an admin token",
+                    )
+                    .with(
+                        header::WWW_AUTHENTICATE,
+                        "Bearer realm=\"streamgate-admin\"",
+                    ),
+                )
+            }
+            (Scope::Read, true) => {
+                return (
+                    action,
+                    Reply::error(
+                        StatusCode::FORBIDDEN,
+                        "insufficient_scope",
+                        "this token may read; ending streams needs the write token",
+                    )
+                    .with(
+                        header::WWW_AUTHENTICATE,
+                        "Bearer realm=\"streamgate-admin\", error=\"insufficient_scope\"",
+                    ),
+                )
+            }
+            _ => {}
+        }
+        if action == "stats" {
+            return (action, self.stats());
+        }
+        let user = match percent_encoding::percent_decode_str(parts[1]).decode_utf8() {
+            Ok(u) if !u.is_empty() && u.len() <= self.max_user_len => u,
+            _ => {
+                return (
+                    action,
+                    Reply::error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_user",
+                        "the user is a percent-encoded, non-empty UTF-8 id no longer than identity.max_len",
+                    ),
+                )
+            }
+        };
+        let reply = match (action, parts.get(3)) {
+            ("list", _) => self.list(&user).await,
+            ("end_all", _) => self.end_all(&user).await,
+            (_, Some(id)) => match uuid::Uuid::parse_str(id) {
+                Ok(id) => self.end(&user, id).await,
+                Err(_) => Reply::error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_stream_id",
+                    "a stream id is a UUID",
+                ),
+            },
+            _ => not_found(),
+        };
+        if write {
+            info!(
+                target: "streamgate::admin",
+                "{action} user={} stream={} status={}",
+                self.tags.tag(&user),
+                parts.get(3).copied().unwrap_or("*"),
+                reply.status.as_u16()
+            );
+        }
+        (action, reply)
+    }
+
+    fn stats(&self) -> Reply {
+        #[derive(Serialize)]
+        struct Counts {
+            active_streams: i64,
+            inflight_requests: i64,
+        }
+        Reply::json(
+            StatusCode::OK,
+            Counts {
+                active_streams: self.stats.active_streams.get(),
+                inflight_requests: self.stats.inflight_requests.get(),
+            },
+        )
+    }
+
+    async fn list(&self, user: &str) -> Reply {
+        match self.store.list(user).await {
+            Ok(leases) => Reply::json(
+                StatusCode::OK,
+                Listing {
+                    user,
+                    streams: leases
+                        .into_iter()
+                        .map(|l| Lease {
+                            id: l.id.to_string(),
+                            in_flight: l.expires_in.is_none()
+                                || self.inflight.count(user, l.id) > 0,
+                            expires_in_ms: l
+                                .expires_in
+                                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                        })
+                        .collect(),
+                },
+            ),
+            Err(e) => store_failed(&e),
+        }
+    }
+
+    async fn end(&self, user: &str, id: StreamId) -> Reply {
+        let ended = self
+            .inflight
+            .end(user, id, CUT_WAIT, self.store.end(user, id))
+            .await;
+        match ended {
+            Ok(true) => Reply {
+                status: StatusCode::NO_CONTENT,
+                body: Bytes::new(),
+                headers: Vec::new(),
+            },
+            Ok(false) => Reply::error(
+                StatusCode::NOT_FOUND,
+                "stream_not_found",
+                "no active stream with this id for this user",
+            ),
+            Err(e) => store_failed(&e),
+        }
+    }
+
+    async fn end_all(&self, user: &str) -> Reply {
+        #[derive(Serialize)]
+        struct Ended {
+            ended: usize,
+        }
+        let leases = match self.store.list(user).await {
+            Ok(l) => l,
+            Err(e) => return store_failed(&e),
+        };
+        let mut ended = 0;
+        for l in leases {
+            match self
+                .inflight
+                .end(user, l.id, CUT_WAIT, self.store.end(user, l.id))
+                .await
+            {
+                Ok(true) => ended += 1,
+                Ok(false) => {}
+                Err(e) => return store_failed(&e),
+            }
+        }
+        Reply::json(StatusCode::OK, Ended { ended })
+    }
+}
+
+fn not_found() -> Reply {
+    Reply::error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "admin paths are /admin/v1/users/{user}/streams[/{id}] and /admin/v1/stats",
+    )
+}
+
+fn not_allowed(allow: &'static str) -> Reply {
+    Reply::error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this admin path does not take that method",
+    )
+    .with(header::ALLOW, allow)
+}
+
+fn store_failed(e: &StoreError) -> Reply {
+    Reply::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        &e.to_string(),
+    )
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let (method, path) = (req.method.clone(), req.uri.path().to_owned());
+        let auth = req.headers.get(header::AUTHORIZATION).cloned();
+        let (action, reply) = self.handle(&method, &path, auth.as_ref()).await;
+        self.requests
+            .with_label_values(&[action, reply.status.as_str()])
+            .inc();
+        let mut resp = Response::new(reply.body.to_vec());
+        *resp.status_mut() = reply.status;
+        let len = resp.body().len();
+        let headers = resp.headers_mut();
+        if reply.status != StatusCode::NO_CONTENT {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        for (name, value) in reply.headers {
+            headers.insert(name, value);
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> Tokens {
+        Tokens {
+            read: Some(b"read-token-0123456789".to_vec()),
+            write: b"write-token-0123456789".to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_token_gives_its_scope_and_nothing_else_does() {
+        let t = tokens();
+        let h = |v: &str| HeaderValue::from_str(v).unwrap();
+        assert_eq!(t.scope(None), Scope::None);
+        assert_eq!(
+            t.scope(Some(&h("Bearer write-token-0123456789"))),
+            Scope::Write
+        );
+        assert_eq!(
+            t.scope(Some(&h("Bearer read-token-0123456789"))),
+            Scope::Read
+        );
+        assert_eq!(
+            t.scope(Some(&h("Bearer read-token-012345678"))),
+            Scope::None
+        );
+        assert_eq!(t.scope(Some(&h("write-token-0123456789"))), Scope::None);
+        assert_eq!(t.scope(Some(&h("Basic d3JpdGU="))), Scope::None);
+    }
+
+    #[test]
+    fn tokens_are_read_trimmed_and_must_be_long() {
+        let dir = std::env::temp_dir().join(format!("sg-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("write");
+        std::fs::write(&file, "write-token-0123456789\n").unwrap();
+        let a = AdminSection {
+            write_token_file: Some(file.clone()),
+            ..AdminSection::default()
+        };
+        let t = Tokens::load(&a).unwrap();
+        assert_eq!(t.write, b"write-token-0123456789");
+        std::fs::write(&file, "short").unwrap();
+        let e = Tokens::load(&a).err().unwrap();
+        assert_eq!(e.key, "admin.write_token_file");
+        assert!(
+            !e.to_string().contains("short"),
+            "the value is never echoed"
+        );
+    }
+}
