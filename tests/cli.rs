@@ -85,6 +85,11 @@ fn bad_files_give_one_line_naming_file_and_key_and_exit_2() {
         (format!("{VALID}[identity]\nmode = \"jwt\"\njwt.jwks_url = \"https://login/keys\"\njwt.jwks_refresh = \"1h\"\njwt.jwks_max_stale = \"10m\"\n"), "identity.jwt.jwks_max_stale"),
         (format!("{VALID}[identity]\nmode = \"jwt\"\njwt.jwks_url = \"https://login/keys\"\njwt.jwks_refresh = \"100ms\"\n"), "identity.jwt.jwks_refresh"),
         (format!("{VALID}[streams]\ndefault_plan = \"gold\"\n"), "streams.default_plan"),
+        // Issue #13: the admin API needs a write token, its own address, and tokens that load.
+        (format!("{VALID}[admin]\nlisten = \"127.0.0.1:9092\"\n"), "admin.write_token_file"),
+        (format!("{VALID}[admin]\nlisten = \"127.0.0.1:9091\"\nwrite_token_env = \"SG_NOPE\"\n"), "admin.listen"),
+        (format!("{VALID}[admin]\nlisten = \"127.0.0.1:9092\"\nwrite_token_env = \"SG_TEST_ADMIN_UNSET\"\n"), "admin.write_token_env"),
+        (format!("{VALID}[admin]\nlisten = \"127.0.0.1:9092\"\nwrite_token_file = \"/nonexistent\"\n"), "admin.write_token_file"),
         (format!("{VALID}[plans.gold]\n"), "plans.gold"),
     ] {
         let (code, stdout, stderr, file) = check(&text, &[]);
