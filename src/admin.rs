@@ -77,8 +77,7 @@ impl Tokens {
     fn scope(&self, authorization: Option<&HeaderValue>) -> Scope {
         let Some(given) = authorization
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(crate::jwt::bearer)
         else {
             return Scope::None;
         };
@@ -476,6 +475,11 @@ mod tests {
         );
         assert_eq!(t.scope(Some(&h("write-token-0123456789"))), Scope::None);
         assert_eq!(t.scope(Some(&h("Basic d3JpdGU="))), Scope::None);
+        assert_eq!(
+            t.scope(Some(&h("bearer read-token-0123456789"))),
+            Scope::Read,
+            "the scheme in any case"
+        );
     }
 
     #[test]

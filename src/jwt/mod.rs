@@ -26,6 +26,7 @@ mod tests;
 pub use self::error::TokenError;
 pub use self::keys::parse_algorithms;
 pub(crate) use self::keys::Key;
+pub(crate) use self::sources::bearer;
 
 pub use self::remote::RemoteKeys;
 pub use self::ring::install as install_crypto;

@@ -99,7 +99,7 @@ impl Verifier {
 }
 
 /// The token of an `Authorization: Bearer <token>` value (the scheme in any case).
-fn bearer(v: &str) -> Option<&str> {
+pub(crate) fn bearer(v: &str) -> Option<&str> {
     let (scheme, token) = v.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
