@@ -4,7 +4,7 @@
 use http::HeaderValue;
 use subtle::ConstantTimeEq;
 
-use crate::config::{AdminSection, KeyError};
+use crate::config::{read_secret, AdminSection, KeyError};
 
 /// The shortest token accepted: a guessable one is no lock.
 const MIN_TOKEN: usize = 16;
@@ -64,20 +64,8 @@ fn token(
     file: &Option<std::path::PathBuf>,
     env: &Option<String>,
 ) -> Result<Option<Vec<u8>>, KeyError> {
-    let (key, mut value) = match (file, env) {
-        (Some(path), _) => {
-            let k = format!("{key}_file");
-            let v = std::fs::read(path)
-                .map_err(|e| KeyError::new(&k, format!("cannot read {}: {e}", path.display())))?;
-            (k, v)
-        }
-        (None, Some(var)) => {
-            let k = format!("{key}_env");
-            let v = std::env::var_os(var)
-                .ok_or_else(|| KeyError::new(&k, format!("{var} is not set")))?;
-            (k, v.into_encoded_bytes())
-        }
-        (None, None) => return Ok(None),
+    let Some((key, mut value)) = read_secret(key, file.as_deref(), env.as_deref())? else {
+        return Ok(None);
     };
     while value.last().is_some_and(u8::is_ascii_whitespace) {
         value.pop();

@@ -71,6 +71,34 @@ impl KeyError {
     }
 }
 
+/// A secret set by `<key>_file` (its bytes, a final newline dropped) or `<key>_env` (the
+/// variable's value): with the full key it came from, for the caller's own errors. Errors
+/// name the key, the file or the variable, never the value. `None` when neither is set.
+pub(crate) fn read_secret(
+    key: &str,
+    file: Option<&Path>,
+    env: Option<&str>,
+) -> Result<Option<(String, Vec<u8>)>, KeyError> {
+    match (file, env) {
+        (Some(path), _) => {
+            let k = format!("{key}_file");
+            let mut v = std::fs::read(path)
+                .map_err(|e| KeyError::new(&k, format!("cannot read {}: {e}", path.display())))?;
+            if v.last() == Some(&b'\n') {
+                v.pop();
+            }
+            Ok(Some((k, v)))
+        }
+        (None, Some(var)) => {
+            let k = format!("{key}_env");
+            let v = std::env::var_os(var)
+                .ok_or_else(|| KeyError::new(&k, format!("{var} is not set")))?;
+            Ok(Some((k, v.into_encoded_bytes())))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 impl Config {
     /// Read, parse, apply overrides and validate the file at `path`.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {

@@ -7,7 +7,7 @@ use std::path::Path;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey};
 
-use crate::config::{JwtSection, KeyError};
+use crate::config::{read_secret, JwtSection, KeyError};
 
 /// One verification key, with the `kid` it is named by (if any).
 pub(crate) struct Key {
@@ -55,22 +55,11 @@ pub(super) fn load(c: &JwtSection) -> Result<Vec<Key>, KeyError> {
             });
         }
     }
-    let secret = match (&c.hmac_secret_file, &c.hmac_secret_env) {
-        (Some(path), _) => {
-            let mut secret = read("identity.jwt.hmac_secret_file", path)?;
-            if secret.last() == Some(&b'\n') {
-                secret.pop();
-            }
-            Some(("identity.jwt.hmac_secret_file", secret))
-        }
-        (None, Some(var)) => {
-            let secret = std::env::var_os(var).ok_or_else(|| {
-                KeyError::new("identity.jwt.hmac_secret_env", format!("{var} is not set"))
-            })?;
-            Some(("identity.jwt.hmac_secret_env", secret.into_encoded_bytes()))
-        }
-        (None, None) => None,
-    };
+    let secret = read_secret(
+        "identity.jwt.hmac_secret",
+        c.hmac_secret_file.as_deref(),
+        c.hmac_secret_env.as_deref(),
+    )?;
     if let Some((key, secret)) = secret {
         if secret.len() < 32 {
             return Err(KeyError::new(
