@@ -56,7 +56,11 @@ async fn hls_js_and_dash_js_play_in_chromium_on_one_stream_each() {
         );
     }
     let admitted = "streamgate_stream_decisions_total{outcome=\"admitted\"}";
-    assert_eq!(proxy.metric(admitted).await, 3.0, "one stream per player");
+    assert_eq!(
+        proxy.settled(admitted, 3.0).await,
+        3.0,
+        "one stream per player"
+    );
     let rejected = "streamgate_stream_decisions_total{outcome=\"rejected\"}";
     assert_eq!(proxy.metric(rejected).await, 0.0);
     assert!(origin

@@ -26,7 +26,10 @@ async fn requests_carrying_the_stream_id_renew_without_counting() {
     assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 401);
     assert_eq!(
         proxy
-            .metric("streamgate_stream_decisions_total{outcome=\"renewed\"}")
+            .settled(
+                "streamgate_stream_decisions_total{outcome=\"renewed\"}",
+                5.0
+            )
             .await,
         5.0
     );
@@ -70,7 +73,10 @@ async fn another_users_stream_id_never_renews_their_lease() {
     assert_eq!(stream_id(&r), a, "resumed under the id it named, as Bob's");
     assert_eq!(
         proxy
-            .metric("streamgate_stream_decisions_total{outcome=\"resumed\"}")
+            .settled(
+                "streamgate_stream_decisions_total{outcome=\"resumed\"}",
+                1.0
+            )
             .await,
         1.0
     );

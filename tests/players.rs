@@ -41,15 +41,13 @@ async fn ffmpeg_plays_hls_and_dash_to_the_end_on_one_stream_each() {
     }
     let n = players.len() as f64;
     assert_eq!(
-        proxy.metric(&decisions("admitted")).await,
+        proxy.settled(&decisions("admitted"), n).await,
         n,
         "one stream per player"
     );
     assert_eq!(proxy.metric(&decisions("rejected")).await, 0.0);
-    assert!(
-        proxy.metric(&decisions("renewed")).await >= 4.0 * n,
-        "segments renewed"
-    );
+    // Segments renewed (waited for: counted in the logging phase).
+    proxy.counted(&decisions("renewed"), 4.0 * n).await;
     let seen = origin.seen();
     assert!(
         seen.iter().any(|s| s.target.ends_with(".m4s")) && seen.iter().any(|s| s.range.is_some()),
@@ -105,7 +103,7 @@ async fn three_live_players_hold_past_three_ttls_a_fourth_is_refused_then_one_pl
     }
     assert_eq!(proxy.metric(&decisions("rejected")).await, 0.0);
     assert_eq!(
-        proxy.metric(&decisions("admitted")).await,
+        proxy.settled(&decisions("admitted"), 3.0).await,
         3.0,
         "no stream opened twice"
     );
@@ -113,7 +111,7 @@ async fn three_live_players_hold_past_three_ttls_a_fourth_is_refused_then_one_pl
     let (ok, _) = play(&live, "family", PLAY).await;
     assert!(!ok, "a fourth screen fails");
     assert_eq!(
-        proxy.metric(&decisions("rejected")).await,
+        proxy.settled(&decisions("rejected"), 1.0).await,
         1.0,
         "refused at its first request"
     );
@@ -177,18 +175,18 @@ async fn a_paused_player_resumes_on_its_own_lease_or_is_refused_opening_nothing(
         assert_eq!(stream_id(&r), id, "the same stream, again");
     }
     assert_eq!(
-        proxy.metric(&decisions("resumed")).await,
+        proxy.settled(&decisions("resumed"), 1.0).await,
         1.0,
         "opened again once"
     );
-    assert_eq!(proxy.metric(&decisions("admitted")).await, 1.0);
+    assert_eq!(proxy.settled(&decisions("admitted"), 1.0).await, 1.0);
 
     // Another paused player of the same user, while the first holds the one slot:
     // refused, and nothing is opened for it.
     let stale = uuid::Uuid::new_v4();
     let r = get(&format!("seg000.ts?sg_stream={stale}")).await;
     assert_eq!(r.status(), 401);
-    assert_eq!(proxy.metric(&decisions("resumed")).await, 1.0);
+    assert_eq!(proxy.settled(&decisions("resumed"), 1.0).await, 1.0);
     let r = get(&uris[1]).await;
     assert_eq!(stream_id(&r), id, "the first still holds its slot");
 }
@@ -225,7 +223,7 @@ async fn one_stream_with_more_requests_in_flight_than_the_cap_is_busy() {
         proxy.watch("/watch/seg.ts", "u", Some(&id)).await.status(),
         429
     );
-    assert_eq!(proxy.metric(&decisions("busy")).await, 2.0);
+    assert_eq!(proxy.settled(&decisions("busy"), 2.0).await, 2.0);
     origin.open_gate(2);
     for h in held {
         assert_eq!(h.await.unwrap(), 200);
@@ -262,7 +260,7 @@ async fn the_stream_parameter_never_reaches_the_origin_and_must_agree_with_the_h
         "the rest of the query byte for byte"
     );
     assert_eq!(seen[2], "/watch/b");
-    assert_eq!(proxy.metric(&decisions("renewed")).await, 2.0);
+    assert_eq!(proxy.settled(&decisions("renewed"), 2.0).await, 2.0);
 
     let other = uuid::Uuid::new_v4();
     for path in [
@@ -307,7 +305,7 @@ async fn the_stream_parameter_never_reaches_the_origin_and_must_agree_with_the_h
     assert_eq!(origin.seen().len(), 3, "answered by the proxy");
     let r = proxy.watch(&to, "v", None).await;
     assert_eq!(stream_id(&r), id, "the redirect's stream, renewed");
-    assert_eq!(proxy.metric(&decisions("admitted")).await, 2.0);
+    assert_eq!(proxy.settled(&decisions("admitted"), 2.0).await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,7 +448,8 @@ async fn two_instances_on_redis_serve_one_player_on_one_stream() {
         assert_eq!(r.status(), 200, "{u}");
         assert_eq!(stream_id(&r), id);
     }
-    assert_eq!(b.metric(&decisions("renewed")).await, uris.len() as f64);
+    let n = uris.len() as f64;
+    assert_eq!(b.settled(&decisions("renewed"), n).await, n);
     // And ffmpeg, through the second instance, is the one screen too many.
     let (ok, _) = play(&b.url("/watch/vod/index.m3u8"), "r", PLAY).await;
     assert!(!ok, "limit 1 holds across instances");

@@ -398,7 +398,10 @@ async fn redis_down_with_allow_admits_and_counts_fail_open() {
     }
     assert_eq!(
         proxy
-            .metric("streamgate_stream_decisions_total{outcome=\"fail_open\"}")
+            .settled(
+                "streamgate_stream_decisions_total{outcome=\"fail_open\"}",
+                3.0
+            )
             .await,
         3.0
     );

@@ -40,9 +40,9 @@ impl StreamGate {
         ));
     }
 
+    /// Record the decision in the context; the logging phase counts it (`ending.rs`).
     fn decided(&self, ctx: &mut RequestCtx, d: Decision) {
         ctx.decision = Some(d);
-        self.metrics.decision(d, ctx.plan.as_deref());
     }
 
     /// The store failed: counted, logged, and the answer for it.

@@ -48,6 +48,9 @@ impl StreamGate {
         if let Some((kind, outcome)) = manifest {
             self.metrics.manifest(kind, outcome);
         }
+        if let Some(d) = ctx.decision {
+            self.metrics.decision(d, ctx.plan.as_deref());
+        }
         let elapsed = ctx.start.elapsed();
         self.metrics.request_done(ctx.route, status, elapsed);
         let req = session.req_header();

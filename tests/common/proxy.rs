@@ -380,6 +380,20 @@ impl Proxy {
         .await;
     }
 
+    /// The value of `series` once it equals `expect` (waited for up to 5 s, as
+    /// [`Self::counted`]), or the last value read when it never did: for `assert_eq!` on a
+    /// counter kept in the logging phase.
+    pub async fn settled(&self, series: &str, expect: f64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let v = self.metric(series).await;
+            if v == expect || Instant::now() >= deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     pub async fn eventually<F, Fut>(&self, within: Duration, what: &str, mut check: F)
     where
         F: FnMut() -> Fut,
