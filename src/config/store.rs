@@ -28,9 +28,48 @@ pub enum OnStoreError {
     Allow,
 }
 
+/// Where leases live, as validation leaves it: each kind with what only that kind needs,
+/// so nothing after loading looks at `kind`, `url` or `nodes` again.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Backend {
+    Memory { max_users: u64 },
+    Redis { url: String },
+    Cluster { nodes: Vec<String> },
+}
+
+impl Backend {
+    /// The shared stores (Redis, Redis Cluster): reached over the network.
+    pub fn is_shared(&self) -> bool {
+        !matches!(self, Backend::Memory { .. })
+    }
+}
+
+/// Never print a URL: it may carry a password.
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Memory { max_users } => f
+                .debug_struct("Memory")
+                .field("max_users", max_users)
+                .finish(),
+            Backend::Redis { .. } => f.debug_struct("Redis").finish_non_exhaustive(),
+            Backend::Cluster { nodes } => f
+                .debug_struct("Cluster")
+                .field("nodes", &nodes.len())
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// `[store]` as the file has it. [`Config::validate`](super::Config::validate) turns
+/// `kind`, `max_users`, `url` and `nodes` into [`StoreSection::backend`], which is what
+/// the server is built from.
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
+    /// The backend the file's `kind` (and its keys) name; set by validation.
+    #[serde(skip)]
+    pub backend: Backend,
     pub kind: StoreKind,
     /// Memory store: most users with live streams at once. A new user past it gets `503`;
     /// no live lease is ever evicted to make room.
@@ -63,8 +102,7 @@ pub struct StoreSection {
 impl std::fmt::Debug for StoreSection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreSection")
-            .field("kind", &self.kind)
-            .field("max_users", &self.max_users)
+            .field("backend", &self.backend)
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("on_store_error", &self.on_store_error)
@@ -77,9 +115,13 @@ impl std::fmt::Debug for StoreSection {
 
 impl Default for StoreSection {
     fn default() -> Self {
+        const MAX_USERS: u64 = 1_000_000;
         Self {
+            backend: Backend::Memory {
+                max_users: MAX_USERS,
+            },
             kind: StoreKind::Memory,
-            max_users: 1_000_000,
+            max_users: MAX_USERS,
             url: None,
             nodes: Vec::new(),
             prefix: "sg".into(),

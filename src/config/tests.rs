@@ -20,6 +20,12 @@ fn minimal_file_gets_documented_defaults() {
     assert_eq!(c.streams.lease_ttl, Duration::from_secs(60));
     assert_eq!(c.streams.stream_id_header, "Stream-Id");
     assert_eq!(c.store.kind, StoreKind::Memory);
+    assert_eq!(
+        c.store.backend,
+        Backend::Memory {
+            max_users: 1_000_000
+        }
+    );
     assert_eq!(c.metrics.listen, Some(addr("127.0.0.1:9091")));
     assert_eq!(c.server.read_buffer, 0);
     assert!(c.server.pipelining);
@@ -128,6 +134,27 @@ fn bad_values_are_named() {
     }
 }
 
+/// Validation turns `kind` and the keys only that kind reads into one typed backend.
+#[test]
+fn the_store_kind_becomes_a_typed_backend() {
+    let c = Config::from_toml(&format!("{MINIMAL}[store]\nmax_users = 7\n")).unwrap();
+    assert_eq!(c.store.backend, Backend::Memory { max_users: 7 });
+    let c = Config::from_toml(&format!(
+        "{MINIMAL}[store]\nkind = \"redis-cluster\"\nnodes = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.store.backend,
+        Backend::Cluster {
+            nodes: vec![
+                "redis://127.0.0.1:7000".into(),
+                "redis://127.0.0.1:7001".into()
+            ]
+        }
+    );
+    assert!(c.store.backend.is_shared());
+}
+
 #[test]
 fn redis_store_parses_and_never_prints_its_url() {
     let c = Config::from_toml(&format!(
@@ -135,6 +162,12 @@ fn redis_store_parses_and_never_prints_its_url() {
     ))
     .unwrap();
     assert_eq!(c.store.kind, StoreKind::Redis);
+    assert_eq!(
+        c.store.backend,
+        Backend::Redis {
+            url: "redis://:hunter2@127.0.0.1:6379/0".into()
+        }
+    );
     assert_eq!(c.store.timeout, Duration::from_millis(50));
     assert_eq!(c.store.on_store_error, OnStoreError::Allow);
     assert!(!format!("{c:?}").contains("hunter2"));

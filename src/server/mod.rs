@@ -17,7 +17,7 @@ mod background;
 
 use self::background::{FetchKeys, FollowEnds, Housekeeping, WatchKeys, HOUSEKEEPING_TICK};
 use crate::access_log::AccessLog;
-use crate::config::{Config, Overrides, StoreKind};
+use crate::config::{Backend, Config, Overrides};
 use crate::demo::DemoOrigin;
 use crate::drain::{Drain, Draining, Signals};
 use crate::head_limits::HeadLimits;
@@ -113,15 +113,14 @@ pub fn build_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn StreamS
         let cached = RefusalCache::new(store, st.refusal_cache, metrics.cached_refusals_counter());
         Ok(Arc::new(cached) as Arc<dyn StreamStore>)
     };
-    match st.kind {
-        StoreKind::Memory => Ok(Arc::new(MemoryStore::new(
+    match &st.backend {
+        Backend::Memory { max_users } => Ok(Arc::new(MemoryStore::new(
             config.streams.lease_ttl,
-            st.max_users,
+            *max_users,
             metrics.lease_counters(),
         ))),
-        // `validate` guarantees the URL (or the nodes) for these kinds.
-        StoreKind::Redis => redis(Target::Single(st.url.clone().unwrap_or_default())),
-        StoreKind::RedisCluster => redis(Target::Cluster(st.nodes.clone())),
+        Backend::Redis { url } => redis(Target::Single(url.clone())),
+        Backend::Cluster { nodes } => redis(Target::Cluster(nodes.clone())),
     }
 }
 
@@ -283,8 +282,7 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
         Housekeeping {
             store: store.clone(),
             every,
-            health: (config.store.kind != StoreKind::Memory)
-                .then_some(config.store.health_interval),
+            health: (config.store.backend.is_shared()).then_some(config.store.health_interval),
             up: metrics_up,
         },
     ));

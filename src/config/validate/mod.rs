@@ -11,12 +11,12 @@ use self::identity::validate_plans;
 
 impl Config {
     /// Check everything serde cannot: addresses, ranges, header names, routes.
-    pub fn validate(self) -> Result<Config, KeyError> {
+    pub fn validate(mut self) -> Result<Config, KeyError> {
         self.server.validate(&self.tls)?;
         self.upstream.validate()?;
         self.identity.validate()?;
         self.streams.validate(&self.identity)?;
-        self.store.validate()?;
+        self.store.backend = self.store.validate()?;
         self.metrics.validate(&self.server, &self.tls.listen)?;
         validate_plans(&self.plans, &self.streams)?;
         self.admin.validate(&self)?;
@@ -197,7 +197,8 @@ impl StreamsSection {
 }
 
 impl StoreSection {
-    fn validate(&self) -> Result<(), KeyError> {
+    /// Check the section and return the backend it names.
+    fn validate(&self) -> Result<Backend, KeyError> {
         let store = self;
         if store.max_users == 0 {
             return Err(KeyError::new("store.max_users", "must be at least 1"));
@@ -231,25 +232,38 @@ impl StoreSection {
                 ));
             }
         }
-        match store.kind {
-            StoreKind::Memory => {}
-            StoreKind::Redis => match &store.url {
-                None => return Err(KeyError::new("store.url", "required with kind = \"redis\"")),
-                Some(u) => check_redis_url("store.url", u)?,
+        store.backend()
+    }
+
+    /// The typed backend `kind` names, with the keys it needs checked.
+    fn backend(&self) -> Result<Backend, KeyError> {
+        Ok(match self.kind {
+            StoreKind::Memory => Backend::Memory {
+                max_users: self.max_users,
             },
+            StoreKind::Redis => {
+                let url = self
+                    .url
+                    .clone()
+                    .ok_or_else(|| KeyError::new("store.url", "required with kind = \"redis\""))?;
+                check_redis_url("store.url", &url)?;
+                Backend::Redis { url }
+            }
             StoreKind::RedisCluster => {
-                if store.nodes.is_empty() {
+                if self.nodes.is_empty() {
                     return Err(KeyError::new(
                         "store.nodes",
                         "required with kind = \"redis-cluster\"",
                     ));
                 }
-                for n in &store.nodes {
+                for n in &self.nodes {
                     check_redis_url("store.nodes", n)?;
                 }
+                Backend::Cluster {
+                    nodes: self.nodes.clone(),
+                }
             }
-        }
-        Ok(())
+        })
     }
 }
 
