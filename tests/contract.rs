@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use streamgate::config::OtherPaths;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_answered_by_the_proxy_exactly() {
@@ -200,7 +201,7 @@ async fn other_paths_are_forwarded_without_counting() {
 async fn other_paths_can_be_refused_with_404_json() {
     let origin = Origin::start().await;
     let mut cfg = TestConfig::new(&origin);
-    cfg.other_paths = "not_found";
+    cfg.config.server.other_paths = OtherPaths::NotFound;
     let proxy = Proxy::start(&cfg).await;
     let r = proxy
         .client
@@ -218,7 +219,7 @@ async fn other_paths_can_be_refused_with_404_json() {
 async fn unreachable_upstream_is_502_json() {
     let origin = Origin::start().await;
     let mut cfg = TestConfig::new(&origin);
-    cfg.upstreams = vec![format!("127.0.0.1:{}", free_port())];
+    cfg.config.upstream.addrs = vec![format!("127.0.0.1:{}", free_port())];
     let proxy = Proxy::start(&cfg).await;
     let r = proxy.watch("/watch", "abc", None).await;
     assert_eq!(r.status(), 502);
@@ -240,7 +241,7 @@ async fn unreachable_upstream_is_502_json() {
 async fn a_refused_upstream_is_skipped_for_the_next_one() {
     let origin = Origin::start().await;
     let mut cfg = TestConfig::new(&origin);
-    cfg.upstreams = vec![
+    cfg.config.upstream.addrs = vec![
         format!("127.0.0.1:{}", free_port()),
         origin.addr.to_string(),
     ];
@@ -255,7 +256,7 @@ async fn a_refused_upstream_is_skipped_for_the_next_one() {
 async fn hanging_upstream_is_504_json() {
     let origin = Origin::start().await;
     let mut cfg = TestConfig::new(&origin);
-    cfg.read_timeout = "300ms";
+    cfg.config.upstream.read_timeout = duration("300ms");
     let proxy = Proxy::start(&cfg).await;
     let r = proxy.watch("/watch/hang", "abc", None).await;
     assert_eq!(r.status(), 504);

@@ -40,7 +40,7 @@ async fn limit_holds(proxy: &Proxy, user: &str, limit: usize) {
 async fn an_origin_that_accepts_then_hangs_times_out_and_frees_the_slot() {
     let origin = Origin::start().await;
     let mut cfg = TestConfig::new(&origin).limit(1);
-    cfg.read_timeout = "300ms";
+    cfg.config.upstream.read_timeout = duration("300ms");
     let proxy = Proxy::start(&cfg).await;
     for _ in 0..3 {
         let r = proxy.watch("/watch/hang", "abc", None).await;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::redis_server::{RedisCluster, RedisServer};
 use common::*;
+use streamgate::config::StoreKind;
 
 const SETTLE: Duration = Duration::from_secs(10);
 
@@ -515,10 +516,11 @@ async fn tls_password_and_database_come_from_the_url() {
     let origin = Origin::start().await;
     let ca = redis.tls().unwrap().ca_file.display().to_string();
     let mut cfg = TestConfig::new(&origin).limit(1);
-    cfg.store = format!(
-        "kind = \"redis\"\nurl = \"{}\"\ntls_ca_file = \"{ca}\"\ntimeout = \"1s\"",
-        redis.url_db(3)
-    );
+    let st = &mut cfg.config.store;
+    st.kind = StoreKind::Redis;
+    st.url = Some(redis.url_db(3));
+    st.tls_ca_file = Some(ca.into());
+    st.timeout = duration("1s");
     let proxy = Proxy::start(&cfg).await;
     let r = proxy.client.get(proxy.url("/ready")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -543,10 +545,10 @@ async fn tls_to_an_untrusted_server_is_refused() {
     let origin = Origin::start().await;
     let mut cfg = TestConfig::new(&origin).limit(1);
     // No tls_ca_file: the system roots do not trust the test CA.
-    cfg.store = format!(
-        "kind = \"redis\"\nurl = \"{}\"\ntimeout = \"500ms\"",
-        redis.url()
-    );
+    let st = &mut cfg.config.store;
+    st.kind = StoreKind::Redis;
+    st.url = Some(redis.url());
+    st.timeout = duration("500ms");
     let proxy = Proxy::start(&cfg).await;
     let r = proxy.client.get(proxy.url("/ready")).send().await.unwrap();
     assert_eq!(r.status(), 503);
@@ -565,7 +567,7 @@ async fn remembered_refusals_never_admit_and_forget_local_ends_at_once() {
     let mut cfg = TestConfig::new(&origin)
         .limit(1)
         .redis(&redis.url(), "sg", "deny");
-    cfg.store.push_str("\nrefusal_cache = \"10s\"");
+    cfg.config.store.refusal_cache = duration("10s");
     let a = Proxy::start(&cfg).await;
     let b = Proxy::start(&cfg).await;
     let cached = "streamgate_store_cached_refusals_total";

@@ -296,7 +296,7 @@ async fn ten_thousand_contended_opens_admit_exactly_the_limit_redis_remembered_r
     let mut cfg = TestConfig::new(&origin)
         .limit(LIMIT)
         .redis(&redis.url(), "waves", "deny");
-    cfg.store.push_str("\nrefusal_cache = \"10s\"");
+    cfg.config.store.refusal_cache = duration("10s");
     let proxy = Proxy::start(&cfg).await;
     waves(&[&proxy]).await;
     let cached = proxy.metric("streamgate_store_cached_refusals_total").await;

@@ -1,5 +1,5 @@
-//! The proxy under test: a config file written from [`TestConfig`], and the server built
-//! from it by the library's own `server::build`, on free loopback ports.
+//! The proxy under test: a typed config from [`TestConfig`], and the server built from it
+//! by the library's own `server::build`, on free loopback ports.
 
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
@@ -9,32 +9,38 @@ use async_trait::async_trait;
 use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::watch;
 
+use streamgate::config::{Config, OnStoreError, StoreKind};
+
 use super::*;
 
-/// Knobs for a test proxy's config file.
+/// A test proxy's config: a typed [`Config`] (set its fields directly, or through the
+/// builders below), plus TOML for what a test states as the file would (`[plans.*]`
+/// tables, `key = value` lines), merged over it key by key at start. The listen addresses
+/// are free loopback ports, chosen by [`Proxy::start`].
 #[derive(Clone)]
 pub struct TestConfig {
-    pub upstreams: Vec<String>,
-    pub limit: u32,
-    pub lease_ttl: &'static str,
-    pub read_timeout: &'static str,
-    pub connect_timeout: &'static str,
-    pub other_paths: &'static str,
-    /// Extra lines for the `[store]` table.
-    pub store: String,
-    pub max_users: u64,
-    pub pipelining: bool,
-    pub forwarded_for: bool,
+    pub config: Config,
+    /// Merged over `config` at start: tables are merged key by key, values replaced.
+    overlay: toml::Table,
     /// An HTTPS listener too, with these certificate chain and key files.
-    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
-    /// Extra lines for the `[streams]` table.
-    pub streams: String,
-    /// Extra lines for the `[identity]` table.
-    pub identity: String,
-    /// Extra lines for the `[server]` table.
-    pub server: String,
-    /// Whole extra tables (`[plans.basic]` ...), appended as they are.
-    pub tables: String,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// A duration as the config file writes it (`"300ms"`, `"2s"`).
+pub fn duration(text: &str) -> Duration {
+    humantime_serde::re::humantime::parse_duration(text).expect("a duration")
+}
+
+/// `over` merged into `base`: tables key by key, anything else replaced.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
 }
 
 impl TestConfig {
@@ -42,62 +48,53 @@ impl TestConfig {
         Self::new_for(origin.addr)
     }
 
-    fn new_unbound() -> Self {
-        Self {
-            upstreams: Vec::new(),
-            limit: 3,
-            lease_ttl: "60s",
-            read_timeout: "5s",
-            // Generous: a loaded test machine can be slow to accept, and a connect timeout
-            // here would show up as a 504 the test did not ask for.
-            connect_timeout: "5s",
-            other_paths: "forward",
-            store: "kind = \"memory\"".into(),
-            max_users: 100_000,
-            pipelining: true,
-            forwarded_for: true,
-            tls: None,
-            streams: String::new(),
-            identity: String::new(),
-            server: String::new(),
-            tables: String::new(),
-        }
-    }
-
-    /// Whole extra tables, appended to the file as they are.
-    pub fn table(mut self, text: &str) -> Self {
-        self.tables.push_str(text);
-        self.tables.push('\n');
-        self
-    }
-
-    /// One more line in the `[server]` table (`key = value`).
-    pub fn server(mut self, line: &str) -> Self {
-        self.server.push_str(line);
-        self.server.push('\n');
-        self
-    }
-
-    /// One more line in the `[identity]` table (`key = value`).
-    pub fn identity(mut self, line: &str) -> Self {
-        self.identity.push_str(line);
-        self.identity.push('\n');
-        self
-    }
-
-    /// One more line in the `[streams]` table (`key = value`).
-    pub fn streams(mut self, line: &str) -> Self {
-        self.streams.push_str(line);
-        self.streams.push('\n');
-        self
-    }
-
     /// A config for a proxy in front of the origin at `addr` (one of the harness's other
     /// origins).
     pub fn new_for(addr: SocketAddr) -> Self {
-        let mut c = Self::new_unbound();
-        c.upstreams = vec![addr.to_string()];
-        c
+        let mut c = Config::default();
+        c.server.threads = 2;
+        c.server.grace_period = Duration::ZERO;
+        c.server.graceful_shutdown_timeout = Duration::from_secs(1);
+        c.upstream.addrs = vec![addr.to_string()];
+        // Generous: a loaded test machine can be slow to accept, and a connect timeout
+        // here would show up as a 504 the test did not ask for.
+        c.upstream.connect_timeout = Duration::from_secs(5);
+        c.upstream.read_timeout = Duration::from_secs(5);
+        c.streams.limit = 3;
+        c.streams.lease_ttl = Duration::from_secs(60);
+        c.store.max_users = 100_000;
+        c.log.access = "off".into();
+        Self {
+            config: c,
+            overlay: toml::Table::new(),
+            tls: None,
+        }
+    }
+
+    /// TOML merged over the config at start (whole tables, or `[table]` and its lines).
+    pub fn table(mut self, text: &str) -> Self {
+        let over: toml::Table = text.parse().expect("test TOML parses");
+        merge(&mut self.overlay, over);
+        self
+    }
+
+    fn line(self, table: &str, line: &str) -> Self {
+        self.table(&format!("[{table}]\n{line}"))
+    }
+
+    /// One more `key = value` for the `[server]` table.
+    pub fn server(self, line: &str) -> Self {
+        self.line("server", line)
+    }
+
+    /// One more `key = value` for the `[identity]` table.
+    pub fn identity(self, line: &str) -> Self {
+        self.line("identity", line)
+    }
+
+    /// One more `key = value` for the `[streams]` table.
+    pub fn streams(self, line: &str) -> Self {
+        self.line("streams", line)
     }
 
     /// Serve HTTPS too ([`Proxy::tls_addr`]), with `server.crt`/`server.key` from `dir`
@@ -108,22 +105,22 @@ impl TestConfig {
     }
 
     pub fn forwarded_for(mut self, on: bool) -> Self {
-        self.forwarded_for = on;
+        self.config.upstream.forwarded_for = on;
         self
     }
 
     pub fn pipelining(mut self, on: bool) -> Self {
-        self.pipelining = on;
+        self.config.server.pipelining = on;
         self
     }
 
     pub fn limit(mut self, n: u32) -> Self {
-        self.limit = n;
+        self.config.streams.limit = n;
         self
     }
 
-    pub fn ttl(mut self, t: &'static str) -> Self {
-        self.lease_ttl = t;
+    pub fn ttl(mut self, t: &str) -> Self {
+        self.config.streams.lease_ttl = duration(t);
         self
     }
 
@@ -133,102 +130,58 @@ impl TestConfig {
     /// run saw `503 store_unavailable` at 200 ms). An outage is still seen at once, since a
     /// stopped server refuses the connection.
     pub fn redis(mut self, url: &str, prefix: &str, on_error: &str) -> Self {
-        self.store = format!(
-            "kind = \"redis\"\nurl = \"{url}\"\nprefix = \"{prefix}\"\non_store_error = \"{on_error}\"\ntimeout = \"2s\"\nhealth_interval = \"100ms\""
-        );
+        let st = &mut self.config.store;
+        st.kind = StoreKind::Redis;
+        st.url = Some(url.into());
+        st.prefix = prefix.into();
+        st.on_store_error = match on_error {
+            "allow" => OnStoreError::Allow,
+            "deny" => OnStoreError::Deny,
+            other => panic!("on_store_error {other:?}"),
+        };
+        st.timeout = Duration::from_secs(2);
+        st.health_interval = Duration::from_millis(100);
         self
     }
 
     /// The store's timeout instead of the harness's generous one, for a test that bounds
     /// how long an outage takes to answer.
     pub fn store_timeout(mut self, t: &str) -> Self {
-        let lines: Vec<String> = self
-            .store
-            .lines()
-            .map(|l| {
-                if l.starts_with("timeout =") {
-                    format!("timeout = \"{t}\"")
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect();
-        self.store = lines.join("\n");
+        self.config.store.timeout = duration(t);
         self
     }
 
     /// Use a Redis Cluster through these seed nodes.
     pub fn redis_cluster(mut self, nodes: &[String], prefix: &str) -> Self {
-        let nodes: Vec<String> = nodes.iter().map(|n| format!("\"{n}\"")).collect();
-        self.store = format!(
-            "kind = \"redis-cluster\"\nnodes = [{}]\nprefix = \"{prefix}\"\ntimeout = \"2s\"\nhealth_interval = \"100ms\"",
-            nodes.join(", ")
-        );
+        let st = &mut self.config.store;
+        st.kind = StoreKind::RedisCluster;
+        st.nodes = nodes.to_vec();
+        st.prefix = prefix.into();
+        st.timeout = Duration::from_secs(2);
+        st.health_interval = Duration::from_millis(100);
         self
     }
 
-    /// The config file text; `tls_listen` is used only when [`Self::https`] was asked for.
-    pub fn toml(&self, listen: &str, metrics: &str, tls_listen: Option<&str>) -> String {
-        let ups: Vec<String> = self.upstreams.iter().map(|u| format!("\"{u}\"")).collect();
-        let tls = match (&self.tls, tls_listen) {
-            (Some((cert, key)), Some(tls_listen)) => format!(
-                "[tls]\nlisten = [\"{tls_listen}\"]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-                cert.display(),
-                key.display()
-            ),
-            _ => String::new(),
-        };
-        format!(
-            r#"
-[server]
-listen = ["{listen}"]
-threads = 2
-other_paths = "{other}"
-pipelining = {pipelining}
-grace_period = "0s"
-graceful_shutdown_timeout = "1s"
-{server}
-[upstream]
-addrs = [{ups}]
-connect_timeout = "{connect}"
-read_timeout = "{read}"
-forwarded_for = {forwarded_for}
-
-[identity]
-{identity}
-
-[streams]
-limit = {limit}
-lease_ttl = "{ttl}"
-{streams}
-
-[store]
-{store}
-max_users = {max_users}
-
-[metrics]
-listen = "{metrics}"
-
-[log]
-access = "off"
-
-{tls}
-{tables}"#,
-            other = self.other_paths,
-            ups = ups.join(", "),
-            connect = self.connect_timeout,
-            read = self.read_timeout,
-            limit = self.limit,
-            ttl = self.lease_ttl,
-            store = self.store,
-            max_users = self.max_users,
-            pipelining = self.pipelining,
-            forwarded_for = self.forwarded_for,
-            streams = self.streams,
-            identity = self.identity,
-            server = self.server,
-            tables = self.tables,
-        )
+    /// The validated config on these listen addresses (`tls_listen` is used only when
+    /// [`Self::https`] was asked for).
+    pub fn build(
+        &self,
+        listen: SocketAddr,
+        metrics: SocketAddr,
+        tls_listen: Option<SocketAddr>,
+    ) -> Config {
+        let mut c = self.config.clone();
+        c.server.listen = vec![listen];
+        c.metrics.listen = Some(metrics);
+        if let (Some((cert, key)), Some(tls_listen)) = (&self.tls, tls_listen) {
+            c.tls.listen = vec![tls_listen];
+            c.tls.cert_file = Some(cert.clone());
+            c.tls.key_file = Some(key.clone());
+        }
+        let mut table = toml::Table::try_from(&c).expect("the config serializes");
+        merge(&mut table, self.overlay.clone());
+        let text = toml::to_string(&table).expect("the config serializes");
+        Config::from_toml(&text).unwrap_or_else(|e| panic!("test config is invalid: {e}"))
     }
 }
 
@@ -262,12 +215,7 @@ impl Proxy {
             .tls
             .as_ref()
             .map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap());
-        let text = cfg.toml(
-            &addr.to_string(),
-            &metrics_addr.to_string(),
-            tls_addr.map(|a| a.to_string()).as_deref(),
-        );
-        let config = streamgate::config::Config::from_toml(&text).expect("test config is valid");
+        let config = cfg.build(addr, metrics_addr, tls_addr);
         let registry = prometheus::Registry::new();
         let server = streamgate::server::build(&config, &registry, &Default::default())
             .map(|built| built.server)
