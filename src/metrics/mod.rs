@@ -16,49 +16,14 @@ use crate::proxy::manifests::Outcome;
 use crate::routing::Route;
 use crate::store::LeaseCounters;
 
+mod labels;
 mod serve;
 #[cfg(test)]
 mod tests;
 
+pub use self::labels::{Decision, StoreOp, DEFAULT_PLAN};
+use self::labels::{DECISIONS, MANIFEST_KINDS, ROUTES, STATUS_CLASSES};
 pub use self::serve::MetricsApp;
-
-/// Store operations, the label values of the store-latency histogram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreOp {
-    Open,
-    Renew,
-    End,
-    Ping,
-}
-
-impl StoreOp {
-    const ALL: [StoreOp; 4] = [StoreOp::Open, StoreOp::Renew, StoreOp::End, StoreOp::Ping];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            StoreOp::Open => "open",
-            StoreOp::Renew => "renew",
-            StoreOp::End => "end",
-            StoreOp::Ping => "ping",
-        }
-    }
-}
-
-const ROUTES: [Route; 4] = [Route::Health, Route::Ready, Route::Watch, Route::Other];
-const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
-const DECISIONS: [Decision; 7] = [
-    Decision::Admitted,
-    Decision::Renewed,
-    Decision::Rejected,
-    Decision::Ended,
-    Decision::FailOpen,
-    Decision::Resumed,
-    Decision::Busy,
-];
-const MANIFEST_KINDS: [Kind; 2] = [Kind::Hls, Kind::Dash];
-
-/// The `plan` label of users under no configured plan.
-pub const DEFAULT_PLAN: &str = "default";
 
 /// Label lookups hash and lock; the hot path uses handles resolved once, here.
 #[derive(Clone)]
@@ -69,35 +34,6 @@ struct Handles {
     store_ops: Vec<prometheus::Histogram>,
     /// By kind, then outcome.
     manifests: Vec<Vec<IntCounter>>,
-}
-
-/// Stream decisions, the label values of `streamgate_stream_decisions_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Admitted,
-    Renewed,
-    Rejected,
-    Ended,
-    /// Admitted although the store failed (`on_store_error = "allow"`).
-    FailOpen,
-    /// A stream whose lease had run out, opened again under its own id.
-    Resumed,
-    /// Refused `429 stream_busy`: the stream had the most requests in flight allowed.
-    Busy,
-}
-
-impl Decision {
-    pub fn label(self) -> &'static str {
-        match self {
-            Decision::Admitted => "admitted",
-            Decision::Renewed => "renewed",
-            Decision::Rejected => "rejected",
-            Decision::Ended => "ended",
-            Decision::FailOpen => "fail_open",
-            Decision::Resumed => "resumed",
-            Decision::Busy => "busy",
-        }
-    }
 }
 
 #[derive(Clone)]

@@ -1,0 +1,73 @@
+//! The label values the metrics are kept under: one enum per label, each listing its
+//! variants in declaration order so handles can be indexed by the variant itself.
+
+use crate::manifest::Kind;
+use crate::routing::Route;
+
+/// Store operations, the label values of the store-latency histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    Open,
+    Renew,
+    End,
+    Ping,
+}
+
+impl StoreOp {
+    pub(super) const ALL: [StoreOp; 4] =
+        [StoreOp::Open, StoreOp::Renew, StoreOp::End, StoreOp::Ping];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            StoreOp::Open => "open",
+            StoreOp::Renew => "renew",
+            StoreOp::End => "end",
+            StoreOp::Ping => "ping",
+        }
+    }
+}
+
+pub(super) const ROUTES: [Route; 4] = [Route::Health, Route::Ready, Route::Watch, Route::Other];
+pub(super) const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+pub(super) const DECISIONS: [Decision; 7] = [
+    Decision::Admitted,
+    Decision::Renewed,
+    Decision::Rejected,
+    Decision::Ended,
+    Decision::FailOpen,
+    Decision::Resumed,
+    Decision::Busy,
+];
+pub(super) const MANIFEST_KINDS: [Kind; 2] = [Kind::Hls, Kind::Dash];
+
+/// The `plan` label of users under no configured plan.
+pub const DEFAULT_PLAN: &str = "default";
+
+/// Stream decisions, the label values of `streamgate_stream_decisions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Admitted,
+    Renewed,
+    Rejected,
+    Ended,
+    /// Admitted although the store failed (`on_store_error = "allow"`).
+    FailOpen,
+    /// A stream whose lease had run out, opened again under its own id.
+    Resumed,
+    /// Refused `429 stream_busy`: the stream had the most requests in flight allowed.
+    Busy,
+}
+
+impl Decision {
+    pub fn label(self) -> &'static str {
+        match self {
+            Decision::Admitted => "admitted",
+            Decision::Renewed => "renewed",
+            Decision::Rejected => "rejected",
+            Decision::Ended => "ended",
+            Decision::FailOpen => "fail_open",
+            Decision::Resumed => "resumed",
+            Decision::Busy => "busy",
+        }
+    }
+}
