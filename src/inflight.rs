@@ -18,14 +18,14 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use crate::identity::StreamId;
-use crate::store::StoreError;
+use crate::store::{CutReason, StoreError};
 
 const SHARDS: usize = 16;
 
@@ -34,8 +34,19 @@ type Key = (Arc<str>, StreamId);
 /// Whether a stream's requests in flight must stop, and who waits for them to.
 #[derive(Default)]
 struct Cut {
-    cut: AtomicBool,
+    /// 0 while not cut, else the [`CutReason`] (1 ended, 2 evicted).
+    cut: AtomicU8,
     released: tokio::sync::Notify,
+}
+
+impl Cut {
+    fn reason(&self) -> Option<CutReason> {
+        match self.cut.load(Ordering::Acquire) {
+            0 => None,
+            2 => Some(CutReason::Evicted),
+            _ => Some(CutReason::Ended),
+        }
+    }
 }
 
 struct Entry {
@@ -58,9 +69,10 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// The stream was ended while this request was in flight: stop serving it.
-    pub fn is_cut(&self) -> bool {
-        self.cut.cut.load(Ordering::Acquire)
+    /// Why the stream was ended while this request was in flight (`None`: it was not):
+    /// stop serving it.
+    pub fn cut(&self) -> Option<CutReason> {
+        self.cut.reason()
     }
 }
 
@@ -105,13 +117,17 @@ impl StreamInflight {
         self.shard(&id).lock().get(&key).map_or(0, |e| e.n)
     }
 
-    /// Mark every request of `user`'s stream `id` in flight here to be stopped; how many
-    /// there are.
-    pub fn cut(&self, user: &str, id: StreamId) -> u32 {
+    /// Mark every request of `user`'s stream `id` in flight here to be stopped, for
+    /// `why`; how many there are.
+    pub fn cut(&self, user: &str, id: StreamId, why: CutReason) -> u32 {
         let key: Key = (user.into(), id);
+        let code = match why {
+            CutReason::Ended => 1,
+            CutReason::Evicted => 2,
+        };
         match self.shard(&id).lock().get(&key) {
             Some(e) => {
-                e.cut.cut.store(true, Ordering::Release);
+                e.cut.cut.store(code, Ordering::Release);
                 e.n
             }
             None => 0,
@@ -132,7 +148,7 @@ impl StreamInflight {
     where
         F: std::future::Future<Output = Result<bool, StoreError>>,
     {
-        let cut = self.cut(user, id);
+        let cut = self.cut(user, id, CutReason::Ended);
         if cut > 0 && !self.wait_released(user, id, within).await {
             log::warn!("stream {id}: requests still in flight {within:?} after it was ended");
         }
@@ -170,7 +186,7 @@ impl Drop for Slot {
             if e.n == 0 {
                 shard.remove(&self.key);
                 drop(shard);
-                if self.is_cut() {
+                if self.cut().is_some() {
                     self.cut.released.notify_waiters();
                 }
             }
@@ -190,9 +206,12 @@ mod tests {
         let s1 = t.enter(&a, id).unwrap();
         let s2 = t.enter(&a, id).unwrap();
         let untouched = t.enter(&a, other).unwrap();
-        assert_eq!(t.cut("a", id), 2);
-        assert!(s1.is_cut() && s2.is_cut());
-        assert!(!untouched.is_cut(), "another stream of the user goes on");
+        assert_eq!(t.cut("a", id, CutReason::Ended), 2);
+        assert!(s1.cut() == Some(CutReason::Ended) && s2.cut().is_some());
+        assert!(
+            untouched.cut().is_none(),
+            "another stream of the user goes on"
+        );
         assert!(!t.wait_released("a", id, Duration::from_millis(20)).await);
         let waiter = {
             let t = t.clone();
@@ -203,7 +222,7 @@ mod tests {
         drop(s2);
         assert!(waiter.await.unwrap(), "released once both ended");
         assert!(
-            t.enter(&a, id).is_some_and(|s| !s.is_cut()),
+            t.enter(&a, id).is_some_and(|s| s.cut().is_none()),
             "a new request starts fresh"
         );
     }
@@ -224,7 +243,11 @@ mod tests {
         let s3 = t.enter(&a, id).unwrap();
         drop((s2, s3, other));
         assert_eq!(t.count(&a, id), 0);
-        assert_eq!(t.cut(&a, id), 0, "nothing in flight to cut");
+        assert_eq!(
+            t.cut(&a, id, CutReason::Ended),
+            0,
+            "nothing in flight to cut"
+        );
         assert!(
             t.shards.iter().all(|s| s.lock().is_empty()),
             "nothing left behind"

@@ -12,7 +12,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::config::{Config, OnStoreError, UnknownPlan};
+use crate::config::{Config, OnLimit, OnStoreError, UnknownPlan};
+use crate::store::{AtLimit, Evict};
 
 /// What a plan allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,12 +22,21 @@ enum Allows {
     Unlimited,
 }
 
+/// A plan: what it allows, and what an open at its limit does (`None`: refuse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Plan {
+    allows: Allows,
+    at_limit: Option<AtLimit>,
+}
+
 /// A user's limit for one open, and the plan it came from (named in a refusal).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allowance {
     /// Concurrent streams (`u32::MAX` for an unlimited plan).
     pub limit: u32,
     pub plan: Option<Arc<str>>,
+    /// What an open at the limit does instead of refusing (`None`: refuse).
+    pub at_limit: Option<AtLimit>,
 }
 
 /// Why a user may open no stream at all, whatever they hold.
@@ -43,8 +53,9 @@ pub enum PlanRefusal {
 #[derive(Debug, Clone)]
 pub struct Policy {
     default_limit: u32,
+    default_at_limit: Option<AtLimit>,
     on_store_error: OnStoreError,
-    plans: BTreeMap<String, Allows>,
+    plans: BTreeMap<String, Plan>,
     default_plan: Option<Arc<str>>,
     unknown_plan: UnknownPlan,
     limit_status: u16,
@@ -54,6 +65,19 @@ pub struct Policy {
 
 impl Policy {
     pub fn new(config: &Config) -> Self {
+        let st = &config.streams;
+        let at_limit = |on: OnLimit| {
+            let evict = match on {
+                OnLimit::Reject => return None,
+                OnLimit::EvictOldest => Evict::Oldest,
+                OnLimit::EvictIdle => Evict::Idle(st.evict_idle_after),
+            };
+            Some(AtLimit {
+                evict,
+                cooldown: st.evict_cooldown,
+                tombstone_ttl: st.tombstone_ttl,
+            })
+        };
         let plans = config
             .plans
             .iter()
@@ -63,11 +87,13 @@ impl Policy {
                 } else {
                     Allows::Streams(p.limit.unwrap_or(config.streams.limit))
                 };
-                (name.clone(), allows)
+                let at_limit = at_limit(p.on_limit.unwrap_or(st.on_limit));
+                (name.clone(), Plan { allows, at_limit })
             })
             .collect();
         Self {
             default_limit: config.streams.limit,
+            default_at_limit: at_limit(st.on_limit),
             on_store_error: config.store.on_store_error,
             plans,
             default_plan: config.streams.default_plan.as_deref().map(Arc::from),
@@ -113,10 +139,17 @@ impl Policy {
             },
             None => None,
         };
-        let (plan, allows) = match named.or_else(|| self.default_plan.as_ref().and_then(known)) {
-            Some((p, a)) => (Some(p), a),
-            None => (None, Allows::Streams(self.default_limit)),
-        };
+        let (plan, Plan { allows, at_limit }) =
+            match named.or_else(|| self.default_plan.as_ref().and_then(known)) {
+                Some((p, a)) => (Some(p), a),
+                None => (
+                    None,
+                    Plan {
+                        allows: Allows::Streams(self.default_limit),
+                        at_limit: self.default_at_limit,
+                    },
+                ),
+            };
         let limit = match (own_limit, allows) {
             (Some(l), _) => l,
             (None, Allows::Streams(l)) => l,
@@ -125,7 +158,11 @@ impl Policy {
         if limit == 0 {
             return Err(PlanRefusal::Blocked(plan));
         }
-        Ok(Allowance { limit, plan })
+        Ok(Allowance {
+            limit,
+            plan,
+            at_limit,
+        })
     }
 
     /// Whether a watch request is admitted (without a lease) when the store fails.

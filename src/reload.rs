@@ -37,6 +37,9 @@ pub const LIVE_KEYS: &[&str] = &[
     "streams.lease_ttl",
     "streams.default_plan",
     "streams.unknown_plan",
+    "streams.on_limit",
+    "streams.evict_cooldown",
+    "streams.tombstone_ttl",
     "store.timeout",
     "store.on_store_error",
     "log.level",
@@ -243,6 +246,9 @@ fn take_live(running: &mut Config, next: &Config) {
     running.log.level = next.log.level;
     running.streams.default_plan = next.streams.default_plan.clone();
     running.streams.unknown_plan = next.streams.unknown_plan;
+    running.streams.on_limit = next.streams.on_limit;
+    running.streams.evict_cooldown = next.streams.evict_cooldown;
+    running.streams.tombstone_ttl = next.streams.tombstone_ttl;
     running.plans = next.plans.clone();
     let (url, refresh, stale, timeout) = {
         let j = &running.identity.jwt;
@@ -325,11 +331,15 @@ mod tests {
         b.log.level = LogLevel::Debug;
         b.streams.default_plan = Some("basic".into());
         b.streams.unknown_plan = crate::config::UnknownPlan::Reject;
+        b.streams.on_limit = crate::config::OnLimit::EvictOldest;
+        b.streams.evict_cooldown = Duration::from_secs(5);
+        b.streams.tombstone_ttl = Duration::from_secs(60);
         b.plans.insert(
             "basic".into(),
             crate::config::PlanSection {
                 limit: Some(1),
                 unlimited: false,
+                on_limit: None,
             },
         );
         b.identity.jwt.max_limit = 4;

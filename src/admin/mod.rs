@@ -41,7 +41,7 @@ pub use self::tokens::Tokens;
 use crate::identity::{StreamId, UserTags};
 use crate::inflight::StreamInflight;
 use crate::proxy::respond::error_body;
-use crate::store::{StoreError, StreamStore};
+use crate::store::{GoneReason, StoreError, StreamStore};
 
 /// How long an end waits for the stream's requests in flight here to let go.
 const CUT_WAIT: Duration = Duration::from_secs(1);
@@ -61,6 +61,8 @@ pub struct AdminApp {
     max_user_len: usize,
     requests: IntCounterVec,
     stats: Stats,
+    /// How long an ended stream's id is remembered (`streams.tombstone_ttl`).
+    tombstone_ttl: Duration,
 }
 
 /// One answer: status, JSON body, extra headers.
@@ -128,9 +130,24 @@ impl AdminApp {
             tokens,
             tags,
             max_user_len,
+            tombstone_ttl: Duration::from_secs(600),
             requests,
             stats,
         }
+    }
+
+    /// Remember ended ids this long (`streams.tombstone_ttl`; 10 minutes unless set).
+    pub fn with_tombstone_ttl(mut self, ttl: Duration) -> Self {
+        self.tombstone_ttl = ttl;
+        self
+    }
+
+    /// The store's end of a stream ended here: its id is remembered, so its player's next
+    /// request is `410 stream_ended`, not a new stream.
+    async fn end_for_good(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
+        self.store
+            .end_for_good(user, id, GoneReason::Ended, self.tombstone_ttl)
+            .await
     }
 
     /// The action a request asks for, and its answer.
@@ -267,7 +284,7 @@ impl AdminApp {
     async fn end(&self, user: &str, id: StreamId) -> Reply {
         let ended = self
             .inflight
-            .end(user, id, CUT_WAIT, self.store.end(user, id))
+            .end(user, id, CUT_WAIT, self.end_for_good(user, id))
             .await;
         match ended {
             Ok(true) => Reply {
@@ -297,7 +314,7 @@ impl AdminApp {
         for l in leases {
             match self
                 .inflight
-                .end(user, l.id, CUT_WAIT, self.store.end(user, l.id))
+                .end(user, l.id, CUT_WAIT, self.end_for_good(user, l.id))
                 .await
             {
                 Ok(true) => ended += 1,

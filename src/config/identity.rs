@@ -153,6 +153,22 @@ pub struct PlanSection {
     pub limit: Option<u32>,
     /// Count the plan's streams but never refuse one.
     pub unlimited: bool,
+    /// What an open at the plan's limit does (else `streams.on_limit`).
+    pub on_limit: Option<OnLimit>,
+}
+
+/// `streams.on_limit`: what an open at the user's limit does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLimit {
+    /// Refuse it (`streams.limit_status`).
+    #[default]
+    Reject,
+    /// End the user's least recently renewed stream and admit this one in its place.
+    EvictOldest,
+    /// As `evict_oldest`, but only a stream with no request in flight and no renewal for
+    /// `streams.evict_idle_after`; else refuse.
+    EvictIdle,
 }
 
 /// `streams.unknown_plan`: a plan name no `[plans]` table has.

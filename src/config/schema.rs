@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::header::Header;
+use super::identity::OnLimit;
 use super::identity::{IdentitySection, PlanSection, UnknownPlan};
 use super::store::StoreSection;
 
@@ -332,6 +333,19 @@ pub struct StreamsSection {
     /// The status of a refusal at the limit: `401` (the original contract), `403`, `409`
     /// or `429`. With JWT identity a `401` tells OAuth clients to refresh their token.
     pub limit_status: u16,
+    /// What an open at the limit does: `reject`, `evict_oldest`, `evict_idle`.
+    pub on_limit: OnLimit,
+    /// `evict_idle`: how long a stream must have had no request for to be evicted.
+    #[serde(with = "humantime_serde")]
+    pub evict_idle_after: Duration,
+    /// After an eviction, the user's next limit hit within this is refused, so two
+    /// auto-reconnecting devices cannot evict each other for ever (`0s`: no cooldown).
+    #[serde(with = "humantime_serde")]
+    pub evict_cooldown: Duration,
+    /// How long an evicted stream's id (or one ended through the admin API) is
+    /// remembered: its requests get `410`, never a new stream under that id.
+    #[serde(with = "humantime_serde")]
+    pub tombstone_ttl: Duration,
 }
 
 impl Default for StreamsSection {
@@ -351,6 +365,10 @@ impl Default for StreamsSection {
             default_plan: None,
             unknown_plan: UnknownPlan::Default,
             limit_status: 401,
+            on_limit: OnLimit::Reject,
+            evict_idle_after: Duration::from_secs(20),
+            evict_cooldown: Duration::from_secs(120),
+            tombstone_ttl: Duration::from_secs(600),
         }
     }
 }

@@ -29,7 +29,7 @@ impl StoreOp {
 
 pub(super) const ROUTES: [Route; 4] = [Route::Health, Route::Ready, Route::Watch, Route::Other];
 pub(super) const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
-pub(super) const DECISIONS: [Decision; 7] = [
+pub(super) const DECISIONS: [Decision; 10] = [
     Decision::Admitted,
     Decision::Renewed,
     Decision::Rejected,
@@ -37,6 +37,9 @@ pub(super) const DECISIONS: [Decision; 7] = [
     Decision::FailOpen,
     Decision::Resumed,
     Decision::Busy,
+    Decision::Evicted,
+    Decision::CooldownRefused,
+    Decision::Gone,
 ];
 pub(super) const MANIFEST_KINDS: [Kind; 2] = [Kind::Hls, Kind::Dash];
 
@@ -56,6 +59,12 @@ pub enum Decision {
     Resumed,
     /// Refused `429 stream_busy`: the stream had the most requests in flight allowed.
     Busy,
+    /// Admitted in the place of another of the user's streams (`streams.on_limit`).
+    Evicted,
+    /// Refused at the limit during the cooldown after an eviction.
+    CooldownRefused,
+    /// Refused `410`: the stream was evicted or ended for good.
+    Gone,
 }
 
 impl Decision {
@@ -68,6 +77,9 @@ impl Decision {
             Decision::FailOpen => "fail_open",
             Decision::Resumed => "resumed",
             Decision::Busy => "busy",
+            Decision::Evicted => "evicted",
+            Decision::CooldownRefused => "cooldown_refused",
+            Decision::Gone => "gone",
         }
     }
 }

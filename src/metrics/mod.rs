@@ -69,6 +69,8 @@ pub struct Metrics {
     refused_heads: IntCounterVec,
     /// Plan headers sent by clients outside `identity.trusted_proxies` (ignored, removed).
     untrusted_plan_headers: IntCounter,
+    /// Responses cut mid-flight because their stream ended, by reason (`ended`, `evicted`).
+    streams_cut: IntCounterVec,
     /// Tokens by result (`verified`, `cached`, `refused`) and reason (`none`, `expired`...).
     auth: IntCounterVec,
     /// Admin API requests by action (`list`, `end`, `end_all`, `stats`, `other`) and status.
@@ -146,6 +148,13 @@ impl Metrics {
                 Opts::new(
                     "streamgate_refused_request_heads_total",
                     "Request heads answered before a request was read (too large, too slow, unparsable, CONNECT).",
+                ),
+                &["reason"],
+            )?,
+            streams_cut: IntCounterVec::new(
+                Opts::new(
+                    "streamgate_streams_cut_total",
+                    "Responses cut mid-flight because their stream was ended or evicted, by reason.",
                 ),
                 &["reason"],
             )?,
@@ -241,6 +250,7 @@ impl Metrics {
         registry.register(Box::new(m.refused_heads.clone()))?;
         registry.register(Box::new(m.auth.clone()))?;
         registry.register(Box::new(m.untrusted_plan_headers.clone()))?;
+        registry.register(Box::new(m.streams_cut.clone()))?;
         registry.register(Box::new(m.manifests.clone()))?;
         registry.register(Box::new(m.admin.clone()))?;
         Ok(m)
@@ -298,6 +308,10 @@ impl Metrics {
     }
 
     /// A plan header from a client outside `identity.trusted_proxies`.
+    pub fn stream_cut(&self, why: crate::store::CutReason) {
+        self.streams_cut.with_label_values(&[why.label()]).inc();
+    }
+
     pub fn untrusted_plan_header(&self) {
         self.untrusted_plan_headers.inc();
     }

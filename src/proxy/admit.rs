@@ -18,7 +18,7 @@ use crate::identity::{IdentityError, StreamId};
 use crate::jwt::{Principal, TokenError};
 use crate::lease::{HoldKind, LeaseHold};
 use crate::metrics::{Decision, StoreOp};
-use crate::store::{Opened, StoreError};
+use crate::store::{CutReason, Opened, StoreError};
 
 /// How long a `DELETE` waits for the ended stream's requests in flight to stop. They stop
 /// at their next body chunk; one whose upstream sends nothing stops when it next does.
@@ -138,8 +138,17 @@ impl StreamGate {
                 }
                 // Unknown or expired for this user (ids are only looked up within their
                 // user): the player comes back with URLs naming it, so it is opened again
-                // under the same id, if the user is under the limit.
-                Ok(false) => {}
+                // under the same id, if the user is under the limit, unless the id was
+                // evicted or ended for good (a kick is not undone by the next segment).
+                Ok(false) => match self.store.gone(&user, id).await {
+                    Ok(None) => {}
+                    Ok(Some(gone)) => {
+                        ctx.stream_id = Some(id);
+                        self.decided(ctx, Decision::Gone);
+                        return Err(Answer::Gone(gone));
+                    }
+                    Err(e) => return self.admission_failed(ctx, e),
+                },
                 Err(e) => return self.admission_failed(ctx, e),
             }
         }
@@ -149,11 +158,21 @@ impl StreamGate {
             .allowance(principal.plan.as_ref(), principal.limit)
             .map_err(Answer::Plan)?;
         let limit = allowance.limit;
-        let opening = match stream {
-            Some(id) => self.store.open_as(&user, limit, id),
-            None => self.store.open(&user, limit),
+        let opening = match (&allowance.at_limit, stream) {
+            (Some(at), _) => self.store.open_evicting(&user, limit, stream, at),
+            (None, Some(id)) => self.store.open_as(&user, limit, id),
+            (None, None) => self.store.open(&user, limit),
         };
-        match self.timed(StoreOp::Open, opening).await {
+        let opened = match self.timed(StoreOp::Open, opening).await {
+            Ok(Opened::Evicted { id, evicted }) => {
+                // Its requests in flight here stop now; the store told the other instances.
+                self.inflight.cut(&user, evicted, CutReason::Evicted);
+                ctx.evicted = Some(evicted);
+                Ok(Opened::Admitted(id))
+            }
+            other => other,
+        };
+        match opened {
             Ok(Opened::Admitted(id)) => {
                 self.hold(ctx, &user, id, HoldKind::Opened);
                 if stream.is_none() && self.redirect_manifests {
@@ -161,7 +180,12 @@ impl StreamGate {
                         return Err(self.redirect(ctx, &user, id, location).await);
                     }
                 }
-                let d = if stream.is_some() {
+                let d = if ctx.evicted.is_some() {
+                    if stream.is_none() {
+                        ctx.slot = self.inflight.enter(&user, id);
+                    }
+                    Decision::Evicted
+                } else if stream.is_some() {
                     Decision::Resumed
                 } else {
                     // A fresh id: its first request is the only one in flight.
@@ -176,11 +200,21 @@ impl StreamGate {
                 self.decided(ctx, Decision::Renewed);
                 Ok(Forward)
             }
-            Ok(Opened::Rejected {
-                active,
-                retry_after,
-            }) => {
-                self.decided(ctx, Decision::Rejected);
+            Ok(
+                refusal @ (Opened::Rejected {
+                    active,
+                    retry_after,
+                }
+                | Opened::CoolingDown {
+                    active,
+                    retry_after,
+                }),
+            ) => {
+                let d = match refusal {
+                    Opened::CoolingDown { .. } => Decision::CooldownRefused,
+                    _ => Decision::Rejected,
+                };
+                self.decided(ctx, d);
                 Err(Answer::LimitExceeded {
                     limit,
                     active,
@@ -189,6 +223,10 @@ impl StreamGate {
                     status: live.policy.limit_status(),
                 })
             }
+            // Mapped to an admission above.
+            Ok(Opened::Evicted { .. }) => Err(Answer::Store(StoreError::Protocol(
+                "an eviction was not admitted".into(),
+            ))),
             Err(e) => self.admission_failed(ctx, e),
         }
     }
@@ -225,7 +263,11 @@ impl StreamGate {
         if let Some(hold) = ctx.hold.take() {
             hold.release(false).await;
         }
-        self.decided(ctx, Decision::Admitted);
+        let d = match ctx.evicted {
+            Some(_) => Decision::Evicted,
+            None => Decision::Admitted,
+        };
+        self.decided(ctx, d);
         // As on every admitted answer: who, and which stream.
         let mut echo = Vec::with_capacity(2);
         if self.echo_session {

@@ -22,7 +22,7 @@ use crate::framing::Refusal;
 use crate::identity::IdentityError;
 use crate::jwt::TokenError;
 use crate::policy::PlanRefusal;
-use crate::store::{retry_after_secs, StoreError};
+use crate::store::{retry_after_secs, Gone, GoneReason, StoreError};
 
 /// What the proxy answers itself instead of forwarding.
 #[derive(Debug)]
@@ -69,6 +69,9 @@ pub enum Answer {
     Plan(PlanRefusal),
     /// The stream has the most requests in flight allowed.
     Busy,
+    /// The stream was evicted, or ended through the admin API: its id is never opened
+    /// again (`410`).
+    Gone(Gone),
     /// The store failed or timed out (and the policy does not fail open).
     Store(StoreError),
     /// Proxying failed (upstream refused, slow, broken; an error of ours).
@@ -93,6 +96,12 @@ struct Counts<'a> {
     plan: Option<&'a str>,
 }
 
+/// The error body's extra field for a stream that is gone: when (RFC 3339).
+#[derive(Serialize)]
+struct When {
+    at: String,
+}
+
 /// The error body's extra field for a refused token.
 #[derive(Serialize)]
 struct Reason {
@@ -112,6 +121,7 @@ impl Answer {
             Answer::Token(_) => 401,
             Answer::Plan(_) => 403,
             Answer::NotFound | Answer::StreamNotFound => 404,
+            Answer::Gone(_) => 410,
             Answer::MethodNotAllowed | Answer::Connect => 405,
             Answer::HeadTimeout => 408,
             Answer::HeadTooLarge => 431,
@@ -158,6 +168,10 @@ impl Answer {
             Answer::Plan(PlanRefusal::Blocked(_)) => "plan_blocked",
             Answer::Plan(PlanRefusal::Unknown) => "unknown_plan",
             Answer::Busy => "stream_busy",
+            Answer::Gone(g) => match g.reason {
+                GoneReason::Evicted => "stream_evicted",
+                GoneReason::Ended => "stream_ended",
+            },
             Answer::Draining => "draining",
             Answer::Store(StoreError::Full) => "store_full",
             Answer::Store(_) => "store_unavailable",
@@ -201,6 +215,15 @@ impl Answer {
                 Reason { reason: e.reason() },
             ),
             Answer::Identity(e) => respond::error_body(code, &e.to_string()),
+            Answer::Gone(g) => {
+                let at = std::time::UNIX_EPOCH + Duration::from_millis(g.at_unix_ms);
+                let message = match g.reason {
+                    GoneReason::Evicted => "this stream was stopped to let another screen play",
+                    GoneReason::Ended => "this stream was ended by the service",
+                };
+                let at = humantime::format_rfc3339_millis(at).to_string();
+                respond::error_body_with(code, message, When { at })
+            }
             Answer::Store(e) => respond::error_body(code, &e.to_string()),
             _ => respond::error_body(code, self.message()),
         }

@@ -51,6 +51,9 @@ impl StreamGate {
         if let Some(d) = ctx.decision {
             self.metrics.decision(d, ctx.plan.as_deref());
         }
+        if let Some(why) = ctx.cut {
+            self.metrics.stream_cut(why);
+        }
         let elapsed = ctx.start.elapsed();
         self.metrics.request_done(ctx.route, status, elapsed);
         let req = session.req_header();

@@ -41,7 +41,7 @@ use crate::manifest::{Kind, Tagger};
 use crate::metrics::{Decision, Metrics, StoreOp};
 use crate::reload;
 use crate::routing::{self, AmbiguousPath, Route};
-use crate::store::{StoreError, StreamStore};
+use crate::store::{CutReason, StoreError, StreamStore};
 
 /// Methods a watch route serves: fetches, heartbeats, `DELETE` to end a stream, and
 /// `HEAD` and `OPTIONS` (a probe and a browser's CORS preflight: forwarded without
@@ -101,6 +101,8 @@ pub struct StreamGate {
 
 /// The error that stops a response whose stream was ended while it was served.
 const STREAM_ENDED: &str = "StreamEnded";
+/// The error of a response cut because its stream was evicted.
+const STREAM_EVICTED: &str = "StreamEvicted";
 
 /// Per-request state, from `new_ctx` to `logging`.
 pub struct RequestCtx {
@@ -128,6 +130,10 @@ pub struct RequestCtx {
     forward: Option<Arc<[(HeaderName, HeaderValue)]>>,
     /// This request's place among its stream's requests in flight.
     slot: Option<Slot>,
+    /// Its stream was ended or evicted while the response was being served.
+    cut: Option<CutReason>,
+    /// The stream this open evicted (`Stream-Evicted` on the response).
+    evicted: Option<StreamId>,
     /// A manifest being buffered for rewriting.
     manifest: Option<manifests::ManifestBody>,
     /// A manifest left unchanged at its header (too large, unknown encoding).
@@ -156,6 +162,8 @@ impl ProxyHttp for StreamGate {
             strip_token: false,
             trusted_client: false,
             forward: None,
+            cut: None,
+            evicted: None,
             slot: None,
             manifest: None,
             manifest_skipped: None,
@@ -285,6 +293,13 @@ impl ProxyHttp for StreamGate {
                 })?,
             };
             response.insert_header(self.stream_header_case.clone(), id_value)?;
+            if let Some(evicted) = ctx.evicted {
+                // An opaque code of the stream this one replaced (its id's first 8 hex
+                // digits): enough for an app to say "playing here stopped another screen".
+                let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+                let code = &evicted.simple().encode_lower(&mut buf)[..8];
+                response.insert_header("Stream-Evicted", code.to_owned())?;
+            }
             if session.req_header().method != Method::HEAD {
                 let path = session.req_header().uri.path();
                 match manifests::begin(
@@ -309,11 +324,20 @@ impl ProxyHttp for StreamGate {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        if ctx.slot.as_ref().is_some_and(|s| s.is_cut()) {
-            // The stream was ended (`DELETE`, here or on another instance): the rest of
-            // this response is not served, and the client sees the connection close.
+        if let Some(why) = ctx.slot.as_ref().and_then(|s| s.cut()) {
+            // The stream was ended (`DELETE`, the admin API) or evicted, here or on another
+            // instance: the rest of this response is not served, and the client sees the
+            // connection close. The access line's error says which.
             *body = None;
-            return Error::e_explain(ErrorType::Custom(STREAM_ENDED), "the stream was ended");
+            ctx.cut = Some(why);
+            return match why {
+                CutReason::Ended => {
+                    Error::e_explain(ErrorType::Custom(STREAM_ENDED), "the stream was ended")
+                }
+                CutReason::Evicted => {
+                    Error::e_explain(ErrorType::Custom(STREAM_EVICTED), "the stream was evicted")
+                }
+            };
         }
         if let Some(m) = ctx.manifest.as_mut() {
             m.on_body(&self.tagger, body, end_of_stream);
@@ -328,7 +352,10 @@ impl ProxyHttp for StreamGate {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let f = failure::classify(e.etype(), e.esource());
-        let ended = *e.etype() == ErrorType::Custom(STREAM_ENDED);
+        let ended = matches!(
+            e.etype(),
+            ErrorType::Custom(STREAM_ENDED) | ErrorType::Custom(STREAM_EVICTED)
+        );
         // Our own line instead of Pingora's ERROR (`suppress_error_log`): stable fields, the
         // path without its query, and a client that left is not an error.
         {

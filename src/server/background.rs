@@ -68,8 +68,8 @@ pub(super) struct FollowEnds {
 #[async_trait]
 impl BackgroundService for FollowEnds {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let cut = |user: &str, id| {
-            self.inflight.cut(user, id);
+        let cut = |user: &str, id, why| {
+            self.inflight.cut(user, id, why);
         };
         tokio::select! {
             _ = shutdown.changed() => {}

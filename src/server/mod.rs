@@ -100,7 +100,8 @@ pub fn build_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn StreamS
             config.streams.lease_ttl,
             st.timeout,
             metrics.lease_counters(),
-        );
+        )
+        .with_idle_window(config.streams.evict_idle_after);
         let store: Arc<dyn StreamStore> = match &st.tls_ca_file {
             Some(file) => {
                 Arc::new(store.with_tls_ca(std::fs::read(file).map_err(BuildError::TlsCa)?))
@@ -238,7 +239,8 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
             config.identity.max_len,
             requests,
             stats,
-        );
+        )
+        .with_tombstone_ttl(config.streams.tombstone_ttl);
         let mut svc = Service::new("admin".into(), app);
         svc.add_tcp(&addr.to_string());
         server.add_service(svc);

@@ -35,6 +35,77 @@ pub enum Opened {
         /// Time until the earliest of the user's leases could expire.
         retry_after: Duration,
     },
+    /// Admitted (`id`, held by the caller) in the place of the user's lease `evicted`,
+    /// which was ended in the same step and remembered as evicted ([`Gone`]).
+    Evicted { id: StreamId, evicted: StreamId },
+    /// At the limit within `streams.evict_cooldown` of the user's last eviction: refused
+    /// instead of evicting again, so two devices cannot evict each other for ever.
+    CoolingDown {
+        active: u32,
+        /// Time until the cooldown ends.
+        retry_after: Duration,
+    },
+}
+
+/// What an open at the limit may do instead of refusing (`streams.on_limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AtLimit {
+    pub evict: Evict,
+    /// After an eviction, the user's next limit hit within this is refused.
+    pub cooldown: Duration,
+    /// How long an evicted id is remembered ([`Gone`]).
+    pub tombstone_ttl: Duration,
+}
+
+/// Which lease an open at the limit ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evict {
+    /// The least recently renewed (a lease with a request in flight counts as renewed
+    /// now, so it goes last).
+    Oldest,
+    /// The least recently renewed among leases with no request in flight and no renewal
+    /// for this long; none such: refused.
+    Idle(Duration),
+}
+
+/// Why a stream id is remembered as gone: its next request is `410`, never a new stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoneReason {
+    /// Ended to make room for another of the user's streams (`streams.on_limit`).
+    Evicted,
+    /// Ended through the admin API.
+    Ended,
+}
+
+impl GoneReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            GoneReason::Evicted => "evicted",
+            GoneReason::Ended => "ended",
+        }
+    }
+
+    pub fn from_label(s: &str) -> Option<Self> {
+        match s {
+            "evicted" => Some(GoneReason::Evicted),
+            "ended" => Some(GoneReason::Ended),
+            _ => None,
+        }
+    }
+}
+
+/// A remembered stream id: why, and when (Unix time in milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gone {
+    pub reason: GoneReason,
+    pub at_unix_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// One live lease, as listed for a user.
@@ -171,6 +242,30 @@ pub trait StreamStore: Send + Sync + 'static {
     /// End a stream now, whatever holds it has. `false` when it was not live.
     async fn end(&self, user: &str, id: StreamId) -> Result<bool, StoreError>;
 
+    /// [`Self::open`] (or [`Self::open_as`] with `id`), but at the limit do what `at` says:
+    /// end one of the user's leases and admit in its place ([`Opened::Evicted`]), in the
+    /// same atomic step, unless the user is cooling down from the last eviction.
+    async fn open_evicting(
+        &self,
+        user: &str,
+        limit: u32,
+        id: Option<StreamId>,
+        at: &AtLimit,
+    ) -> Result<Opened, StoreError>;
+
+    /// End a stream as [`Self::end`] does and remember its id as gone for `ttl`, so its
+    /// next request is refused rather than opening it again. `false` when it was not live.
+    async fn end_for_good(
+        &self,
+        user: &str,
+        id: StreamId,
+        reason: GoneReason,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Whether `user`'s stream `id` is remembered as gone (evicted or ended for good).
+    async fn gone(&self, user: &str, id: StreamId) -> Result<Option<Gone>, StoreError>;
+
     /// The user's live leases.
     async fn list(&self, user: &str) -> Result<Vec<LeaseInfo>, StoreError>;
 
@@ -205,8 +300,26 @@ pub trait StreamStore: Send + Sync + 'static {
     fn maintain(&self) {}
 }
 
+/// Why a stream's requests in flight are cut (the `reason` of `streamgate_streams_cut_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutReason {
+    /// Ended by its player's `DELETE` or through the admin API.
+    Ended,
+    /// Evicted to make room for another of the user's streams.
+    Evicted,
+}
+
+impl CutReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            CutReason::Ended => "ended",
+            CutReason::Evicted => "evicted",
+        }
+    }
+}
+
 /// What a store calls for each stream ended elsewhere ([`StreamStore::follow_ends`]).
-pub type OnEnd<'a> = dyn for<'u> Fn(&'u str, StreamId) + Send + Sync + 'a;
+pub type OnEnd<'a> = dyn for<'u> Fn(&'u str, StreamId, CutReason) + Send + Sync + 'a;
 
 /// Whole seconds for a `Retry-After` header: rounded up, at least 1.
 pub fn retry_after_secs(d: Duration) -> u64 {

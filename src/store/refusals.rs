@@ -25,7 +25,9 @@ use async_trait::async_trait;
 use moka::sync::Cache;
 use prometheus::IntCounter;
 
-use super::{LeaseInfo, OnEnd, Opened, StoreError, StreamStore};
+use super::{
+    AtLimit, CutReason, Gone, GoneReason, LeaseInfo, OnEnd, Opened, StoreError, StreamStore,
+};
 use crate::identity::StreamId;
 
 /// Most users remembered at once; beyond it moka evicts the least recently used (which
@@ -176,6 +178,33 @@ impl StreamStore for RefusalCache {
         r
     }
 
+    /// An evicting open changes what a remembered refusal would say: always the store's.
+    async fn open_evicting(
+        &self,
+        user: &str,
+        limit: u32,
+        id: Option<StreamId>,
+        at: &AtLimit,
+    ) -> Result<Opened, StoreError> {
+        self.inner.open_evicting(user, limit, id, at).await
+    }
+
+    async fn end_for_good(
+        &self,
+        user: &str,
+        id: StreamId,
+        reason: GoneReason,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let r = self.inner.end_for_good(user, id, reason, ttl).await;
+        self.forget(user);
+        r
+    }
+
+    async fn gone(&self, user: &str, id: StreamId) -> Result<Option<Gone>, StoreError> {
+        self.inner.gone(user, id).await
+    }
+
     async fn list(&self, user: &str) -> Result<Vec<LeaseInfo>, StoreError> {
         self.inner.list(user).await
     }
@@ -198,9 +227,9 @@ impl StreamStore for RefusalCache {
 
     async fn follow_ends(&self, on_end: &OnEnd<'_>) {
         // A slot freed elsewhere: this instance's remembered refusal is out of date too.
-        let forget_then = |user: &str, id: StreamId| {
+        let forget_then = |user: &str, id: StreamId, why: CutReason| {
             self.forget(user);
-            on_end(user, id);
+            on_end(user, id, why);
         };
         self.inner.follow_ends(&forget_then).await
     }
@@ -298,6 +327,27 @@ mod tests {
         }
         async fn list(&self, user: &str) -> Result<Vec<LeaseInfo>, StoreError> {
             self.inner.list(user).await
+        }
+        async fn open_evicting(
+            &self,
+            user: &str,
+            limit: u32,
+            id: Option<StreamId>,
+            at: &AtLimit,
+        ) -> Result<Opened, StoreError> {
+            self.inner.open_evicting(user, limit, id, at).await
+        }
+        async fn end_for_good(
+            &self,
+            user: &str,
+            id: StreamId,
+            reason: GoneReason,
+            ttl: Duration,
+        ) -> Result<bool, StoreError> {
+            self.inner.end_for_good(user, id, reason, ttl).await
+        }
+        async fn gone(&self, user: &str, id: StreamId) -> Result<Option<Gone>, StoreError> {
+            self.inner.gone(user, id).await
         }
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())

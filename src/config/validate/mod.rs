@@ -127,6 +127,31 @@ impl StreamsSection {
         if st.lease_ttl < Duration::from_millis(100) {
             return Err(KeyError::new("streams.lease_ttl", "must be at least 100ms"));
         }
+        if st.evict_idle_after < Duration::from_millis(100) {
+            return Err(KeyError::new(
+                "streams.evict_idle_after",
+                "must be at least 100ms",
+            ));
+        }
+        if self.on_limit == OnLimit::EvictIdle && st.evict_idle_after >= st.lease_ttl {
+            return Err(KeyError::new(
+                "streams.evict_idle_after",
+                "must be shorter than streams.lease_ttl with on_limit = \"evict_idle\" (an \
+                 idle stream would expire before it could be evicted)",
+            ));
+        }
+        if st.tombstone_ttl > Duration::from_secs(7 * 24 * 3600) {
+            return Err(KeyError::new(
+                "streams.tombstone_ttl",
+                "must be at most 7 days",
+            ));
+        }
+        if st.evict_cooldown > Duration::from_secs(24 * 3600) {
+            return Err(KeyError::new(
+                "streams.evict_cooldown",
+                "must be at most 24h",
+            ));
+        }
         if st.stream_id_header.name() == identity.header.name() {
             return Err(KeyError::new(
                 "streams.stream_id_header",

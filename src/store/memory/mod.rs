@@ -48,11 +48,14 @@ use moka::notification::RemovalCause;
 use moka::ops::compute::Op;
 use moka::sync::SegmentedCache;
 
-use super::{LeaseCounters, LeaseInfo, Opened, StoreError, StreamStore, Tuning};
+use super::{
+    AtLimit, Gone, GoneReason, LeaseCounters, LeaseInfo, Opened, StoreError, StreamStore, Tuning,
+};
 
 mod entry;
 mod held;
 mod keys;
+mod marks;
 mod rules;
 #[cfg(test)]
 mod tests;
@@ -61,6 +64,7 @@ use crate::identity::StreamId;
 use entry::{Lease, LeaseExpiry, Reach, UserEntry, UserState};
 use held::{deregister, held_shard, HeldShard};
 use keys::{UserKey, UserKeyHash, UserKeys};
+use marks::Marks;
 
 /// Independent moka caches the users are spread over. When many leases expire at once,
 /// moka compacts a cache's table in one go on whichever thread trips it (a request's);
@@ -83,6 +87,8 @@ pub struct MemoryStore {
     max_users: u64,
     counters: LeaseCounters,
     held: Arc<[HeldShard]>,
+    /// Ids ended for good and users cooling down from an eviction.
+    marks: Marks,
 }
 
 impl MemoryStore {
@@ -135,6 +141,7 @@ impl MemoryStore {
             max_users,
             counters,
             held,
+            marks: Marks::new(),
         }
     }
 
@@ -359,15 +366,31 @@ impl StreamStore for MemoryStore {
     }
 
     async fn end(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
-        let ended = self.with_user(user, false, Reach::Shrinks, |leases, _now| {
-            let before = leases.len();
-            leases.retain(|l| l.id != id);
-            leases.len() < before
-        })?;
-        if ended {
-            self.counters.active.dec();
-        }
-        Ok(ended)
+        self.end_now(user, id, None)
+    }
+
+    async fn open_evicting(
+        &self,
+        user: &str,
+        limit: u32,
+        id: Option<StreamId>,
+        at: &AtLimit,
+    ) -> Result<Opened, StoreError> {
+        self.open_evicting_now(user, limit, id, at)
+    }
+
+    async fn end_for_good(
+        &self,
+        user: &str,
+        id: StreamId,
+        reason: GoneReason,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.end_now(user, id, Some((reason, ttl)))
+    }
+
+    async fn gone(&self, user: &str, id: StreamId) -> Result<Option<Gone>, StoreError> {
+        Ok(self.marks.gone(self.keys.of(user), id, self.now_ms()))
     }
 
     async fn list(&self, user: &str) -> Result<Vec<LeaseInfo>, StoreError> {
@@ -390,5 +413,6 @@ impl StreamStore for MemoryStore {
     fn maintain(&self) {
         self.refresh_held();
         self.cache.run_pending_tasks();
+        self.marks.maintain();
     }
 }

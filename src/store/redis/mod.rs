@@ -38,7 +38,10 @@ use self::conn::Conn;
 pub use self::conn::Target;
 use self::scripts::Scripts;
 
-use super::{LeaseCounters, LeaseInfo, OnEnd, Opened, StoreError, StreamStore, Tuning};
+use super::{
+    AtLimit, CutReason, Evict, Gone, GoneReason, LeaseCounters, LeaseInfo, OnEnd, Opened,
+    StoreError, StreamStore, Tuning,
+};
 use crate::identity::StreamId;
 
 /// Most abandoned opens being cleaned up at once; past it, their leases expire by TTL.
@@ -58,6 +61,14 @@ pub struct RedisStore {
     prefix: String,
     tuning: Tuning,
     counters: LeaseCounters,
+    /// `streams.evict_idle_after`: a held lease is refreshed more often than this, so it
+    /// never looks idle to an eviction.
+    idle_window: Duration,
+}
+
+/// Whole milliseconds, as the scripts take them.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4)
 }
 
 fn unavailable(e: RedisError) -> StoreError {
@@ -96,6 +107,7 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             tuning: Tuning::new(lease_ttl, timeout),
             counters,
+            idle_window: Duration::MAX,
         }
     }
 
@@ -113,6 +125,27 @@ impl RedisStore {
     /// Where ends are published, for every instance of this deployment.
     fn ends_channel(&self) -> String {
         format!("{}:ended", self.prefix)
+    }
+
+    /// Where evictions are published (apart from ends, so the cut is counted by reason).
+    fn evictions_channel(&self) -> String {
+        format!("{}:evicted", self.prefix)
+    }
+
+    /// The user's ids remembered as gone (evicted, ended for good): id -> "reason at until".
+    pub fn gone_key(&self, user: &str) -> String {
+        format!("{}:{{{}}}:gone", self.prefix, user)
+    }
+
+    /// Set (with its own expiry) while the user cools down from an eviction.
+    pub fn cooldown_key(&self, user: &str) -> String {
+        format!("{}:{{{}}}:cooldown", self.prefix, user)
+    }
+
+    /// Refresh held leases often enough that none looks idle for `streams.evict_idle_after`.
+    pub fn with_idle_window(mut self, window: Duration) -> Self {
+        self.idle_window = window;
+        self
     }
 
     /// The user's tombstones: streams ended on purpose, for one TTL (same hash slot).
@@ -162,6 +195,7 @@ impl RedisStore {
         let mut inv = self.scripts.refresh.prepare_invoke();
         inv.key(self.key(user))
             .key(self.ended_key(user))
+            .key(self.gone_key(user))
             .arg(id.to_string())
             .arg(self.tuning.ttl_ms());
         let (outcome, expired): (i64, i64) = self.invoke(inv).await?;
@@ -194,13 +228,16 @@ impl RedisStore {
         // after the client's next open instead of right behind the abandoned one.
         let mut end = redis::cmd("EVAL");
         end.arg(scripts::end_source())
-            .arg(2)
+            .arg(3)
             .arg(self.key(user))
             .arg(self.ended_key(user))
+            .arg(self.gone_key(user))
             .arg(id.to_string())
             .arg(self.tuning.ttl_ms())
             .arg(self.ends_channel())
-            .arg(user);
+            .arg(user)
+            .arg(0)
+            .arg("");
         let (ttl_ms, timeout) = (self.tuning.ttl_ms(), self.tuning.timeout());
         rt.spawn(async move {
             let _permit = permit;
@@ -215,14 +252,24 @@ impl RedisStore {
         });
     }
 
-    async fn remove(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
+    /// End a lease; with `gone`, remember its id as gone for that long.
+    async fn remove(
+        &self,
+        user: &str,
+        id: StreamId,
+        gone: Option<(GoneReason, Duration)>,
+    ) -> Result<bool, StoreError> {
+        let (reason, ms) = gone.map_or(("", 0), |(r, d)| (r.label(), millis(d)));
         let mut inv = self.scripts.end.prepare_invoke();
         inv.key(self.key(user))
             .key(self.ended_key(user))
+            .key(self.gone_key(user))
             .arg(id.to_string())
             .arg(self.tuning.ttl_ms())
             .arg(self.ends_channel())
-            .arg(user);
+            .arg(user)
+            .arg(ms)
+            .arg(reason);
         let (ok, expired): (i64, i64) = self.invoke(inv).await?;
         self.count_expired(expired);
         Ok(ok == 1)
@@ -284,12 +331,90 @@ impl StreamStore for RedisStore {
         if keep {
             self.refresh_held(user, id).await
         } else {
-            self.remove(user, id).await.map(|_| ())
+            self.remove(user, id, None).await.map(|_| ())
         }
     }
 
     async fn end(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
-        self.remove(user, id).await
+        self.remove(user, id, None).await
+    }
+
+    async fn open_evicting(
+        &self,
+        user: &str,
+        limit: u32,
+        id: Option<StreamId>,
+        at: &AtLimit,
+    ) -> Result<Opened, StoreError> {
+        let new = id.unwrap_or_else(Uuid::new_v4);
+        let (mode, idle) = match at.evict {
+            Evict::Oldest => (1, 0),
+            Evict::Idle(after) => (2, millis(after)),
+        };
+        let mut inv = self.scripts.open_evicting.prepare_invoke();
+        inv.key(self.key(user))
+            .key(self.ended_key(user))
+            .key(self.gone_key(user))
+            .key(self.cooldown_key(user))
+            .arg(limit)
+            .arg(self.tuning.ttl_ms())
+            .arg(new.to_string())
+            .arg(u8::from(id.is_some()))
+            .arg(mode)
+            .arg(idle)
+            .arg(millis(at.cooldown))
+            .arg(millis(at.tombstone_ttl))
+            .arg(self.evictions_channel())
+            .arg(user);
+        let reply: Result<(i64, i64, i64, i64, String), _> = self.invoke(inv).await;
+        if id.is_none() && matches!(reply, Err(StoreError::Timeout)) {
+            self.abandon(user, new);
+        }
+        let (outcome, active, retry_ms, expired, evicted) = reply?;
+        self.count_expired(expired);
+        let active = u32::try_from(active).unwrap_or(u32::MAX);
+        let retry_after = Duration::from_millis(u64::try_from(retry_ms).unwrap_or(0));
+        match outcome {
+            0 => Ok(Opened::Rejected {
+                active,
+                retry_after,
+            }),
+            1 => Ok(Opened::Admitted(new)),
+            2 => Ok(Opened::Renewed(new)),
+            3 => Ok(Opened::CoolingDown {
+                active,
+                retry_after,
+            }),
+            4 => {
+                let evicted = Uuid::parse_str(&evicted)
+                    .map_err(|_| StoreError::Protocol("evicted id is not a UUID".into()))?;
+                Ok(Opened::Evicted { id: new, evicted })
+            }
+            n => Err(StoreError::Protocol(format!("open outcome {n}"))),
+        }
+    }
+
+    async fn end_for_good(
+        &self,
+        user: &str,
+        id: StreamId,
+        reason: GoneReason,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.remove(user, id, Some((reason, ttl))).await
+    }
+
+    async fn gone(&self, user: &str, id: StreamId) -> Result<Option<Gone>, StoreError> {
+        let mut inv = self.scripts.gone.prepare_invoke();
+        inv.key(self.gone_key(user)).arg(id.to_string());
+        let raw: Option<String> = self.invoke(inv).await?;
+        Ok(raw.and_then(|v| {
+            let (reason, at) = v.split_once(' ')?;
+            Some(Gone {
+                reason: GoneReason::from_label(reason)?,
+                at_unix_ms: at.parse().ok()?,
+            })
+        }))
     }
 
     async fn list(&self, user: &str) -> Result<Vec<LeaseInfo>, StoreError> {
@@ -329,8 +454,10 @@ impl StreamStore for RedisStore {
         self.tuning.set(lease_ttl, timeout);
     }
 
+    /// A third of the TTL, or of `streams.evict_idle_after` when that is shorter.
     fn hold_refresh_interval(&self) -> Option<Duration> {
-        Some(Duration::from_millis((self.tuning.ttl_ms() / 3).max(10)))
+        let every = (self.tuning.ttl_ms() / 3).min(millis(self.idle_window) / 3);
+        Some(Duration::from_millis(every.max(10)))
     }
 
     /// Subscribe to the ends channel, on the server (or a cluster node in turn: plain
@@ -343,12 +470,12 @@ impl StreamStore for RedisStore {
             Target::Single(url) => vec![url.clone()],
             Target::Cluster(nodes) => nodes.clone(),
         };
-        let channel = self.ends_channel();
+        let (ends, evictions) = (self.ends_channel(), self.evictions_channel());
         let mut was_up = true;
         for url in urls.iter().cycle() {
             let subscribed = async {
                 let mut pubsub = self.client(url)?.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
+                pubsub.subscribe(&[&ends, &evictions]).await?;
                 Ok::<_, RedisError>(pubsub)
             };
             match tokio::time::timeout(
@@ -367,11 +494,16 @@ impl StreamStore for RedisStore {
                         let Ok(payload) = msg.get_payload::<String>() else {
                             continue;
                         };
+                        let reason = if msg.get_channel_name() == evictions {
+                            CutReason::Evicted
+                        } else {
+                            CutReason::Ended
+                        };
                         let parsed = payload
                             .split_once(' ')
                             .and_then(|(id, user)| Some((Uuid::parse_str(id).ok()?, user)));
                         if let Some((id, user)) = parsed {
-                            on_end(user, id);
+                            on_end(user, id, reason);
                         }
                     }
                 }

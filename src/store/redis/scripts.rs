@@ -8,6 +8,15 @@ const PRELUDE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expired = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+-- Remember `id` as gone (`reason`, when, until when) for `ms`, in the user's `gone` hash,
+-- which lives as long as its newest entry.
+local function bury(key, id, reason, ms)
+  if ms <= 0 then return end
+  redis.call('HSET', key, id, reason .. ' ' .. now .. ' ' .. (now + ms))
+  if redis.call('PTTL', key) < ms then
+    redis.call('PEXPIRE', key, ms)
+  end
+end
 local function touch()
   local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
   if last[2] then
@@ -35,6 +44,63 @@ touch()
 return {1, n + 1, 0, expired}
 "#;
 
+/// KEYS: streams, ended, gone, cooldown. ARGV: limit, ttl_ms, new id, given (1: the
+/// client named the id), mode (1 oldest, 2 idle), idle_ms, cooldown_ms, tombstone_ms,
+/// channel, user. An open that at the limit may end the user's least recently renewed
+/// lease (score = last renewal or hold refresh + TTL; a hold refreshes often enough that
+/// it never looks idle) and take its place. Returns {0 refused | 1 admitted | 2 renewed |
+/// 3 cooling down | 4 admitted by eviction, active, retry_after_ms, expired, evicted id}.
+const OPEN_EVICTING: &str = r#"
+local limit = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+if ARGV[4] == '1' and redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+  redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[3])
+  touch()
+  return {2, redis.call('ZCARD', KEYS[1]), 0, expired, ''}
+end
+local n = redis.call('ZCARD', KEYS[1])
+local function admit()
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[3])
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  touch()
+end
+if n < limit then
+  admit()
+  return {1, n + 1, 0, expired, ''}
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local retry = math.floor(tonumber(first[2])) - now
+if n > limit then
+  return {0, n, retry, expired, ''}
+end
+local cool = redis.call('PTTL', KEYS[4])
+if cool > 0 then
+  return {3, n, cool, expired, ''}
+end
+local victim = nil
+if ARGV[5] == '1' then
+  victim = first[1]
+else
+  local idle = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now + ttl - tonumber(ARGV[6]), 'LIMIT', 0, 1)
+  victim = idle[1]
+end
+if not victim then
+  return {0, n, retry, expired, ''}
+end
+redis.call('ZREM', KEYS[1], victim)
+-- Ended on purpose: a hold still refreshing it on another instance must not write it back.
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZADD', KEYS[2], now + ttl, victim)
+redis.call('PEXPIRE', KEYS[2], ttl + 1000)
+bury(KEYS[3], victim, 'evicted', tonumber(ARGV[8]))
+if tonumber(ARGV[7]) > 0 then
+  redis.call('SET', KEYS[4], '1', 'PX', ARGV[7])
+end
+admit()
+redis.call('PUBLISH', ARGV[9], victim .. ' ' .. ARGV[10])
+return {4, n, 0, expired, victim}
+"#;
+
 /// ARGV: id, ttl_ms. Pushes a live lease's expiry out. Returns {renewed 0|1, expired}.
 const RENEW: &str = r#"
 -- Existence, not ZADD's change count: a renewal in the same millisecond changes nothing.
@@ -47,7 +113,7 @@ return {1, expired}
 "#;
 
 /// ARGV: id, ttl_ms. A held lease's refresh: pushes its expiry out, and writes it back if
-/// it is missing without having been ended (a tombstone in KEYS[2]). Returns {0 ended |
+/// it is missing without having been ended (a tombstone in KEYS[2], or KEYS[3] `gone`). Returns {0 ended |
 /// 1 refreshed | 2 written back, expired}.
 const REFRESH: &str = r#"
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
@@ -56,7 +122,7 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   return {1, expired}
 end
 local ended = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if ended and tonumber(ended) > now then
+if (ended and tonumber(ended) > now) or redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
   return {0, expired}
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
@@ -64,18 +130,32 @@ touch()
 return {2, expired}
 "#;
 
-/// ARGV: id, ttl_ms, channel, user. Removes a lease, leaves a tombstone for one TTL, and
-/// tells every instance (`PUBLISH "<id> <user>"`) so they cut its requests in flight.
-/// Returns {removed 0|1, expired}.
+/// KEYS: streams, ended, gone. ARGV: id, ttl_ms, channel, user, gone_ms, reason. Removes
+/// a lease, leaves a tombstone for one TTL (and, with `gone_ms`, remembers the id as gone
+/// for that long), and tells every instance (`PUBLISH "<id> <user>"`) so they cut its
+/// requests in flight. Returns {removed 0|1, expired}.
 const END: &str = r#"
 local ok = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + 1000)
 if ok == 1 then
+  bury(KEYS[3], ARGV[1], ARGV[6], tonumber(ARGV[5]))
   redis.call('PUBLISH', ARGV[3], ARGV[1] .. ' ' .. ARGV[4])
 end
 return {ok, expired}
+"#;
+
+/// KEYS: gone. ARGV: id. Returns "<reason> <at_ms>" while the id is remembered as gone,
+/// else nil. (No prelude: the key is a hash, not the streams set.)
+const GONE: &str = r#"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return false end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local reason, at, untl = string.match(v, '^(%S+) (%d+) (%d+)$')
+if not untl or tonumber(untl) <= now then return false end
+return reason .. ' ' .. at
 "#;
 
 /// Returns {expired, now, id1, expiry1, id2, expiry2, ...}.
@@ -88,6 +168,8 @@ return out
 
 pub(super) struct Scripts {
     pub(super) open: Script,
+    pub(super) open_evicting: Script,
+    pub(super) gone: Script,
     pub(super) renew: Script,
     pub(super) refresh: Script,
     pub(super) end: Script,
@@ -104,6 +186,8 @@ impl Scripts {
         let script = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
         Self {
             open: script(OPEN),
+            open_evicting: script(OPEN_EVICTING),
+            gone: Script::new(GONE),
             renew: script(RENEW),
             refresh: script(REFRESH),
             end: script(END),
