@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use common::redis_server::{RedisCluster, RedisServer};
 use prometheus::IntCounter;
 use streamgate::store::{
-    LeaseCounters, MemoryStore, Opened, RedisStore, RefusalCache, StreamStore, Target,
+    AtLimit, Evict, GoneReason, LeaseCounters, MemoryStore, Opened, RedisStore, RefusalCache,
+    StreamStore, Target,
 };
 use uuid::Uuid;
 
@@ -171,9 +172,192 @@ async fn contract(make: Factory) {
     );
 }
 
+/// An open at the limit with eviction (`streams.on_limit`).
+fn evicting(evict: Evict, cooldown_ms: u64, tombstone_ms: u64) -> AtLimit {
+    AtLimit {
+        evict,
+        cooldown: Duration::from_millis(cooldown_ms),
+        tombstone_ttl: Duration::from_millis(tombstone_ms),
+    }
+}
+
+/// The id an evicting open admitted and the one it evicted, or a panic naming the answer.
+async fn evicts(
+    s: &Arc<dyn StreamStore>,
+    user: &str,
+    limit: u32,
+    at: &AtLimit,
+) -> (Uuid, Uuid) {
+    match s.open_evicting(user, limit, None, at).await.unwrap() {
+        Opened::Evicted { id, evicted } => (id, evicted),
+        other => panic!("expected an eviction, got {other:?}"),
+    }
+}
+
+/// Poll `check` (bounded: 10 s).
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Eviction and remembered ids, the same on every store.
+async fn eviction_contract(make: Factory) {
+    let ttl = Duration::from_secs(60);
+    let oldest = evicting(Evict::Oldest, 0, 60_000);
+
+    // evict_oldest: under the limit an open is a plain admission; at it, the least
+    // recently renewed lease is ended in the same step and remembered as evicted. A lease
+    // held (a request in flight) counts as renewed now, so the idle one goes first.
+    let s = make(ttl);
+    let a = match s.open_evicting("e", 2, None, &oldest).await.unwrap() {
+        Opened::Admitted(id) => id,
+        other => panic!("under the limit: {other:?}"),
+    };
+    s.release("e", a, true).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let b = admitted(&s, "e", 2).await;
+    s.release("e", b, true).await.unwrap();
+    let (c, evicted) = evicts(&s, "e", 2, &oldest).await;
+    assert_eq!(evicted, a, "the least recently renewed");
+    let gone = s.gone("e", a).await.unwrap().expect("a is remembered");
+    assert_eq!(gone.reason, GoneReason::Evicted);
+    assert!(s.gone("e", b).await.unwrap().is_none());
+    assert!(!s.renew("e", a).await.unwrap(), "an evicted lease is gone");
+    assert_eq!(s.list("e").await.unwrap().len(), 2);
+    // c is held: b, idle, goes next.
+    s.refresh("e", c).await.unwrap();
+    let (_, evicted) = evicts(&s, "e", 2, &oldest).await;
+    assert_eq!(evicted, b);
+    assert_eq!(s.list("e").await.unwrap().len(), 2);
+    // Ids are remembered per user.
+    assert!(s.gone("other", a).await.unwrap().is_none());
+
+    // evict_idle: only a lease without a renewal or hold refresh for the window; none:
+    // refused as without eviction.
+    let idle = evicting(Evict::Idle(Duration::from_millis(300)), 0, 60_000);
+    let s = make(ttl);
+    let held = admitted(&s, "i", 2).await;
+    let quiet = admitted(&s, "i", 2).await;
+    s.release("i", quiet, true).await.unwrap();
+    assert!(matches!(
+        s.open_evicting("i", 2, None, &idle).await.unwrap(),
+        Opened::Rejected { active: 2, .. }
+    ));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // What a hold does while its request runs (Redis cannot see it otherwise).
+    s.refresh("i", held).await.unwrap();
+    let (_, evicted) = evicts(&s, "i", 2, &idle).await;
+    assert_eq!(evicted, quiet, "the idle lease, never the held one");
+    assert!(matches!(
+        s.open_evicting("i", 2, None, &idle).await.unwrap(),
+        Opened::Rejected { .. }
+    ));
+
+    // The cooldown: the next limit hit within it is refused, then eviction resumes.
+    let cooling = evicting(Evict::Oldest, 300, 60_000);
+    let s = make(ttl);
+    let first = admitted(&s, "c", 1).await;
+    s.release("c", first, true).await.unwrap();
+    let (second, evicted) = evicts(&s, "c", 1, &cooling).await;
+    assert_eq!(evicted, first);
+    match s.open_evicting("c", 1, None, &cooling).await.unwrap() {
+        Opened::CoolingDown {
+            active,
+            retry_after,
+        } => {
+            assert_eq!(active, 1);
+            assert!(retry_after <= Duration::from_millis(300), "{retry_after:?}");
+        }
+        other => panic!("expected the cooldown, got {other:?}"),
+    }
+    until("the cooldown ends", || async {
+        matches!(
+            s.open_evicting("c", 1, None, &cooling).await.unwrap(),
+            Opened::Evicted { evicted, .. } if evicted == second
+        )
+    })
+    .await;
+
+    // Ending for good remembers the id (for its TTL only); a plain end does not.
+    let s = make(ttl);
+    let k = admitted(&s, "k", 3).await;
+    let plain = admitted(&s, "k", 3).await;
+    assert!(s
+        .end_for_good("k", k, GoneReason::Ended, Duration::from_millis(300))
+        .await
+        .unwrap());
+    assert_eq!(
+        s.gone("k", k).await.unwrap().map(|g| g.reason),
+        Some(GoneReason::Ended)
+    );
+    let unknown = Uuid::new_v4();
+    assert!(!s
+        .end_for_good("k", unknown, GoneReason::Ended, ttl)
+        .await
+        .unwrap());
+    assert!(s.gone("k", unknown).await.unwrap().is_none(), "nothing ended");
+    assert!(s.end("k", plain).await.unwrap());
+    assert!(s.gone("k", plain).await.unwrap().is_none());
+    until("the tombstone expires", || async {
+        s.gone("k", k).await.unwrap().is_none()
+    })
+    .await;
+
+    // Contended: 200 concurrent evicting opens of one user leave exactly the limit, and
+    // every id evicted on the way is remembered.
+    let s = make(ttl);
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let s = s.clone();
+            let at = oldest;
+            tokio::spawn(async move { s.open_evicting("crowd", 3, None, &at).await.unwrap() })
+        })
+        .collect();
+    let mut evicted = Vec::new();
+    let mut admitted_n = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Opened::Admitted(_) => admitted_n += 1,
+            Opened::Evicted { evicted: e, .. } => evicted.push(e),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((admitted_n, evicted.len()), (3, 197));
+    assert_eq!(s.list("crowd").await.unwrap().len(), 3);
+    let distinct: std::collections::HashSet<_> = evicted.iter().collect();
+    assert_eq!(distinct.len(), 197, "each lease evicted once");
+    for e in &evicted {
+        assert!(s.gone("crowd", *e).await.unwrap().is_some());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_store_keeps_the_contract() {
     contract(memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_keeps_the_eviction_contract() {
+    eviction_contract(memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_keeps_the_eviction_contract() {
+    let server = RedisServer::start();
+    eviction_contract(redis(Target::Single(server.url()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_store_keeps_the_eviction_contract() {
+    let cluster = RedisCluster::start();
+    eviction_contract(redis(Target::Cluster(cluster.urls()))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
