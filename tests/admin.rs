@@ -71,17 +71,6 @@ impl Admin {
     }
 }
 
-/// Read a response to its end: whether it was cut (an error before the end).
-async fn was_cut(mut r: reqwest::Response) -> bool {
-    loop {
-        match r.chunk().await {
-            Ok(Some(_)) => {}
-            Ok(None) => return false,
-            Err(_) => return true,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn support_lists_and_ends_a_users_streams_with_the_right_token() {
     let origin = Origin::start().await;
@@ -127,6 +116,17 @@ async fn support_lists_and_ends_a_users_streams_with_the_right_token() {
     let r = admin.send(Method::DELETE, &one, Some(WRITE)).await;
     assert_eq!(r.status(), 404, "already ended");
     assert_eq!(admin.streams("alice%2540home").await.len(), 1);
+    // Its player cannot undo the end by asking for its next segment: the id is remembered.
+    let r = proxy
+        .watch("/watch/seg2.ts", "alice%40home", Some(&a))
+        .await;
+    assert_eq!(r.status(), 410);
+    let body = json_body(r).await;
+    assert_eq!(body["error"], "stream_ended");
+    assert!(
+        body["at"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{body}"
+    );
 
     // End all, while a response of one of them is being served: it is cut.
     let slow = proxy
@@ -220,5 +220,9 @@ async fn an_end_through_one_instances_admin_api_cuts_the_stream_on_the_other() {
     assert!(was_cut(slow).await, "b cut the response the end came for");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(admin.streams("bob").await.is_empty());
+    // Remembered in the store, so the other instance refuses the id too.
+    let r = b.watch("/watch/next", "bob", Some(&id)).await;
+    assert_eq!(r.status(), 410);
+    assert_eq!(json_body(r).await["error"], "stream_ended");
     drop(a);
 }

@@ -182,12 +182,7 @@ fn evicting(evict: Evict, cooldown_ms: u64, tombstone_ms: u64) -> AtLimit {
 }
 
 /// The id an evicting open admitted and the one it evicted, or a panic naming the answer.
-async fn evicts(
-    s: &Arc<dyn StreamStore>,
-    user: &str,
-    limit: u32,
-    at: &AtLimit,
-) -> (Uuid, Uuid) {
+async fn evicts(s: &Arc<dyn StreamStore>, user: &str, limit: u32, at: &AtLimit) -> (Uuid, Uuid) {
     match s.open_evicting(user, limit, None, at).await.unwrap() {
         Opened::Evicted { id, evicted } => (id, evicted),
         other => panic!("expected an eviction, got {other:?}"),
@@ -302,7 +297,10 @@ async fn eviction_contract(make: Factory) {
         .end_for_good("k", unknown, GoneReason::Ended, ttl)
         .await
         .unwrap());
-    assert!(s.gone("k", unknown).await.unwrap().is_none(), "nothing ended");
+    assert!(
+        s.gone("k", unknown).await.unwrap().is_none(),
+        "nothing ended"
+    );
     assert!(s.end("k", plain).await.unwrap());
     assert!(s.gone("k", plain).await.unwrap().is_none());
     until("the tombstone expires", || async {

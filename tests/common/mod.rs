@@ -181,6 +181,17 @@ pub async fn ending_streams_cuts_their_responses(
     );
 }
 
+/// Read a response to its end: whether it was cut (an error before the end).
+pub async fn was_cut(mut r: reqwest::Response) -> bool {
+    loop {
+        match r.chunk().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
 /// Send raw bytes and read whatever comes back until the peer closes or `within` passes.
 pub async fn raw(addr: SocketAddr, request: &[u8], within: Duration) -> String {
     let mut s = TcpStream::connect(addr).await.expect("connect");

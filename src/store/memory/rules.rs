@@ -33,7 +33,12 @@ fn rejected(leases: &[Lease], now: u64, ttl: u64) -> Opened {
 /// lease counts as renewed now), among idle ones only for [`Evict::Idle`].
 fn victim(leases: &[Lease], evict: Evict, now: u64, ttl: u64) -> Option<usize> {
     // Held leases last (renewed now, and later than any idle one on a tie).
-    let renewed = |l: &Lease| (l.holds > 0, if l.holds > 0 { now + ttl } else { l.expires_at });
+    let renewed = |l: &Lease| {
+        (
+            l.holds > 0,
+            if l.holds > 0 { now + ttl } else { l.expires_at },
+        )
+    };
     let eligible = |l: &Lease| match evict {
         Evict::Oldest => true,
         Evict::Idle(after) => {

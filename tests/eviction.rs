@@ -1,0 +1,236 @@
+//! Issue #13 item 1: what happens at the limit. With `streams.on_limit = "evict_oldest"` a
+//! new screen ends the user's least recently renewed stream instead of being refused: the
+//! evicted stream's response in flight is cut (on the instance that serves it, when the
+//! eviction came through another), its next request is `410 stream_evicted`, and the new
+//! response says which stream it replaced. `evict_idle` never takes a stream with a request
+//! in flight or renewed within the window; the cooldown stops a second eviction. On the
+//! memory store and across two instances on one Redis.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::redis_server::RedisServer;
+use common::*;
+
+/// A body of 10 s in 100 ms chunks: still being served when the eviction comes.
+const SLOW: &str = "/watch/slow?chunks=100&ms=100";
+
+fn config(origin: &Origin, on_limit: &str) -> TestConfig {
+    TestConfig::new(origin)
+        .limit(2)
+        .streams(&format!("on_limit = \"{on_limit}\""))
+        .streams("evict_cooldown = \"0s\"")
+        .streams("evict_idle_after = \"300ms\"")
+}
+
+/// The code `Stream-Evicted` gives for a stream id: its first 8 hex digits.
+fn code(id: &str) -> String {
+    id.replace('-', "")[..8].to_string()
+}
+
+/// Two streams of `user` with responses in flight on `serve`; a third screen opens on
+/// `open`: the older is evicted, its response cut, its id refused with 410.
+async fn the_oldest_is_evicted_and_cut(serve: &Proxy, open: &Proxy, origin: &Origin) {
+    let user = "couch";
+    let older = serve.watch(SLOW, user, None).await;
+    assert_eq!(older.status(), 200);
+    let older_id = stream_id(&older);
+    let newer = serve.watch(SLOW, user, None).await;
+    assert_eq!(newer.status(), 200);
+
+    let evicting = open.watch("/watch/tv", user, None).await;
+    let opened_at = Instant::now();
+    assert_eq!(evicting.status(), 200, "admitted in the place of another");
+    assert_eq!(
+        evicting.headers()["stream-evicted"].to_str().unwrap(),
+        code(&older_id)
+    );
+    assert!(was_cut(older).await, "the evicted stream's response is cut");
+    let cut_after = opened_at.elapsed();
+    // The cut comes at the next 100 ms chunk; generous for a loaded debug build.
+    assert!(
+        cut_after < Duration::from_secs(3),
+        "cut after {cut_after:?}"
+    );
+    eprintln!("evicted response cut {cut_after:?} after the evicting answer");
+
+    // The kick is not undone by the player's next segment, on either instance.
+    for proxy in [serve, open] {
+        let r = proxy.watch("/watch/seg3.ts", user, Some(&older_id)).await;
+        assert_eq!(r.status(), 410);
+        let body = json_body(r).await;
+        assert_eq!(body["error"], "stream_evicted");
+        assert!(
+            body["at"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{body}"
+        );
+    }
+    // The newer stream plays on, and the user holds exactly the limit.
+    assert_eq!(
+        serve
+            .watch("/watch/seg1.ts", user, Some(&stream_id(&newer)))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        open.watch("/watch/seg1.ts", user, Some(&stream_id(&evicting)))
+            .await
+            .status(),
+        200
+    );
+    drop(newer);
+    assert_eq!(
+        open.settled(
+            "streamgate_stream_decisions_total{outcome=\"evicted\"}",
+            1.0
+        )
+        .await,
+        1.0
+    );
+    serve
+        .counted("streamgate_streams_cut_total{reason=\"evicted\"}", 1.0)
+        .await;
+    // The new screen is served at once, and the evicted one stops at its next chunk: for
+    // that moment (about 100 ms here) the origin serves the limit plus the evicted body.
+    assert!(origin.max_concurrent(user) <= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evict_oldest_ends_the_oldest_stream_and_remembers_it() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&config(&origin, "evict_oldest")).await;
+    the_oldest_is_evicted_and_cut(&proxy, &proxy, &origin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eviction_through_one_instance_cuts_the_stream_on_the_other() {
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let cfg = config(&origin, "evict_oldest").redis(&redis.url(), "evict", "deny");
+    let (a, b) = (Proxy::start(&cfg).await, Proxy::start(&cfg).await);
+    the_oldest_is_evicted_and_cut(&a, &b, &origin).await;
+}
+
+/// `evict_idle`: a stream with a request in flight is never taken, nor one renewed within
+/// `evict_idle_after`; one quiet for longer is.
+async fn only_an_idle_stream_is_evicted(proxy: &Proxy, other: &Proxy) {
+    let user = "idle";
+    let playing = proxy
+        .watch("/watch/slow?chunks=20&ms=100", user, None)
+        .await;
+    assert_eq!(playing.status(), 200);
+    let quiet = stream_id(&proxy.watch("/watch/a", user, None).await);
+    let r = other.watch("/watch/b", user, None).await;
+    assert_eq!(
+        r.status(),
+        401,
+        "nothing idle yet: refused as without eviction"
+    );
+    // Wait out the idle window (time is what this test is about).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = other.watch("/watch/b", user, None).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["stream-evicted"].to_str().unwrap(),
+        code(&quiet)
+    );
+    assert!(
+        !was_cut(playing).await,
+        "the stream in flight played to its end"
+    );
+    let r = proxy.watch("/watch/a2", user, Some(&quiet)).await;
+    assert_eq!(r.status(), 410);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evict_idle_never_takes_a_stream_in_flight_or_recently_renewed() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&config(&origin, "evict_idle")).await;
+    only_an_idle_stream_is_evicted(&proxy, &proxy).await;
+    // On Redis, where a held lease is visible only through its refreshes.
+    let redis = RedisServer::start();
+    let cfg = config(&origin, "evict_idle").redis(&redis.url(), "idle", "deny");
+    let (a, b) = (Proxy::start(&cfg).await, Proxy::start(&cfg).await);
+    only_an_idle_stream_is_evicted(&a, &b).await;
+}
+
+/// The cooldown: two devices that reconnect on their own cannot evict each other for
+/// ever; within `evict_cooldown` of an eviction the next limit hit is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cooldown_refuses_a_second_eviction() {
+    let origin = Origin::start().await;
+    let cfg = TestConfig::new(&origin)
+        .limit(1)
+        .streams("on_limit = \"evict_oldest\"")
+        .streams("evict_cooldown = \"2m\"");
+    let proxy = Proxy::start(&cfg).await;
+    let phone = stream_id(&proxy.watch("/watch", "pair", None).await);
+    let tv = proxy.watch("/watch", "pair", None).await;
+    assert_eq!(tv.status(), 200);
+    assert_eq!(
+        tv.headers()["stream-evicted"].to_str().unwrap(),
+        code(&phone)
+    );
+    let r = proxy.watch("/watch", "pair", None).await;
+    assert_eq!(
+        r.status(),
+        401,
+        "the phone cannot evict the TV straight back"
+    );
+    assert!(
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 60
+    );
+    assert_eq!(json_body(r).await["error"], "stream_limit_exceeded");
+    assert_eq!(
+        proxy
+            .settled(
+                "streamgate_stream_decisions_total{outcome=\"cooldown_refused\"}",
+                1.0
+            )
+            .await,
+        1.0
+    );
+    // The TV plays on.
+    let tv = stream_id(&tv);
+    assert_eq!(
+        proxy.watch("/watch/s1", "pair", Some(&tv)).await.status(),
+        200
+    );
+}
+
+/// A plan's own `on_limit` wins over `streams.on_limit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plans_on_limit_applies_to_its_users() {
+    let origin = Origin::start().await;
+    let cfg = TestConfig::new(&origin)
+        .limit(1)
+        .identity("plan_header = \"X-Plan\"")
+        .identity("trusted_proxies = [\"127.0.0.1/32\"]")
+        .table("[plans.family]\nlimit = 1\non_limit = \"evict_oldest\"\n[plans.basic]\nlimit = 1");
+    let proxy = Proxy::start(&cfg).await;
+    let open = |plan: &'static str| {
+        let proxy = &proxy;
+        async move {
+            proxy
+                .client
+                .get(proxy.url("/watch"))
+                .header("Session-Id", plan)
+                .header("X-Plan", plan)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(open("family").await, 200);
+    assert_eq!(open("family").await, 200, "the family plan evicts");
+    assert_eq!(open("basic").await, 200);
+    assert_eq!(open("basic").await, 401, "the basic plan refuses");
+}
