@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::config::{Config, OnLimit, OnStoreError, UnknownPlan};
+use crate::config::{Config, Mode, OnLimit, OnStoreError, UnknownPlan};
 use crate::store::{AtLimit, Evict};
 
 /// What a plan allows.
@@ -27,6 +27,7 @@ enum Allows {
 struct Plan {
     allows: Allows,
     at_limit: Option<AtLimit>,
+    dry_run: bool,
 }
 
 /// A user's limit for one open, and the plan it came from (named in a refusal).
@@ -37,6 +38,8 @@ pub struct Allowance {
     pub plan: Option<Arc<str>>,
     /// What an open at the limit does instead of refusing (`None`: refuse).
     pub at_limit: Option<AtLimit>,
+    /// `streams.mode = "dry_run"` (or the plan's): refuse and evict nothing, report it.
+    pub dry_run: bool,
 }
 
 /// Why a user may open no stream at all, whatever they hold.
@@ -54,6 +57,8 @@ pub enum PlanRefusal {
 pub struct Policy {
     default_limit: u32,
     default_at_limit: Option<AtLimit>,
+    default_dry_run: bool,
+    shadow_limit: Option<u32>,
     on_store_error: OnStoreError,
     plans: BTreeMap<String, Plan>,
     default_plan: Option<Arc<str>>,
@@ -88,12 +93,20 @@ impl Policy {
                     Allows::Streams(p.limit.unwrap_or(config.streams.limit))
                 };
                 let at_limit = at_limit(p.on_limit.unwrap_or(st.on_limit));
-                (name.clone(), Plan { allows, at_limit })
+                let dry_run = p.mode.unwrap_or(st.mode) == Mode::DryRun;
+                let plan = Plan {
+                    allows,
+                    at_limit,
+                    dry_run,
+                };
+                (name.clone(), plan)
             })
             .collect();
         Self {
             default_limit: config.streams.limit,
             default_at_limit: at_limit(st.on_limit),
+            default_dry_run: st.mode == Mode::DryRun,
+            shadow_limit: st.shadow_limit,
             on_store_error: config.store.on_store_error,
             plans,
             default_plan: config.streams.default_plan.as_deref().map(Arc::from),
@@ -139,17 +152,24 @@ impl Policy {
             },
             None => None,
         };
-        let (plan, Plan { allows, at_limit }) =
-            match named.or_else(|| self.default_plan.as_ref().and_then(known)) {
-                Some((p, a)) => (Some(p), a),
-                None => (
-                    None,
-                    Plan {
-                        allows: Allows::Streams(self.default_limit),
-                        at_limit: self.default_at_limit,
-                    },
-                ),
-            };
+        let (
+            plan,
+            Plan {
+                allows,
+                at_limit,
+                dry_run,
+            },
+        ) = match named.or_else(|| self.default_plan.as_ref().and_then(known)) {
+            Some((p, a)) => (Some(p), a),
+            None => (
+                None,
+                Plan {
+                    allows: Allows::Streams(self.default_limit),
+                    at_limit: self.default_at_limit,
+                    dry_run: self.default_dry_run,
+                },
+            ),
+        };
         let limit = match (own_limit, allows) {
             (Some(l), _) => l,
             (None, Allows::Streams(l)) => l,
@@ -162,7 +182,13 @@ impl Policy {
             limit,
             plan,
             at_limit,
+            dry_run,
         })
+    }
+
+    /// `streams.shadow_limit`: a lower limit only counted.
+    pub fn shadow_limit(&self) -> Option<u32> {
+        self.shadow_limit
     }
 
     /// Whether a watch request is admitted (without a lease) when the store fails.

@@ -38,6 +38,8 @@ pub const LIVE_KEYS: &[&str] = &[
     "streams.default_plan",
     "streams.unknown_plan",
     "streams.on_limit",
+    "streams.mode",
+    "streams.shadow_limit",
     "streams.evict_cooldown",
     "streams.tombstone_ttl",
     "store.timeout",
@@ -247,6 +249,8 @@ fn take_live(running: &mut Config, next: &Config) {
     running.streams.default_plan = next.streams.default_plan.clone();
     running.streams.unknown_plan = next.streams.unknown_plan;
     running.streams.on_limit = next.streams.on_limit;
+    running.streams.mode = next.streams.mode;
+    running.streams.shadow_limit = next.streams.shadow_limit;
     running.streams.evict_cooldown = next.streams.evict_cooldown;
     running.streams.tombstone_ttl = next.streams.tombstone_ttl;
     running.plans = next.plans.clone();
@@ -332,6 +336,8 @@ mod tests {
         b.streams.default_plan = Some("basic".into());
         b.streams.unknown_plan = crate::config::UnknownPlan::Reject;
         b.streams.on_limit = crate::config::OnLimit::EvictOldest;
+        b.streams.mode = crate::config::Mode::DryRun;
+        b.streams.shadow_limit = Some(2);
         b.streams.evict_cooldown = Duration::from_secs(5);
         b.streams.tombstone_ttl = Duration::from_secs(60);
         b.plans.insert(
@@ -340,6 +346,7 @@ mod tests {
                 limit: Some(1),
                 unlimited: false,
                 on_limit: None,
+                mode: None,
             },
         );
         b.identity.jwt.max_limit = 4;

@@ -234,3 +234,100 @@ async fn a_plans_on_limit_applies_to_its_users() {
     assert_eq!(open("basic").await, 200);
     assert_eq!(open("basic").await, 401, "the basic plan refuses");
 }
+
+/// Item 3, dry run: everything is leased and counted, nothing refused or evicted; an open
+/// the limit would have refused is counted `would_refuse` and says so to the client and the
+/// upstream. `streams.shadow_limit` is only counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_admits_past_the_limit_and_says_what_it_would_have_done() {
+    let origin = Origin::start().await;
+    let cfg = TestConfig::new(&origin)
+        .limit(3)
+        .streams("mode = \"dry_run\"")
+        .streams("shadow_limit = 2");
+    let proxy = Proxy::start(&cfg).await;
+    for n in 0..3 {
+        let r = proxy.watch(&format!("/watch/{n}"), "dry", None).await;
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.headers().get("stream-limit-status").is_none(),
+            "within the limit"
+        );
+    }
+    let fourth = proxy.watch("/watch/3", "dry", None).await;
+    assert_eq!(fourth.status(), 200, "a dry run refuses nothing");
+    assert_eq!(
+        fourth.headers()["stream-limit-status"],
+        "would_refuse; limit=3; active=4"
+    );
+    let upstream = origin.seen().pop().expect("the origin saw the fourth");
+    assert_eq!(
+        upstream
+            .headers
+            .get("stream-limit-status")
+            .map(String::as_str),
+        Some("would_refuse; limit=3; active=4")
+    );
+    assert_eq!(
+        proxy.metric("streamgate_active_streams").await,
+        4.0,
+        "leased"
+    );
+    let would = "streamgate_stream_decisions_total{outcome=\"would_refuse\"}";
+    assert_eq!(proxy.settled(would, 1.0).await, 1.0);
+    // The shadow limit of 2 would have refused the third and the fourth.
+    assert_eq!(
+        proxy.settled("streamgate_shadow_refusals_total", 2.0).await,
+        2.0
+    );
+    // The fourth stream is a stream like any other: it renews.
+    let id = stream_id(&fourth);
+    assert_eq!(
+        proxy.watch("/watch/4", "dry", Some(&id)).await.status(),
+        200
+    );
+}
+
+/// A dry run with eviction configured counts `would_evict` and evicts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_of_eviction_evicts_nothing() {
+    let origin = Origin::start().await;
+    let cfg = config(&origin, "evict_oldest").streams("mode = \"dry_run\"");
+    let proxy = Proxy::start(&cfg).await;
+    let first = stream_id(&proxy.watch("/watch/a", "dry", None).await);
+    proxy.watch("/watch/b", "dry", None).await;
+    let r = proxy.watch("/watch/c", "dry", None).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("stream-evicted").is_none());
+    assert_eq!(
+        r.headers()["stream-limit-status"],
+        "would_evict; limit=2; active=3"
+    );
+    assert_eq!(
+        proxy.watch("/watch/a2", "dry", Some(&first)).await.status(),
+        200
+    );
+    let would = "streamgate_stream_decisions_total{outcome=\"would_evict\"}";
+    assert_eq!(proxy.settled(would, 1.0).await, 1.0);
+}
+
+/// A dry run fails open whatever `store.on_store_error` says: it must never refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_fails_open_when_the_store_fails() {
+    let mut redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let cfg = TestConfig::new(&origin)
+        .limit(1)
+        .redis(&redis.url(), "dry", "deny")
+        .streams("mode = \"dry_run\"");
+    let proxy = Proxy::start(&cfg).await;
+    let id = stream_id(&proxy.watch("/watch", "abc", None).await);
+    redis.stop();
+    assert_eq!(proxy.watch("/watch/1", "abc", None).await.status(), 200);
+    assert_eq!(
+        proxy.watch("/watch/2", "abc", Some(&id)).await.status(),
+        200
+    );
+    let fail_open = "streamgate_stream_decisions_total{outcome=\"fail_open\"}";
+    assert_eq!(proxy.settled(fail_open, 2.0).await, 2.0);
+}

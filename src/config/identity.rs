@@ -155,6 +155,19 @@ pub struct PlanSection {
     pub unlimited: bool,
     /// What an open at the plan's limit does (else `streams.on_limit`).
     pub on_limit: Option<OnLimit>,
+    /// Enforce the plan's limit, or only report what it would do (else `streams.mode`).
+    pub mode: Option<Mode>,
+}
+
+/// `streams.mode`: enforce the limit, or only report what it would do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    /// Lease and count as usual, refuse and evict nothing: a decision that would have is
+    /// counted (`would_refuse`, `would_evict`), logged and sent as `Stream-Limit-Status`.
+    DryRun,
 }
 
 /// `streams.on_limit`: what an open at the user's limit does.

@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::header::Header;
-use super::identity::OnLimit;
 use super::identity::{IdentitySection, PlanSection, UnknownPlan};
+use super::identity::{Mode, OnLimit};
 use super::store::StoreSection;
 
 /// The whole configuration file. `Config::default()` is every default, with no upstream
@@ -335,6 +335,12 @@ pub struct StreamsSection {
     pub limit_status: u16,
     /// What an open at the limit does: `reject`, `evict_oldest`, `evict_idle`.
     pub on_limit: OnLimit,
+    /// `enforce`, or `dry_run`: lease and count, refuse and evict nothing, and report what
+    /// would have been (before switching a limit on).
+    pub mode: Mode,
+    /// A second, lower limit evaluated in each decision and only counted
+    /// (`streamgate_shadow_refusals_total`): "what if we lowered it to 2?".
+    pub shadow_limit: Option<u32>,
     /// `evict_idle`: how long a stream must have had no request for to be evicted.
     #[serde(with = "humantime_serde")]
     pub evict_idle_after: Duration,
@@ -366,6 +372,8 @@ impl Default for StreamsSection {
             unknown_plan: UnknownPlan::Default,
             limit_status: 401,
             on_limit: OnLimit::Reject,
+            mode: Mode::Enforce,
+            shadow_limit: None,
             evict_idle_after: Duration::from_secs(20),
             evict_cooldown: Duration::from_secs(120),
             tombstone_ttl: Duration::from_secs(600),

@@ -29,7 +29,7 @@ impl StoreOp {
 
 pub(super) const ROUTES: [Route; 4] = [Route::Health, Route::Ready, Route::Watch, Route::Other];
 pub(super) const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
-pub(super) const DECISIONS: [Decision; 10] = [
+pub(super) const DECISIONS: [Decision; 12] = [
     Decision::Admitted,
     Decision::Renewed,
     Decision::Rejected,
@@ -40,6 +40,8 @@ pub(super) const DECISIONS: [Decision; 10] = [
     Decision::Evicted,
     Decision::CooldownRefused,
     Decision::Gone,
+    Decision::WouldRefuse,
+    Decision::WouldEvict,
 ];
 pub(super) const MANIFEST_KINDS: [Kind; 2] = [Kind::Hls, Kind::Dash];
 
@@ -65,6 +67,10 @@ pub enum Decision {
     CooldownRefused,
     /// Refused `410`: the stream was evicted or ended for good.
     Gone,
+    /// Dry run: admitted, though the limit would have refused it.
+    WouldRefuse,
+    /// Dry run: admitted, though the limit would have evicted another stream for it.
+    WouldEvict,
 }
 
 impl Decision {
@@ -80,6 +86,8 @@ impl Decision {
             Decision::Evicted => "evicted",
             Decision::CooldownRefused => "cooldown_refused",
             Decision::Gone => "gone",
+            Decision::WouldRefuse => "would_refuse",
+            Decision::WouldEvict => "would_evict",
         }
     }
 }

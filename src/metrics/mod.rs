@@ -71,6 +71,8 @@ pub struct Metrics {
     untrusted_plan_headers: IntCounter,
     /// Responses cut mid-flight because their stream ended, by reason (`ended`, `evicted`).
     streams_cut: IntCounterVec,
+    /// Opens `streams.shadow_limit` would have refused.
+    shadow_refusals: IntCounter,
     /// Tokens by result (`verified`, `cached`, `refused`) and reason (`none`, `expired`...).
     auth: IntCounterVec,
     /// Admin API requests by action (`list`, `end`, `end_all`, `stats`, `other`) and status.
@@ -157,6 +159,10 @@ impl Metrics {
                     "Responses cut mid-flight because their stream was ended or evicted, by reason.",
                 ),
                 &["reason"],
+            )?,
+            shadow_refusals: IntCounter::new(
+                "streamgate_shadow_refusals_total",
+                "Opens streams.shadow_limit would have refused (only counted).",
             )?,
             untrusted_plan_headers: IntCounter::new(
                 "streamgate_untrusted_plan_headers_total",
@@ -251,6 +257,7 @@ impl Metrics {
         registry.register(Box::new(m.auth.clone()))?;
         registry.register(Box::new(m.untrusted_plan_headers.clone()))?;
         registry.register(Box::new(m.streams_cut.clone()))?;
+        registry.register(Box::new(m.shadow_refusals.clone()))?;
         registry.register(Box::new(m.manifests.clone()))?;
         registry.register(Box::new(m.admin.clone()))?;
         Ok(m)
@@ -310,6 +317,10 @@ impl Metrics {
     /// A plan header from a client outside `identity.trusted_proxies`.
     pub fn stream_cut(&self, why: crate::store::CutReason) {
         self.streams_cut.with_label_values(&[why.label()]).inc();
+    }
+
+    pub fn shadow_refusal(&self) {
+        self.shadow_refusals.inc();
     }
 
     pub fn untrusted_plan_header(&self) {

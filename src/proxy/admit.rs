@@ -18,7 +18,8 @@ use crate::identity::{IdentityError, StreamId};
 use crate::jwt::{Principal, TokenError};
 use crate::lease::{HoldKind, LeaseHold};
 use crate::metrics::{Decision, StoreOp};
-use crate::store::{CutReason, Opened, StoreError};
+use crate::policy::Allowance;
+use crate::store::{AtLimit, CutReason, Opened, StoreError};
 
 /// How long a `DELETE` waits for the ended stream's requests in flight to stop. They stop
 /// at their next body chunk; one whose upstream sends nothing stops when it next does.
@@ -55,7 +56,7 @@ impl StreamGate {
     /// The store failed while admitting: fail open (forward without a lease, under a
     /// fresh stream id) or closed, as the policy says.
     fn admission_failed(&self, ctx: &mut RequestCtx, e: StoreError) -> Result<Forward, Answer> {
-        if self.live.load().policy.fail_open() && !matches!(e, StoreError::Full) {
+        if (ctx.dry_run || self.live.load().policy.fail_open()) && !matches!(e, StoreError::Full) {
             self.metrics.store_error(&e);
             warn!("stream store failed, admitting without a lease: {e}");
             ctx.stream_id = Some(uuid::Uuid::new_v4());
@@ -118,6 +119,13 @@ impl StreamGate {
             return Err(self.end_stream(ctx, &user, stream).await);
         }
 
+        // Pure policy, decided before the store is asked: a dry run fails open however the
+        // store fails. A plan refusal is answered only for an open (below).
+        let allowance = live
+            .policy
+            .allowance(principal.plan.as_ref(), principal.limit);
+        ctx.dry_run = allowance.as_ref().is_ok_and(|a| a.dry_run);
+
         if let Some(id) = stream {
             // One stream, one player: a stream with the most requests in flight already is
             // busy, whatever the store would say.
@@ -153,17 +161,12 @@ impl StreamGate {
             }
         }
 
-        let allowance = live
-            .policy
-            .allowance(principal.plan.as_ref(), principal.limit)
-            .map_err(Answer::Plan)?;
+        let allowance = allowance.map_err(Answer::Plan)?;
         let limit = allowance.limit;
-        let opening = match (&allowance.at_limit, stream) {
-            (Some(at), _) => self.store.open_evicting(&user, limit, stream, at),
-            (None, Some(id)) => self.store.open_as(&user, limit, id),
-            (None, None) => self.store.open(&user, limit),
-        };
-        let opened = match self.timed(StoreOp::Open, opening).await {
+        let opened = self
+            .open_under(ctx, &user, &allowance, live.policy.shadow_limit(), stream)
+            .await;
+        let opened = match opened {
             Ok(Opened::Evicted { id, evicted }) => {
                 // Its requests in flight here stop now; the store told the other instances.
                 self.inflight.cut(&user, evicted, CutReason::Evicted);
@@ -180,7 +183,12 @@ impl StreamGate {
                         return Err(self.redirect(ctx, &user, id, location).await);
                     }
                 }
-                let d = if ctx.evicted.is_some() {
+                let d = if let Some(would) = ctx.would {
+                    if stream.is_none() {
+                        ctx.slot = self.inflight.enter(&user, id);
+                    }
+                    would
+                } else if ctx.evicted.is_some() {
                     if stream.is_none() {
                         ctx.slot = self.inflight.enter(&user, id);
                     }
@@ -228,6 +236,52 @@ impl StreamGate {
                 "an eviction was not admitted".into(),
             ))),
             Err(e) => self.admission_failed(ctx, e),
+        }
+    }
+
+    /// Open a stream under the user's allowance. With `streams.shadow_limit` below the
+    /// limit, the shadow limit is tried first and a refusal by it only counted. In a dry
+    /// run an open the limit refuses is opened all the same (without evicting), and what
+    /// the limit would have done is recorded for the answer, both ways, and the count.
+    async fn open_under(
+        &self,
+        ctx: &mut RequestCtx,
+        user: &str,
+        allowance: &Allowance,
+        shadow: Option<u32>,
+        stream: Option<StreamId>,
+    ) -> Result<Opened, StoreError> {
+        let open = |limit: u32, at: Option<AtLimit>| async move {
+            let opening = match (&at, stream) {
+                (Some(at), _) => self.store.open_evicting(user, limit, stream, at),
+                (None, Some(id)) => self.store.open_as(user, limit, id),
+                (None, None) => self.store.open(user, limit),
+            };
+            self.timed(StoreOp::Open, opening).await
+        };
+        let limit = allowance.limit;
+        if let Some(shadow) = shadow.filter(|&s| s < limit) {
+            match open(shadow, None).await? {
+                Opened::Rejected { .. } => ctx.shadow_refused = true,
+                // Within the lower limit, so within the limit: this is the open.
+                within => return Ok(within),
+            }
+        }
+        if !allowance.dry_run {
+            return open(limit, allowance.at_limit).await;
+        }
+        match open(limit, None).await? {
+            Opened::Rejected { active, .. } => {
+                let (would, label) = match allowance.at_limit {
+                    Some(_) => (Decision::WouldEvict, "would_evict"),
+                    None => (Decision::WouldRefuse, "would_refuse"),
+                };
+                let status = format!("{label}; limit={limit}; active={}", active + 1);
+                ctx.limit_status = HeaderValue::from_str(&status).ok();
+                ctx.would = Some(would);
+                open(u32::MAX, None).await
+            }
+            within => Ok(within),
         }
     }
 

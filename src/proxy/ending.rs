@@ -54,6 +54,9 @@ impl StreamGate {
         if let Some(why) = ctx.cut {
             self.metrics.stream_cut(why);
         }
+        if ctx.shadow_refused {
+            self.metrics.shadow_refusal();
+        }
         let elapsed = ctx.start.elapsed();
         self.metrics.request_done(ctx.route, status, elapsed);
         let req = session.req_header();

@@ -101,6 +101,8 @@ pub struct StreamGate {
 
 /// The error that stops a response whose stream was ended while it was served.
 const STREAM_ENDED: &str = "StreamEnded";
+/// Dry run: what the limit would have done, to the client and the upstream.
+pub(super) const LIMIT_STATUS: &str = "Stream-Limit-Status";
 /// The error of a response cut because its stream was evicted.
 const STREAM_EVICTED: &str = "StreamEvicted";
 
@@ -134,6 +136,14 @@ pub struct RequestCtx {
     cut: Option<CutReason>,
     /// The stream this open evicted (`Stream-Evicted` on the response).
     evicted: Option<StreamId>,
+    /// The user's limit is in dry run: store failures fail open.
+    dry_run: bool,
+    /// Dry run: what the limit would have done with this open (admitted all the same).
+    would: Option<Decision>,
+    /// Dry run: `Stream-Limit-Status`, sent to the client and the upstream.
+    limit_status: Option<HeaderValue>,
+    /// `streams.shadow_limit` would have refused this open.
+    shadow_refused: bool,
     /// A manifest being buffered for rewriting.
     manifest: Option<manifests::ManifestBody>,
     /// A manifest left unchanged at its header (too large, unknown encoding).
@@ -164,6 +174,10 @@ impl ProxyHttp for StreamGate {
             forward: None,
             cut: None,
             evicted: None,
+            dry_run: false,
+            would: None,
+            limit_status: None,
+            shadow_refused: false,
             slot: None,
             manifest: None,
             manifest_skipped: None,
@@ -293,6 +307,9 @@ impl ProxyHttp for StreamGate {
                 })?,
             };
             response.insert_header(self.stream_header_case.clone(), id_value)?;
+            if let Some(status) = &ctx.limit_status {
+                response.insert_header(LIMIT_STATUS, status.clone())?;
+            }
             if let Some(evicted) = ctx.evicted {
                 // An opaque code of the stream this one replaced (its id's first 8 hex
                 // digits): enough for an app to say "playing here stopped another screen".

@@ -128,6 +128,9 @@ impl StreamGate {
                 upstream_request.insert_header(self.stream_header_case.clone(), &*id)?;
             }
         }
+        if let Some(status) = &ctx.limit_status {
+            upstream_request.insert_header(super::LIMIT_STATUS, status.clone())?;
+        }
         Ok(())
     }
 }

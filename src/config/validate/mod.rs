@@ -127,6 +127,9 @@ impl StreamsSection {
         if st.lease_ttl < Duration::from_millis(100) {
             return Err(KeyError::new("streams.lease_ttl", "must be at least 100ms"));
         }
+        if st.shadow_limit == Some(0) {
+            return Err(KeyError::new("streams.shadow_limit", "must be at least 1"));
+        }
         if st.evict_idle_after < Duration::from_millis(100) {
             return Err(KeyError::new(
                 "streams.evict_idle_after",
