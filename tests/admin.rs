@@ -57,6 +57,37 @@ impl Admin {
         r.send().await.unwrap()
     }
 
+    /// `PUT` (or another method) with a JSON body.
+    async fn send_body(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: &str,
+    ) -> reqwest::Response {
+        self.client
+            .request(method, format!("http://{}{path}", self.addr))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The user's listing: streams and rules.
+    async fn listing(&self, user: &str) -> Value {
+        let r = self
+            .send(
+                reqwest::Method::GET,
+                &format!("/admin/v1/users/{user}/streams"),
+                Some(READ),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        json_body(r).await
+    }
+
     async fn streams(&self, user: &str) -> Vec<Value> {
         let r = self
             .send(
@@ -224,5 +255,115 @@ async fn an_end_through_one_instances_admin_api_cuts_the_stream_on_the_other() {
     let r = b.watch("/watch/next", "bob", Some(&id)).await;
     assert_eq!(r.status(), 410);
     assert_eq!(json_body(r).await["error"], "stream_ended");
+    drop(a);
+}
+
+/// Item 4: a per-user limit override and a block, kept in the store with their expiry, so
+/// the instance without the admin API obeys them too.
+async fn overrides_and_blocks_hold_everywhere(admin: &Admin, proxy: &Proxy) {
+    use reqwest::Method;
+    let limit = "/admin/v1/users/vip/limit";
+    let block = "/admin/v1/users/vip/block";
+    let first = stream_id(&proxy.watch("/watch/1", "vip", None).await);
+    assert_eq!(proxy.watch("/watch/2", "vip", None).await.status(), 401);
+
+    let body = r#"{"limit": 3, "ttl": "1h"}"#;
+    let r = admin.send_body(Method::PUT, limit, READ, body).await;
+    assert_eq!(r.status(), 403, "the read token cannot write");
+    let r = admin.send_body(Method::PUT, limit, WRITE, body).await;
+    assert_eq!(r.status(), 200);
+    let set = json_body(r).await;
+    assert_eq!(set["limit"], 3);
+    assert!(set["limit_expires_in_ms"].as_u64().unwrap() <= 3_600_000);
+    for n in 2..4 {
+        let r = proxy.watch(&format!("/watch/{n}"), "vip", None).await;
+        assert_eq!(r.status(), 200, "open {n} under the override");
+    }
+    assert_eq!(proxy.watch("/watch/4", "vip", None).await.status(), 401);
+    assert_eq!(admin.listing("vip").await["rules"]["limit"], 3);
+    for bad in [
+        "nonsense",
+        r#"{"limit": 0, "ttl": "1h"}"#,
+        r#"{"limit": 2}"#,
+    ] {
+        let r = admin.send_body(Method::PUT, limit, WRITE, bad).await;
+        assert_eq!(r.status(), 400, "{bad}");
+        assert_eq!(json_body(r).await["error"], "invalid_body");
+    }
+    let r = admin.send(Method::DELETE, limit, Some(WRITE)).await;
+    assert_eq!(r.status(), 204);
+    let r = admin.send(Method::DELETE, limit, Some(WRITE)).await;
+    assert_eq!(r.status(), 404, "none in force");
+    assert_eq!(
+        proxy.watch("/watch/5", "vip", None).await.status(),
+        401,
+        "back to the configured limit"
+    );
+
+    // A block: opens and renewals are 403, with when to try again.
+    let r = admin
+        .send_body(Method::PUT, block, WRITE, r#"{"ttl": "1h"}"#)
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(json_body(r).await["blocked_expires_in_ms"]
+        .as_u64()
+        .is_some());
+    let r = proxy.watch("/watch/6", "vip", Some(&first)).await;
+    assert_eq!(r.status(), 403, "a renewal of a blocked user");
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 3000 && retry <= 3600, "{retry}");
+    assert_eq!(json_body(r).await["error"], "user_blocked");
+    assert_eq!(proxy.watch("/watch/7", "vip", None).await.status(), 403);
+    assert_eq!(proxy.watch("/watch/1", "other", None).await.status(), 200);
+    let r = admin.send(Method::DELETE, block, Some(WRITE)).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        proxy.watch("/watch/8", "vip", Some(&first)).await.status(),
+        200
+    );
+
+    // An override runs out by itself.
+    let r = admin
+        .send_body(
+            Method::PUT,
+            "/admin/v1/users/brief/limit",
+            WRITE,
+            r#"{"limit": 2, "ttl": "400ms"}"#,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(proxy.watch("/watch/1", "brief", None).await.status(), 200);
+    assert_eq!(proxy.watch("/watch/2", "brief", None).await.status(), 200);
+    proxy
+        .eventually(Duration::from_secs(5), "the override expires", || async {
+            admin.listing("brief").await["rules"]["limit"].is_null()
+        })
+        .await;
+    assert_eq!(proxy.watch("/watch/3", "brief", None).await.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_override_and_a_block_apply_on_the_memory_store() {
+    let origin = Origin::start().await;
+    let (admin, table) = Admin::table();
+    let proxy = Proxy::start(&TestConfig::new(&origin).limit(1).table(&table)).await;
+    overrides_and_blocks_hold_everywhere(&admin, &proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_override_and_a_block_set_on_one_instance_hold_on_the_other() {
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let (admin, table) = Admin::table();
+    let base = TestConfig::new(&origin)
+        .limit(1)
+        .redis(&redis.url(), "rules", "deny");
+    let a = Proxy::start(&base.clone().table(&table)).await;
+    let b = Proxy::start(&base).await;
+    overrides_and_blocks_hold_everywhere(&admin, &b).await;
     drop(a);
 }

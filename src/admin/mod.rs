@@ -34,6 +34,7 @@ use pingora::protocols::http::ServerSession;
 use prometheus::{IntCounterVec, IntGauge};
 use serde::Serialize;
 
+mod rules;
 mod tokens;
 
 use self::tokens::Scope;
@@ -41,6 +42,7 @@ pub use self::tokens::Tokens;
 use crate::identity::{StreamId, UserTags};
 use crate::inflight::StreamInflight;
 use crate::proxy::respond::error_body;
+use crate::store::RuleKind;
 use crate::store::{GoneReason, StoreError, StreamStore};
 
 /// How long an end waits for the stream's requests in flight here to let go.
@@ -94,6 +96,14 @@ impl Reply {
         }
     }
 
+    fn no_content() -> Self {
+        Self {
+            status: StatusCode::NO_CONTENT,
+            body: Bytes::new(),
+            headers: Vec::new(),
+        }
+    }
+
     fn with(mut self, name: header::HeaderName, value: &'static str) -> Self {
         self.headers.push((name, HeaderValue::from_static(value)));
         self
@@ -112,6 +122,8 @@ struct Lease {
 struct Listing<'a> {
     user: &'a str,
     streams: Vec<Lease>,
+    /// The admin API's rules in force for the user.
+    rules: rules::Rules,
 }
 
 impl AdminApp {
@@ -156,6 +168,7 @@ impl AdminApp {
         method: &Method,
         path: &str,
         auth: Option<&HeaderValue>,
+        body: &[u8],
     ) -> (&'static str, Reply) {
         let parts: Vec<&str> = match path.strip_prefix("/admin/v1/") {
             Some(rest) => rest.split('/').collect(),
@@ -166,6 +179,11 @@ impl AdminApp {
             (&Method::GET, ["users", _, "streams"]) => ("list", false),
             (&Method::DELETE, ["users", _, "streams"]) => ("end_all", true),
             (&Method::DELETE, ["users", _, "streams", _]) => ("end", true),
+            (&Method::PUT, ["users", _, "limit"]) => ("set_limit", true),
+            (&Method::DELETE, ["users", _, "limit"]) => ("clear_limit", true),
+            (&Method::PUT, ["users", _, "block"]) => ("block", true),
+            (&Method::DELETE, ["users", _, "block"]) => ("unblock", true),
+            (_, ["users", _, "limit" | "block"]) => return ("other", not_allowed("PUT, DELETE")),
             (_, ["stats"]) => return ("other", not_allowed("GET")),
             (_, ["users", _, "streams"]) => return ("other", not_allowed("GET, DELETE")),
             (_, ["users", _, "streams", _]) => return ("other", not_allowed("DELETE")),
@@ -220,6 +238,10 @@ impl AdminApp {
         };
         let reply = match (action, parts.get(3)) {
             ("list", _) => self.list(&user).await,
+            ("set_limit", _) => self.set_rule(&user, RuleKind::Limit, body).await,
+            ("clear_limit", _) => self.clear_rule(&user, RuleKind::Limit).await,
+            ("block", _) => self.set_rule(&user, RuleKind::Block, body).await,
+            ("unblock", _) => self.clear_rule(&user, RuleKind::Block).await,
             ("end_all", _) => self.end_all(&user).await,
             (_, Some(id)) => match uuid::Uuid::parse_str(id) {
                 Ok(id) => self.end(&user, id).await,
@@ -259,6 +281,10 @@ impl AdminApp {
     }
 
     async fn list(&self, user: &str) -> Reply {
+        let user_rules = match self.store.rules(user).await {
+            Ok(r) => r.into(),
+            Err(e) => return store_failed(&e),
+        };
         match self.store.list(user).await {
             Ok(leases) => Reply::json(
                 StatusCode::OK,
@@ -275,6 +301,7 @@ impl AdminApp {
                                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                         })
                         .collect(),
+                    rules: user_rules,
                 },
             ),
             Err(e) => store_failed(&e),
@@ -287,11 +314,7 @@ impl AdminApp {
             .end(user, id, CUT_WAIT, self.end_for_good(user, id))
             .await;
         match ended {
-            Ok(true) => Reply {
-                status: StatusCode::NO_CONTENT,
-                body: Bytes::new(),
-                headers: Vec::new(),
-            },
+            Ok(true) => Reply::no_content(),
             Ok(false) => Reply::error(
                 StatusCode::NOT_FOUND,
                 "stream_not_found",
@@ -330,7 +353,7 @@ fn not_found() -> Reply {
     Reply::error(
         StatusCode::NOT_FOUND,
         "not_found",
-        "admin paths are /admin/v1/users/{user}/streams[/{id}] and /admin/v1/stats",
+        "admin paths are /admin/v1/users/{user}/streams[/{id}], /admin/v1/users/{user}/limit, /admin/v1/users/{user}/block and /admin/v1/stats",
     )
 }
 
@@ -357,10 +380,53 @@ impl ServeHttp for AdminApp {
         let req = session.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_owned());
         let auth = req.headers.get(header::AUTHORIZATION).cloned();
-        let (action, reply) = self.handle(&method, &path, auth.as_ref()).await;
+        let body = match read_body(session).await {
+            Ok(b) => b,
+            Err(reply) => {
+                self.requests
+                    .with_label_values(&["other", reply.status.as_str()])
+                    .inc();
+                return reply.into_response();
+            }
+        };
+        let (action, reply) = self.handle(&method, &path, auth.as_ref(), &body).await;
         self.requests
             .with_label_values(&[action, reply.status.as_str()])
             .inc();
+        reply.into_response()
+    }
+}
+
+/// The request body, at most [`rules::MAX_BODY`] bytes (a rule's JSON).
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Reply> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > rules::MAX_BODY {
+                    return Err(Reply::error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        "an admin request body is at most 4096 bytes",
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => {
+                return Err(Reply::error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    "the request body could not be read",
+                ))
+            }
+        }
+    }
+}
+
+impl Reply {
+    fn into_response(self) -> Response<Vec<u8>> {
+        let reply = self;
         let mut resp = Response::new(reply.body.to_vec());
         *resp.status_mut() = reply.status;
         let len = resp.body().len();

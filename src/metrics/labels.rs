@@ -29,7 +29,7 @@ impl StoreOp {
 
 pub(super) const ROUTES: [Route; 4] = [Route::Health, Route::Ready, Route::Watch, Route::Other];
 pub(super) const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
-pub(super) const DECISIONS: [Decision; 12] = [
+pub(super) const DECISIONS: [Decision; 13] = [
     Decision::Admitted,
     Decision::Renewed,
     Decision::Rejected,
@@ -42,6 +42,7 @@ pub(super) const DECISIONS: [Decision; 12] = [
     Decision::Gone,
     Decision::WouldRefuse,
     Decision::WouldEvict,
+    Decision::Blocked,
 ];
 pub(super) const MANIFEST_KINDS: [Kind; 2] = [Kind::Hls, Kind::Dash];
 
@@ -71,6 +72,8 @@ pub enum Decision {
     WouldRefuse,
     /// Dry run: admitted, though the limit would have evicted another stream for it.
     WouldEvict,
+    /// Refused `403 user_blocked` (the admin API's block).
+    Blocked,
 }
 
 impl Decision {
@@ -88,6 +91,7 @@ impl Decision {
             Decision::Gone => "gone",
             Decision::WouldRefuse => "would_refuse",
             Decision::WouldEvict => "would_evict",
+            Decision::Blocked => "blocked",
         }
     }
 }

@@ -231,6 +231,10 @@ impl StreamGate {
                     status: live.policy.limit_status(),
                 })
             }
+            Ok(Opened::Blocked { retry_after }) => {
+                self.decided(ctx, Decision::Blocked);
+                Err(Answer::UserBlocked { retry_after })
+            }
             // Mapped to an admission above.
             Ok(Opened::Evicted { .. }) => Err(Answer::Store(StoreError::Protocol(
                 "an eviction was not admitted".into(),

@@ -69,6 +69,8 @@ pub enum Answer {
     Plan(PlanRefusal),
     /// The stream has the most requests in flight allowed.
     Busy,
+    /// The admin API blocked the user (`403`), for `retry_after` more.
+    UserBlocked { retry_after: Duration },
     /// The stream was evicted, or ended through the admin API: its id is never opened
     /// again (`410`).
     Gone(Gone),
@@ -119,7 +121,7 @@ impl Answer {
             Answer::LimitExceeded { status, .. } => *status,
             Answer::Token(TokenError::KeysUnavailable) => 503,
             Answer::Token(_) => 401,
-            Answer::Plan(_) => 403,
+            Answer::Plan(_) | Answer::UserBlocked { .. } => 403,
             Answer::NotFound | Answer::StreamNotFound => 404,
             Answer::Gone(_) => 410,
             Answer::MethodNotAllowed | Answer::Connect => 405,
@@ -168,6 +170,7 @@ impl Answer {
             Answer::Plan(PlanRefusal::Blocked(_)) => "plan_blocked",
             Answer::Plan(PlanRefusal::Unknown) => "unknown_plan",
             Answer::Busy => "stream_busy",
+            Answer::UserBlocked { .. } => "user_blocked",
             Answer::Gone(g) => match g.reason {
                 GoneReason::Evicted => "stream_evicted",
                 GoneReason::Ended => "stream_ended",
@@ -251,6 +254,7 @@ impl Answer {
             Answer::Connect => "this proxy does not tunnel CONNECT",
             Answer::Plan(PlanRefusal::Blocked(_)) => "this user's plan allows no stream",
             Answer::Plan(PlanRefusal::Unknown) => "this user's plan is not one this service knows",
+            Answer::UserBlocked { .. } => "this user may not watch for now",
             _ => "",
         }
     }
@@ -262,6 +266,10 @@ impl Answer {
                 HeaderValue::from(retry_after_secs(*retry_after)),
             )],
             Answer::Busy => vec![(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+            Answer::UserBlocked { retry_after } => vec![(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(*retry_after)),
+            )],
             Answer::Token(TokenError::KeysUnavailable) => {
                 vec![(header::RETRY_AFTER, HeaderValue::from_static("5"))]
             }

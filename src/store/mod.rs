@@ -45,6 +45,31 @@ pub enum Opened {
         /// Time until the cooldown ends.
         retry_after: Duration,
     },
+    /// The user is blocked (a [`UserRule::Block`]) for `retry_after` more.
+    Blocked { retry_after: Duration },
+}
+
+/// A per-user rule the admin API sets, kept in the store so every instance obeys it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserRule {
+    /// This many concurrent streams instead of the plan's or the config's limit.
+    Limit(u32),
+    /// No open and no renewal: `403 user_blocked`.
+    Block,
+}
+
+/// Which rule ([`UserRule`]) to clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RuleKind {
+    Limit,
+    Block,
+}
+
+/// A user's rules in force, each with the time it has left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserRules {
+    pub limit: Option<(u32, Duration)>,
+    pub blocked: Option<Duration>,
 }
 
 /// What an open at the limit may do instead of refusing (`streams.on_limit`).
@@ -265,6 +290,16 @@ pub trait StreamStore: Send + Sync + 'static {
 
     /// Whether `user`'s stream `id` is remembered as gone (evicted or ended for good).
     async fn gone(&self, user: &str, id: StreamId) -> Result<Option<Gone>, StoreError>;
+
+    /// Set a per-user rule for `ttl`; every open (and, for a block, every renewal) of the
+    /// user obeys it in the same atomic step, on every instance.
+    async fn set_rule(&self, user: &str, rule: UserRule, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Clear a per-user rule; whether there was one.
+    async fn clear_rule(&self, user: &str, kind: RuleKind) -> Result<bool, StoreError>;
+
+    /// The user's rules in force.
+    async fn rules(&self, user: &str) -> Result<UserRules, StoreError>;
 
     /// The user's live leases.
     async fn list(&self, user: &str) -> Result<Vec<LeaseInfo>, StoreError>;

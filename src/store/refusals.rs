@@ -26,7 +26,8 @@ use moka::sync::Cache;
 use prometheus::IntCounter;
 
 use super::{
-    AtLimit, CutReason, Gone, GoneReason, LeaseInfo, OnEnd, Opened, StoreError, StreamStore,
+    AtLimit, CutReason, Gone, GoneReason, LeaseInfo, OnEnd, Opened, RuleKind, StoreError,
+    StreamStore, UserRule, UserRules,
 };
 use crate::identity::StreamId;
 
@@ -205,6 +206,23 @@ impl StreamStore for RefusalCache {
         self.inner.gone(user, id).await
     }
 
+    /// A new rule changes what a remembered refusal would say: forget it.
+    async fn set_rule(&self, user: &str, rule: UserRule, ttl: Duration) -> Result<(), StoreError> {
+        let r = self.inner.set_rule(user, rule, ttl).await;
+        self.forget(user);
+        r
+    }
+
+    async fn clear_rule(&self, user: &str, kind: RuleKind) -> Result<bool, StoreError> {
+        let r = self.inner.clear_rule(user, kind).await;
+        self.forget(user);
+        r
+    }
+
+    async fn rules(&self, user: &str) -> Result<UserRules, StoreError> {
+        self.inner.rules(user).await
+    }
+
     async fn list(&self, user: &str) -> Result<Vec<LeaseInfo>, StoreError> {
         self.inner.list(user).await
     }
@@ -348,6 +366,20 @@ mod tests {
         }
         async fn gone(&self, user: &str, id: StreamId) -> Result<Option<Gone>, StoreError> {
             self.inner.gone(user, id).await
+        }
+        async fn set_rule(
+            &self,
+            user: &str,
+            rule: UserRule,
+            ttl: Duration,
+        ) -> Result<(), StoreError> {
+            self.inner.set_rule(user, rule, ttl).await
+        }
+        async fn clear_rule(&self, user: &str, kind: RuleKind) -> Result<bool, StoreError> {
+            self.inner.clear_rule(user, kind).await
+        }
+        async fn rules(&self, user: &str) -> Result<UserRules, StoreError> {
+            self.inner.rules(user).await
         }
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())

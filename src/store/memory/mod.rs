@@ -49,7 +49,8 @@ use moka::ops::compute::Op;
 use moka::sync::SegmentedCache;
 
 use super::{
-    AtLimit, Gone, GoneReason, LeaseCounters, LeaseInfo, Opened, StoreError, StreamStore, Tuning,
+    AtLimit, Gone, GoneReason, LeaseCounters, LeaseInfo, Opened, RuleKind, StoreError, StreamStore,
+    Tuning, UserRule, UserRules,
 };
 
 mod entry;
@@ -350,6 +351,14 @@ impl StreamStore for MemoryStore {
     }
 
     async fn renew(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
+        if self
+            .marks
+            .rules(self.keys.of(user), self.now_ms())
+            .blocked
+            .is_some()
+        {
+            return Ok(false);
+        }
         self.with_user(user, false, Reach::UpToTtl, |leases, _now| {
             match leases.iter_mut().find(|l| l.id == id) {
                 Some(l) => {
@@ -391,6 +400,22 @@ impl StreamStore for MemoryStore {
 
     async fn gone(&self, user: &str, id: StreamId) -> Result<Option<Gone>, StoreError> {
         Ok(self.marks.gone(self.keys.of(user), id, self.now_ms()))
+    }
+
+    async fn set_rule(&self, user: &str, rule: UserRule, ttl: Duration) -> Result<(), StoreError> {
+        self.marks
+            .set_rule(self.keys.of(user), rule, self.now_ms(), ttl);
+        Ok(())
+    }
+
+    async fn clear_rule(&self, user: &str, kind: RuleKind) -> Result<bool, StoreError> {
+        Ok(self
+            .marks
+            .clear_rule(self.keys.of(user), kind, self.now_ms()))
+    }
+
+    async fn rules(&self, user: &str) -> Result<UserRules, StoreError> {
+        Ok(self.marks.rules(self.keys.of(user), self.now_ms()))
     }
 
     async fn list(&self, user: &str) -> Result<Vec<LeaseInfo>, StoreError> {

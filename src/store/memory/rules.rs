@@ -61,12 +61,25 @@ impl MemoryStore {
         self.open_as_now(user, limit, uuid::Uuid::new_v4())
     }
 
+    /// The limit the user's rules set instead of `limit`, or the block that refuses them.
+    fn ruled(&self, user: &str, limit: u32) -> Result<u32, Opened> {
+        let rules = self.marks.rules(self.keys.of(user), self.now_ms());
+        match rules.blocked {
+            Some(retry_after) => Err(Opened::Blocked { retry_after }),
+            None => Ok(rules.limit.map_or(limit, |(n, _)| n)),
+        }
+    }
+
     pub(super) fn open_as_now(
         &self,
         user: &str,
         limit: u32,
         id: StreamId,
     ) -> Result<Opened, StoreError> {
+        let limit = match self.ruled(user, limit) {
+            Ok(l) => l,
+            Err(blocked) => return Ok(blocked),
+        };
         let ttl = self.tuning.ttl_ms();
         let opened = self.with_user(user, true, Reach::Open(limit), |leases, now| {
             if let Some(l) = leases.iter_mut().find(|l| l.id == id) {
@@ -100,6 +113,10 @@ impl MemoryStore {
         id: Option<StreamId>,
         at: &AtLimit,
     ) -> Result<Opened, StoreError> {
+        let limit = match self.ruled(user, limit) {
+            Ok(l) => l,
+            Err(blocked) => return Ok(blocked),
+        };
         let ttl = self.tuning.ttl_ms();
         let key = self.keys.of(user);
         let new = id.unwrap_or_else(uuid::Uuid::new_v4);

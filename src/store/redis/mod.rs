@@ -39,8 +39,8 @@ pub use self::conn::Target;
 use self::scripts::Scripts;
 
 use super::{
-    AtLimit, CutReason, Evict, Gone, GoneReason, LeaseCounters, LeaseInfo, OnEnd, Opened,
-    StoreError, StreamStore, Tuning,
+    AtLimit, CutReason, Evict, Gone, GoneReason, LeaseCounters, LeaseInfo, OnEnd, Opened, RuleKind,
+    StoreError, StreamStore, Tuning, UserRule, UserRules,
 };
 use crate::identity::StreamId;
 
@@ -137,6 +137,11 @@ impl RedisStore {
         format!("{}:{{{}}}:gone", self.prefix, user)
     }
 
+    /// The admin API's rules for the user: `limit` = "<n> <until>", `block` = "<until>".
+    pub fn rules_key(&self, user: &str) -> String {
+        format!("{}:{{{}}}:rules", self.prefix, user)
+    }
+
     /// Set (with its own expiry) while the user cools down from an eviction.
     pub fn cooldown_key(&self, user: &str) -> String {
         format!("{}:{{{}}}:cooldown", self.prefix, user)
@@ -182,6 +187,7 @@ impl RedisStore {
     async fn renew_lease(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
         let mut inv = self.scripts.renew.prepare_invoke();
         inv.key(self.key(user))
+            .key(self.rules_key(user))
             .arg(id.to_string())
             .arg(self.tuning.ttl_ms());
         let (ok, expired): (i64, i64) = self.invoke(inv).await?;
@@ -289,6 +295,7 @@ impl RedisStore {
         let mut inv = self.scripts.open.prepare_invoke();
         inv.key(self.key(user))
             .key(self.ended_key(user))
+            .key(self.rules_key(user))
             .arg(limit)
             .arg(self.tuning.ttl_ms())
             .arg(id.to_string());
@@ -298,7 +305,10 @@ impl RedisStore {
         }
         let (admitted, active, retry_ms, expired) = reply?;
         self.count_expired(expired);
-        if admitted == 1 {
+        let retry_after = Duration::from_millis(u64::try_from(retry_ms).unwrap_or(0));
+        if admitted == 5 {
+            Ok(Opened::Blocked { retry_after })
+        } else if admitted == 1 {
             Ok(Opened::Admitted(id))
         } else if admitted == 2 {
             Ok(Opened::Renewed(id))
@@ -356,6 +366,7 @@ impl StreamStore for RedisStore {
             .key(self.ended_key(user))
             .key(self.gone_key(user))
             .key(self.cooldown_key(user))
+            .key(self.rules_key(user))
             .arg(limit)
             .arg(self.tuning.ttl_ms())
             .arg(new.to_string())
@@ -390,6 +401,7 @@ impl StreamStore for RedisStore {
                     .map_err(|_| StoreError::Protocol("evicted id is not a UUID".into()))?;
                 Ok(Opened::Evicted { id: new, evicted })
             }
+            5 => Ok(Opened::Blocked { retry_after }),
             n => Err(StoreError::Protocol(format!("open outcome {n}"))),
         }
     }
@@ -402,6 +414,48 @@ impl StreamStore for RedisStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         self.remove(user, id, Some((reason, ttl))).await
+    }
+
+    async fn set_rule(&self, user: &str, rule: UserRule, ttl: Duration) -> Result<(), StoreError> {
+        let (kind, n) = match rule {
+            UserRule::Limit(n) => ("limit", n),
+            UserRule::Block => ("block", 0),
+        };
+        let mut inv = self.scripts.set_rule.prepare_invoke();
+        inv.key(self.rules_key(user))
+            .arg(kind)
+            .arg(n)
+            .arg(millis(ttl).max(1));
+        let _: i64 = self.invoke(inv).await?;
+        Ok(())
+    }
+
+    async fn clear_rule(&self, user: &str, kind: RuleKind) -> Result<bool, StoreError> {
+        let had = match kind {
+            RuleKind::Limit => self.rules(user).await?.limit.is_some(),
+            RuleKind::Block => self.rules(user).await?.blocked.is_some(),
+        };
+        let field = match kind {
+            RuleKind::Limit => "limit",
+            RuleKind::Block => "block",
+        };
+        let mut del = redis::cmd("HDEL");
+        del.arg(self.rules_key(user)).arg(field);
+        let _: i64 = self
+            .bounded(async { self.connect().await?.query(&del).await })
+            .await?;
+        Ok(had)
+    }
+
+    async fn rules(&self, user: &str) -> Result<UserRules, StoreError> {
+        let mut inv = self.scripts.rules.prepare_invoke();
+        inv.key(self.rules_key(user));
+        let (n, left, block): (i64, i64, i64) = self.invoke(inv).await?;
+        let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
+        Ok(UserRules {
+            limit: (n >= 0).then(|| (u32::try_from(n).unwrap_or(u32::MAX), ms(left))),
+            blocked: (block >= 0).then(|| ms(block)),
+        })
     }
 
     async fn gone(&self, user: &str, id: StreamId) -> Result<Option<Gone>, StoreError> {

@@ -17,6 +17,21 @@ local function bury(key, id, reason, ms)
     redis.call('PEXPIRE', key, ms)
   end
 end
+-- The user's rules (the admin API's, in the `rules` hash): the limit that applies instead
+-- of `limit`, or nil and the block's time left.
+local function ruled(key, limit)
+  local r = redis.call('HMGET', key, 'limit', 'block')
+  if r[2] and tonumber(r[2]) > now then
+    return nil, tonumber(r[2]) - now
+  end
+  if r[1] then
+    local n, untl = string.match(r[1], '^(%d+) (%d+)$')
+    if untl and tonumber(untl) > now then
+      limit = tonumber(n)
+    end
+  end
+  return limit, 0
+end
 local function touch()
   local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
   if last[2] then
@@ -25,16 +40,21 @@ local function touch()
 end
 "#;
 
-/// ARGV: limit, ttl_ms, new id. Returns {admitted 0|1|2, active, retry_after_ms, expired}:
-/// 2 when the id was live already (renewed, not counted again).
+/// KEYS: streams, ended, rules. ARGV: limit, ttl_ms, new id. Returns {admitted 0|1|2|5,
+/// active, retry_after_ms, expired}: 2 when the id was live already (renewed, not counted
+/// again), 5 when the user is blocked (retry_after: the block's time left).
 const OPEN: &str = r#"
+local limit, blocked = ruled(KEYS[3], tonumber(ARGV[1]))
+if not limit then
+  return {5, 0, blocked, expired}
+end
 if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
   redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[3])
   touch()
   return {2, redis.call('ZCARD', KEYS[1]), 0, expired}
 end
 local n = redis.call('ZCARD', KEYS[1])
-if n >= tonumber(ARGV[1]) then
+if n >= limit then
   local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   return {0, n, math.floor(tonumber(first[2])) - now, expired}
 end
@@ -44,14 +64,18 @@ touch()
 return {1, n + 1, 0, expired}
 "#;
 
-/// KEYS: streams, ended, gone, cooldown. ARGV: limit, ttl_ms, new id, given (1: the
+/// KEYS: streams, ended, gone, cooldown, rules. ARGV: limit, ttl_ms, new id, given (1: the
 /// client named the id), mode (1 oldest, 2 idle), idle_ms, cooldown_ms, tombstone_ms,
 /// channel, user. An open that at the limit may end the user's least recently renewed
 /// lease (score = last renewal or hold refresh + TTL; a hold refreshes often enough that
 /// it never looks idle) and take its place. Returns {0 refused | 1 admitted | 2 renewed |
-/// 3 cooling down | 4 admitted by eviction, active, retry_after_ms, expired, evicted id}.
+/// 3 cooling down | 4 admitted by eviction | 5 blocked, active, retry_after_ms, expired,
+/// evicted id}.
 const OPEN_EVICTING: &str = r#"
-local limit = tonumber(ARGV[1])
+local limit, blocked = ruled(KEYS[5], tonumber(ARGV[1]))
+if not limit then
+  return {5, 0, blocked, expired, ''}
+end
 local ttl = tonumber(ARGV[2])
 if ARGV[4] == '1' and redis.call('ZSCORE', KEYS[1], ARGV[3]) then
   redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[3])
@@ -101,10 +125,11 @@ redis.call('PUBLISH', ARGV[9], victim .. ' ' .. ARGV[10])
 return {4, n, 0, expired, victim}
 "#;
 
-/// ARGV: id, ttl_ms. Pushes a live lease's expiry out. Returns {renewed 0|1, expired}.
+/// KEYS: streams, rules. ARGV: id, ttl_ms. Pushes a live lease's expiry out, unless the
+/// user is blocked. Returns {renewed 0|1, expired}.
 const RENEW: &str = r#"
 -- Existence, not ZADD's change count: a renewal in the same millisecond changes nothing.
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+if not ruled(KEYS[2], 0) or not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   return {0, expired}
 end
 redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
@@ -158,6 +183,42 @@ if not untl or tonumber(untl) <= now then return false end
 return reason .. ' ' .. at
 "#;
 
+/// KEYS: rules. ARGV: kind (`limit` | `block`), limit, ttl_ms. Sets a rule until now +
+/// ttl; the hash lives as long as its longest rule.
+const SET_RULE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ms = tonumber(ARGV[3])
+if ARGV[1] == 'limit' then
+  redis.call('HSET', KEYS[1], 'limit', ARGV[2] .. ' ' .. (now + ms))
+else
+  redis.call('HSET', KEYS[1], 'block', tostring(now + ms))
+end
+if redis.call('PTTL', KEYS[1]) < ms then
+  redis.call('PEXPIRE', KEYS[1], ms)
+end
+return 1
+"#;
+
+/// KEYS: rules. Returns {limit or -1, its ms left or -1, block ms left or -1}.
+const RULES: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local r = redis.call('HMGET', KEYS[1], 'limit', 'block')
+local out = {-1, -1, -1}
+if r[1] then
+  local n, untl = string.match(r[1], '^(%d+) (%d+)$')
+  if untl and tonumber(untl) > now then
+    out[1] = tonumber(n)
+    out[2] = tonumber(untl) - now
+  end
+end
+if r[2] and tonumber(r[2]) > now then
+  out[3] = tonumber(r[2]) - now
+end
+return out
+"#;
+
 /// Returns {expired, now, id1, expiry1, id2, expiry2, ...}.
 const LIST: &str = r#"
 local out = {expired, now}
@@ -170,6 +231,8 @@ pub(super) struct Scripts {
     pub(super) open: Script,
     pub(super) open_evicting: Script,
     pub(super) gone: Script,
+    pub(super) set_rule: Script,
+    pub(super) rules: Script,
     pub(super) renew: Script,
     pub(super) refresh: Script,
     pub(super) end: Script,
@@ -188,6 +251,8 @@ impl Scripts {
             open: script(OPEN),
             open_evicting: script(OPEN_EVICTING),
             gone: Script::new(GONE),
+            set_rule: Script::new(SET_RULE),
+            rules: Script::new(RULES),
             renew: script(RENEW),
             refresh: script(REFRESH),
             end: script(END),
