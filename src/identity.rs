@@ -128,6 +128,11 @@ fn param_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = &'a s
     })
 }
 
+/// The first value of the query parameter `name`, as written.
+pub(crate) fn param_value<'a>(query: &'a str, name: &'a str) -> Option<&'a str> {
+    param_values(query, name).next()
+}
+
 /// Exactly one value of `name`: `Ok(None)` when absent, `Err(())` when sent twice.
 fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a [u8]>, ()> {
     let mut values = headers.get_all(name).iter();

@@ -34,7 +34,7 @@ type Key = (Arc<str>, StreamId);
 /// Whether a stream's requests in flight must stop, and who waits for them to.
 #[derive(Default)]
 struct Cut {
-    /// 0 while not cut, else the [`CutReason`] (1 ended, 2 evicted).
+    /// 0 while not cut, else the [`CutReason`] (1 ended, 2 evicted, 3 replaced).
     cut: AtomicU8,
     released: tokio::sync::Notify,
 }
@@ -44,6 +44,7 @@ impl Cut {
         match self.cut.load(Ordering::Acquire) {
             0 => None,
             2 => Some(CutReason::Evicted),
+            3 => Some(CutReason::Replaced),
             _ => Some(CutReason::Ended),
         }
     }
@@ -124,6 +125,7 @@ impl StreamInflight {
         let code = match why {
             CutReason::Ended => 1,
             CutReason::Evicted => 2,
+            CutReason::Replaced => 3,
         };
         match self.shard(&id).lock().get(&key) {
             Some(e) => {

@@ -331,3 +331,67 @@ async fn a_dry_run_fails_open_when_the_store_fails() {
     let fail_open = "streamgate_stream_decisions_total{outcome=\"fail_open\"}";
     assert_eq!(proxy.settled(fail_open, 2.0).await, 2.0);
 }
+
+/// Item 2: a device replaces its own stream. With `streams.device_header`, ten restarts of
+/// one app (through either instance, by header or parameter) stay one stream under a limit
+/// of 1; another device is refused; the replaced stream's response in flight is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_replaces_its_own_stream_across_instances() {
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let cfg = TestConfig::new(&origin)
+        .limit(1)
+        .streams("device_header = \"Device-Id\"")
+        .redis(&redis.url(), "devices", "deny");
+    let (a, b) = (Proxy::start(&cfg).await, Proxy::start(&cfg).await);
+    let open = |proxy: &Proxy, path: &str, device: Option<&str>| {
+        let mut req = proxy
+            .client
+            .get(proxy.url(path))
+            .header("Session-Id", "fam");
+        if let Some(d) = device {
+            req = req.header("Device-Id", d);
+        }
+        req.send()
+    };
+    let playing = open(&a, SLOW, Some("tv-1")).await.unwrap();
+    assert_eq!(playing.status(), 200);
+    let mut last = stream_id(&playing);
+    // The app restarts through the other instance: its old response there is cut.
+    let r = open(&b, "/watch/x", Some("tv-1")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        was_cut(playing).await,
+        "the replaced stream's response is cut"
+    );
+    a.counted("streamgate_streams_cut_total{reason=\"replaced\"}", 1.0)
+        .await;
+    last = {
+        assert_ne!(stream_id(&r), last);
+        stream_id(&r)
+    };
+    for restart in 1..10 {
+        let proxy = if restart % 2 == 0 { &b } else { &a };
+        let r = if restart % 3 == 0 {
+            open(proxy, "/watch/x?sg_device=tv-1", None).await.unwrap()
+        } else {
+            open(proxy, "/watch/x", Some("tv-1")).await.unwrap()
+        };
+        assert_eq!(r.status(), 200, "restart {restart} replaces, not counts");
+        let id = stream_id(&r);
+        assert_ne!(id, last);
+        last = id;
+    }
+    let r = open(&a, "/watch/y", Some("phone")).await.unwrap();
+    assert_eq!(r.status(), 401, "another device counts");
+    assert_eq!(open(&b, "/watch/y", None).await.unwrap().status(), 401);
+    assert!(
+        origin.seen().iter().all(|s| !s.path.contains("sg_device")),
+        "the device parameter never reaches the origin"
+    );
+    let replaced = "streamgate_stream_decisions_total{outcome=\"replaced\"}";
+    a.eventually(Duration::from_secs(5), "ten replacements", || async {
+        a.metric(replaced).await + b.metric(replaced).await == 10.0
+    })
+    .await;
+}

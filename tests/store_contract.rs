@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use common::redis_server::{RedisCluster, RedisServer};
 use prometheus::IntCounter;
 use streamgate::store::{
-    AtLimit, Evict, GoneReason, LeaseCounters, MemoryStore, Opened, RedisStore, RefusalCache,
-    StreamStore, Target,
+    AtLimit, Evict, GoneReason, LeaseCounters, MemoryStore, OpenWith, Opened, RedisStore,
+    RefusalCache, StreamStore, Target,
 };
 use uuid::Uuid;
 
@@ -181,9 +181,17 @@ fn evicting(evict: Evict, cooldown_ms: u64, tombstone_ms: u64) -> AtLimit {
     }
 }
 
+/// An open that evicts as `at` says.
+fn with(at: &AtLimit) -> OpenWith {
+    OpenWith {
+        at_limit: Some(*at),
+        device: None,
+    }
+}
+
 /// The id an evicting open admitted and the one it evicted, or a panic naming the answer.
 async fn evicts(s: &Arc<dyn StreamStore>, user: &str, limit: u32, at: &AtLimit) -> (Uuid, Uuid) {
-    match s.open_evicting(user, limit, None, at).await.unwrap() {
+    match s.open_with(user, limit, None, &with(at)).await.unwrap() {
         Opened::Evicted { id, evicted } => (id, evicted),
         other => panic!("expected an eviction, got {other:?}"),
     }
@@ -211,7 +219,7 @@ async fn eviction_contract(make: Factory) {
     // recently renewed lease is ended in the same step and remembered as evicted. A lease
     // held (a request in flight) counts as renewed now, so the idle one goes first.
     let s = make(ttl);
-    let a = match s.open_evicting("e", 2, None, &oldest).await.unwrap() {
+    let a = match s.open_with("e", 2, None, &with(&oldest)).await.unwrap() {
         Opened::Admitted(id) => id,
         other => panic!("under the limit: {other:?}"),
     };
@@ -242,7 +250,7 @@ async fn eviction_contract(make: Factory) {
     let quiet = admitted(&s, "i", 2).await;
     s.release("i", quiet, true).await.unwrap();
     assert!(matches!(
-        s.open_evicting("i", 2, None, &idle).await.unwrap(),
+        s.open_with("i", 2, None, &with(&idle)).await.unwrap(),
         Opened::Rejected { active: 2, .. }
     ));
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -251,7 +259,7 @@ async fn eviction_contract(make: Factory) {
     let (_, evicted) = evicts(&s, "i", 2, &idle).await;
     assert_eq!(evicted, quiet, "the idle lease, never the held one");
     assert!(matches!(
-        s.open_evicting("i", 2, None, &idle).await.unwrap(),
+        s.open_with("i", 2, None, &with(&idle)).await.unwrap(),
         Opened::Rejected { .. }
     ));
 
@@ -262,7 +270,7 @@ async fn eviction_contract(make: Factory) {
     s.release("c", first, true).await.unwrap();
     let (second, evicted) = evicts(&s, "c", 1, &cooling).await;
     assert_eq!(evicted, first);
-    match s.open_evicting("c", 1, None, &cooling).await.unwrap() {
+    match s.open_with("c", 1, None, &with(&cooling)).await.unwrap() {
         Opened::CoolingDown {
             active,
             retry_after,
@@ -274,7 +282,7 @@ async fn eviction_contract(make: Factory) {
     }
     until("the cooldown ends", || async {
         matches!(
-            s.open_evicting("c", 1, None, &cooling).await.unwrap(),
+            s.open_with("c", 1, None, &with(&cooling)).await.unwrap(),
             Opened::Evicted { evicted, .. } if evicted == second
         )
     })
@@ -315,7 +323,7 @@ async fn eviction_contract(make: Factory) {
         .map(|_| {
             let s = s.clone();
             let at = oldest;
-            tokio::spawn(async move { s.open_evicting("crowd", 3, None, &at).await.unwrap() })
+            tokio::spawn(async move { s.open_with("crowd", 3, None, &with(&at)).await.unwrap() })
         })
         .collect();
     let mut evicted = Vec::new();
@@ -334,6 +342,60 @@ async fn eviction_contract(make: Factory) {
     for e in &evicted {
         assert!(s.gone("crowd", *e).await.unwrap().is_some());
     }
+}
+
+/// A device replaces its own lease: ten restarts of one device keep one lease; another
+/// device counts on its own; the limit still holds for new devices.
+async fn device_contract(make: Factory) {
+    let s = make(Duration::from_secs(60));
+    let tv = OpenWith {
+        at_limit: None,
+        device: Some(0x7465_6c65),
+    };
+    let mut last = match s.open_with("d", 2, None, &tv).await.unwrap() {
+        Opened::Admitted(id) => id,
+        other => panic!("{other:?}"),
+    };
+    for restart in 0..10 {
+        match s.open_with("d", 2, None, &tv).await.unwrap() {
+            Opened::Replaced { id, replaced } => {
+                assert_eq!(replaced, last, "restart {restart} replaces the last stream");
+                last = id;
+            }
+            other => panic!("restart {restart}: {other:?}"),
+        }
+        assert_eq!(s.list("d").await.unwrap().len(), 1);
+    }
+    assert!(s.renew("d", last).await.unwrap());
+    let phone = OpenWith {
+        at_limit: None,
+        device: Some(0x7068_6f6e),
+    };
+    assert!(matches!(
+        s.open_with("d", 2, None, &phone).await.unwrap(),
+        Opened::Admitted(_)
+    ));
+    let tablet = OpenWith {
+        at_limit: None,
+        device: Some(0x7461_626c),
+    };
+    assert!(matches!(
+        s.open_with("d", 2, None, &tablet).await.unwrap(),
+        Opened::Rejected { active: 2, .. }
+    ));
+    // The same device id under another user is another device.
+    assert!(matches!(
+        s.open_with("e", 2, None, &tv).await.unwrap(),
+        Opened::Admitted(_)
+    ));
+    assert_eq!(s.list("d").await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_store_replaces_a_devices_own_lease() {
+    device_contract(memory()).await;
+    let server = RedisServer::start();
+    device_contract(redis(Target::Single(server.url()))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

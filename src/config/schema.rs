@@ -338,6 +338,13 @@ pub struct StreamsSection {
     /// `enforce`, or `dry_run`: lease and count, refuse and evict nothing, and report what
     /// would have been (before switching a limit on).
     pub mode: Mode,
+    /// The header naming the player's device (e.g. `Device-Id`): a second open from a
+    /// device that holds a lease of the user replaces that lease instead of counting again.
+    /// Unset: devices are not told apart.
+    pub device_header: Option<Header>,
+    /// The query parameter that names the device where the header cannot be sent;
+    /// removed before the request goes upstream.
+    pub device_param: String,
     /// A second, lower limit evaluated in each decision and only counted
     /// (`streamgate_shadow_refusals_total`): "what if we lowered it to 2?".
     pub shadow_limit: Option<u32>,
@@ -373,6 +380,8 @@ impl Default for StreamsSection {
             limit_status: 401,
             on_limit: OnLimit::Reject,
             mode: Mode::Enforce,
+            device_header: None,
+            device_param: "sg_device".into(),
             shadow_limit: None,
             evict_idle_after: Duration::from_secs(20),
             evict_cooldown: Duration::from_secs(120),

@@ -29,7 +29,7 @@ impl StoreOp {
 
 pub(super) const ROUTES: [Route; 4] = [Route::Health, Route::Ready, Route::Watch, Route::Other];
 pub(super) const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
-pub(super) const DECISIONS: [Decision; 13] = [
+pub(super) const DECISIONS: [Decision; 14] = [
     Decision::Admitted,
     Decision::Renewed,
     Decision::Rejected,
@@ -43,6 +43,7 @@ pub(super) const DECISIONS: [Decision; 13] = [
     Decision::WouldRefuse,
     Decision::WouldEvict,
     Decision::Blocked,
+    Decision::Replaced,
 ];
 pub(super) const MANIFEST_KINDS: [Kind; 2] = [Kind::Hls, Kind::Dash];
 
@@ -74,6 +75,8 @@ pub enum Decision {
     WouldEvict,
     /// Refused `403 user_blocked` (the admin API's block).
     Blocked,
+    /// Admitted in the place of the stream its device held (`streams.device_header`).
+    Replaced,
 }
 
 impl Decision {
@@ -92,6 +95,7 @@ impl Decision {
             Decision::WouldRefuse => "would_refuse",
             Decision::WouldEvict => "would_evict",
             Decision::Blocked => "blocked",
+            Decision::Replaced => "replaced",
         }
     }
 }

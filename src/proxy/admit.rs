@@ -19,7 +19,7 @@ use crate::jwt::{Principal, TokenError};
 use crate::lease::{HoldKind, LeaseHold};
 use crate::metrics::{Decision, StoreOp};
 use crate::policy::Allowance;
-use crate::store::{AtLimit, CutReason, Opened, StoreError};
+use crate::store::{AtLimit, CutReason, DeviceKey, OpenWith, Opened, StoreError};
 
 /// How long a `DELETE` waits for the ended stream's requests in flight to stop. They stop
 /// at their next body chunk; one whose upstream sends nothing stops when it next does.
@@ -64,6 +64,29 @@ impl StreamGate {
             return Ok(Forward);
         }
         Err(self.store_failed(e))
+    }
+
+    /// The opening device (`streams.device_header`, or its parameter), as the store keys
+    /// it: the first 8 bytes of SHA-256 over the user and the device id, so the raw id is
+    /// never stored, and one device id under two users is two devices.
+    fn device_of(&self, req: &RequestHeader, user: &str) -> Option<DeviceKey> {
+        let (header, param) = self.device.as_ref()?;
+        let from_header = req.headers.get(header).map(|v| v.as_bytes());
+        let from_param = || {
+            req.uri
+                .query()
+                .and_then(|q| crate::identity::param_value(q, param))
+                .map(str::as_bytes)
+        };
+        let id = from_header.or_else(from_param).filter(|d| !d.is_empty())?;
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(user.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(id);
+        let digest = ctx.finish();
+        let mut key = [0u8; 8];
+        key.copy_from_slice(&digest.as_ref()[..8]);
+        Some(u64::from_be_bytes(key))
     }
 
     /// Header identity: the plan a trusted gateway named (`identity.plan_header` from
@@ -125,6 +148,7 @@ impl StreamGate {
             .policy
             .allowance(principal.plan.as_ref(), principal.limit);
         ctx.dry_run = allowance.as_ref().is_ok_and(|a| a.dry_run);
+        ctx.device = self.device_of(req, &user);
 
         if let Some(id) = stream {
             // One stream, one player: a stream with the most requests in flight already is
@@ -173,6 +197,11 @@ impl StreamGate {
                 ctx.evicted = Some(evicted);
                 Ok(Opened::Admitted(id))
             }
+            Ok(Opened::Replaced { id, replaced }) => {
+                self.inflight.cut(&user, replaced, CutReason::Replaced);
+                ctx.replaced = true;
+                Ok(Opened::Admitted(id))
+            }
             other => other,
         };
         match opened {
@@ -188,11 +217,15 @@ impl StreamGate {
                         ctx.slot = self.inflight.enter(&user, id);
                     }
                     would
-                } else if ctx.evicted.is_some() {
+                } else if ctx.evicted.is_some() || ctx.replaced {
                     if stream.is_none() {
                         ctx.slot = self.inflight.enter(&user, id);
                     }
-                    Decision::Evicted
+                    if ctx.replaced {
+                        Decision::Replaced
+                    } else {
+                        Decision::Evicted
+                    }
                 } else if stream.is_some() {
                     Decision::Resumed
                 } else {
@@ -236,9 +269,9 @@ impl StreamGate {
                 Err(Answer::UserBlocked { retry_after })
             }
             // Mapped to an admission above.
-            Ok(Opened::Evicted { .. }) => Err(Answer::Store(StoreError::Protocol(
-                "an eviction was not admitted".into(),
-            ))),
+            Ok(Opened::Evicted { .. } | Opened::Replaced { .. }) => Err(Answer::Store(
+                StoreError::Protocol("an eviction was not admitted".into()),
+            )),
             Err(e) => self.admission_failed(ctx, e),
         }
     }
@@ -255,11 +288,13 @@ impl StreamGate {
         shadow: Option<u32>,
         stream: Option<StreamId>,
     ) -> Result<Opened, StoreError> {
-        let open = |limit: u32, at: Option<AtLimit>| async move {
-            let opening = match (&at, stream) {
-                (Some(at), _) => self.store.open_evicting(user, limit, stream, at),
-                (None, Some(id)) => self.store.open_as(user, limit, id),
-                (None, None) => self.store.open(user, limit),
+        let device = ctx.device;
+        let open = |limit: u32, at_limit: Option<AtLimit>| async move {
+            let with = OpenWith { at_limit, device };
+            let opening = match (with == OpenWith::default(), stream) {
+                (false, _) => self.store.open_with(user, limit, stream, &with),
+                (true, Some(id)) => self.store.open_as(user, limit, id),
+                (true, None) => self.store.open(user, limit),
             };
             self.timed(StoreOp::Open, opening).await
         };
@@ -321,9 +356,10 @@ impl StreamGate {
         if let Some(hold) = ctx.hold.take() {
             hold.release(false).await;
         }
-        let d = match ctx.evicted {
-            Some(_) => Decision::Evicted,
-            None => Decision::Admitted,
+        let d = match (ctx.evicted, ctx.replaced) {
+            (Some(_), _) => Decision::Evicted,
+            (None, true) => Decision::Replaced,
+            (None, false) => Decision::Admitted,
         };
         self.decided(ctx, d);
         // As on every admitted answer: who, and which stream.

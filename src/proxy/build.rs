@@ -71,6 +71,11 @@ impl StreamGate {
             drain,
             access_log,
             echo_session: config.identity.echo,
+            device: config
+                .streams
+                .device_header
+                .as_ref()
+                .map(|h| (h.name().clone(), config.streams.device_param.clone())),
             user_tags: UserTags::default(),
             plan_header: config
                 .identity

@@ -92,6 +92,8 @@ pub struct StreamGate {
     access_log: AccessLog,
     /// `identity.echo`: send the session id back on admitted answers.
     echo_session: bool,
+    /// `streams.device_header`, and the parameter that stands for it.
+    device: Option<(HeaderName, String)>,
     /// How users appear in log lines (never their session id).
     user_tags: UserTags,
     /// `identity.plan_header`, believed only from `trusted_proxies`.
@@ -101,6 +103,8 @@ pub struct StreamGate {
 
 /// The error that stops a response whose stream was ended while it was served.
 const STREAM_ENDED: &str = "StreamEnded";
+/// The error of a response cut because its device opened a new stream.
+const STREAM_REPLACED: &str = "StreamReplaced";
 /// Dry run: what the limit would have done, to the client and the upstream.
 pub(super) const LIMIT_STATUS: &str = "Stream-Limit-Status";
 /// The error of a response cut because its stream was evicted.
@@ -136,6 +140,10 @@ pub struct RequestCtx {
     cut: Option<CutReason>,
     /// The stream this open evicted (`Stream-Evicted` on the response).
     evicted: Option<StreamId>,
+    /// This open took the place of its device's previous stream.
+    replaced: bool,
+    /// The opening device (`streams.device_header`), hashed.
+    device: Option<crate::store::DeviceKey>,
     /// The user's limit is in dry run: store failures fail open.
     dry_run: bool,
     /// Dry run: what the limit would have done with this open (admitted all the same).
@@ -174,6 +182,8 @@ impl ProxyHttp for StreamGate {
             forward: None,
             cut: None,
             evicted: None,
+            replaced: false,
+            device: None,
             dry_run: false,
             would: None,
             limit_status: None,
@@ -354,6 +364,10 @@ impl ProxyHttp for StreamGate {
                 CutReason::Evicted => {
                     Error::e_explain(ErrorType::Custom(STREAM_EVICTED), "the stream was evicted")
                 }
+                CutReason::Replaced => Error::e_explain(
+                    ErrorType::Custom(STREAM_REPLACED),
+                    "the stream's device opened another",
+                ),
             };
         }
         if let Some(m) = ctx.manifest.as_mut() {
@@ -371,7 +385,9 @@ impl ProxyHttp for StreamGate {
         let f = failure::classify(e.etype(), e.esource());
         let ended = matches!(
             e.etype(),
-            ErrorType::Custom(STREAM_ENDED) | ErrorType::Custom(STREAM_EVICTED)
+            ErrorType::Custom(STREAM_ENDED)
+                | ErrorType::Custom(STREAM_EVICTED)
+                | ErrorType::Custom(STREAM_REPLACED)
         );
         // Our own line instead of Pingora's ERROR (`suppress_error_log`): stable fields, the
         // path without its query, and a client that left is not an error.

@@ -95,13 +95,17 @@ impl StreamGate {
         let token_param = jwt
             .and_then(|j| j.token_param())
             .filter(|p| upstream_request.uri.query().is_some_and(|q| q.contains(p)));
-        if ctx.strip_param || token_param.is_some() {
+        let device_param = self.device.as_ref().map(|(_, p)| p.as_str()).filter(|p| {
+            ctx.route == crate::routing::Route::Watch
+                && upstream_request.uri.query().is_some_and(|q| q.contains(p))
+        });
+        if ctx.strip_param || token_param.is_some() || device_param.is_some() {
             let uri = &upstream_request.uri;
             let mut kept = uri.query().unwrap_or_default().to_string();
             if ctx.strip_param {
                 kept = crate::manifest::strip_param(&kept, &self.identity.stream_param);
             }
-            if let Some(p) = token_param {
+            for p in token_param.into_iter().chain(device_param) {
                 kept = crate::manifest::strip_param(&kept, p);
             }
             let pq = if kept.is_empty() {

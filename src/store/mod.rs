@@ -47,6 +47,21 @@ pub enum Opened {
     },
     /// The user is blocked (a [`UserRule::Block`]) for `retry_after` more.
     Blocked { retry_after: Duration },
+    /// Admitted (`id`) in the place of `replaced`, the lease the same device held: an app
+    /// restart, the next episode, a seek that refetched the master playlist.
+    Replaced { id: StreamId, replaced: StreamId },
+}
+
+/// A device, as the store keys it: a hash of the user and the device id (never the id).
+pub type DeviceKey = u64;
+
+/// What an open may do beside admitting under the limit ([`StreamStore::open_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenWith {
+    /// At the limit, evict instead of refusing (`streams.on_limit`).
+    pub at_limit: Option<AtLimit>,
+    /// The opening device (`streams.device_header`): a lease it already holds is replaced.
+    pub device: Option<DeviceKey>,
 }
 
 /// A per-user rule the admin API sets, kept in the store so every instance obeys it.
@@ -267,15 +282,16 @@ pub trait StreamStore: Send + Sync + 'static {
     /// End a stream now, whatever holds it has. `false` when it was not live.
     async fn end(&self, user: &str, id: StreamId) -> Result<bool, StoreError>;
 
-    /// [`Self::open`] (or [`Self::open_as`] with `id`), but at the limit do what `at` says:
-    /// end one of the user's leases and admit in its place ([`Opened::Evicted`]), in the
-    /// same atomic step, unless the user is cooling down from the last eviction.
-    async fn open_evicting(
+    /// [`Self::open`] (or [`Self::open_as`] with `id`), and in the same atomic step: a
+    /// lease `with.device` already holds is ended and its slot taken ([`Opened::Replaced`]);
+    /// at the limit, `with.at_limit` ends one of the user's leases and admits in its place
+    /// ([`Opened::Evicted`]) unless the user is cooling down from the last eviction.
+    async fn open_with(
         &self,
         user: &str,
         limit: u32,
         id: Option<StreamId>,
-        at: &AtLimit,
+        with: &OpenWith,
     ) -> Result<Opened, StoreError>;
 
     /// End a stream as [`Self::end`] does and remember its id as gone for `ttl`, so its
@@ -342,6 +358,8 @@ pub enum CutReason {
     Ended,
     /// Evicted to make room for another of the user's streams.
     Evicted,
+    /// Replaced by a new stream of the same device.
+    Replaced,
 }
 
 impl CutReason {
@@ -349,6 +367,7 @@ impl CutReason {
         match self {
             CutReason::Ended => "ended",
             CutReason::Evicted => "evicted",
+            CutReason::Replaced => "replaced",
         }
     }
 }

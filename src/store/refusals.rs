@@ -26,7 +26,7 @@ use moka::sync::Cache;
 use prometheus::IntCounter;
 
 use super::{
-    AtLimit, CutReason, Gone, GoneReason, LeaseInfo, OnEnd, Opened, RuleKind, StoreError,
+    CutReason, Gone, GoneReason, LeaseInfo, OnEnd, OpenWith, Opened, RuleKind, StoreError,
     StreamStore, UserRule, UserRules,
 };
 use crate::identity::StreamId;
@@ -179,15 +179,16 @@ impl StreamStore for RefusalCache {
         r
     }
 
-    /// An evicting open changes what a remembered refusal would say: always the store's.
-    async fn open_evicting(
+    /// An evicting or replacing open changes what a remembered refusal would say: always
+    /// the store's.
+    async fn open_with(
         &self,
         user: &str,
         limit: u32,
         id: Option<StreamId>,
-        at: &AtLimit,
+        with: &OpenWith,
     ) -> Result<Opened, StoreError> {
-        self.inner.open_evicting(user, limit, id, at).await
+        self.inner.open_with(user, limit, id, with).await
     }
 
     async fn end_for_good(
@@ -346,14 +347,14 @@ mod tests {
         async fn list(&self, user: &str) -> Result<Vec<LeaseInfo>, StoreError> {
             self.inner.list(user).await
         }
-        async fn open_evicting(
+        async fn open_with(
             &self,
             user: &str,
             limit: u32,
             id: Option<StreamId>,
-            at: &AtLimit,
+            with: &OpenWith,
         ) -> Result<Opened, StoreError> {
-            self.inner.open_evicting(user, limit, id, at).await
+            self.inner.open_with(user, limit, id, with).await
         }
         async fn end_for_good(
             &self,

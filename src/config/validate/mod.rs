@@ -127,6 +127,26 @@ impl StreamsSection {
         if st.lease_ttl < Duration::from_millis(100) {
             return Err(KeyError::new("streams.lease_ttl", "must be at least 100ms"));
         }
+        if let Some(d) = &st.device_header {
+            if d.name() == identity.header.name() || d.name() == st.stream_id_header.name() {
+                return Err(KeyError::new(
+                    "streams.device_header",
+                    "must differ from identity.header and streams.stream_id_header",
+                ));
+            }
+        }
+        if st.device_param.is_empty()
+            || st.device_param == st.stream_id_param
+            || !st
+                .device_param
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        {
+            return Err(KeyError::new(
+                "streams.device_param",
+                "must be 1 or more letters, digits, '-', '.', '_' or '~', and differ from streams.stream_id_param",
+            ));
+        }
         if st.shadow_limit == Some(0) {
             return Err(KeyError::new("streams.shadow_limit", "must be at least 1"));
         }

@@ -17,6 +17,8 @@ pub(super) struct Lease {
     pub(super) expires_at: u64,
     /// Requests of this stream in flight.
     pub(super) holds: u32,
+    /// The device that opened it ([`crate::store::DeviceKey`]); 0: none named.
+    pub(super) device: u64,
 }
 
 impl Lease {

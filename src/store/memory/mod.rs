@@ -49,8 +49,8 @@ use moka::ops::compute::Op;
 use moka::sync::SegmentedCache;
 
 use super::{
-    AtLimit, Gone, GoneReason, LeaseCounters, LeaseInfo, Opened, RuleKind, StoreError, StreamStore,
-    Tuning, UserRule, UserRules,
+    Gone, GoneReason, LeaseCounters, LeaseInfo, OpenWith, Opened, RuleKind, StoreError,
+    StreamStore, Tuning, UserRule, UserRules,
 };
 
 mod entry;
@@ -378,14 +378,14 @@ impl StreamStore for MemoryStore {
         self.end_now(user, id, None)
     }
 
-    async fn open_evicting(
+    async fn open_with(
         &self,
         user: &str,
         limit: u32,
         id: Option<StreamId>,
-        at: &AtLimit,
+        with: &OpenWith,
     ) -> Result<Opened, StoreError> {
-        self.open_evicting_now(user, limit, id, at)
+        self.open_with_now(user, limit, id, with)
     }
 
     async fn end_for_good(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::entry::{Lease, Reach};
 use super::MemoryStore;
 use crate::identity::StreamId;
-use crate::store::{unix_ms, AtLimit, Evict, Gone, GoneReason, Opened, StoreError};
+use crate::store::{unix_ms, Evict, Gone, GoneReason, OpenWith, Opened, StoreError};
 
 /// The refusal of an open at the limit: how many leases, and when the soonest could free.
 fn rejected(leases: &[Lease], now: u64, ttl: u64) -> Opened {
@@ -96,6 +96,7 @@ impl MemoryStore {
                 id,
                 expires_at: now + ttl,
                 holds: 1,
+                device: 0,
             });
             Opened::Admitted(id)
         })?;
@@ -105,13 +106,14 @@ impl MemoryStore {
         Ok(opened)
     }
 
-    /// An open that, at the limit, may end one of the user's leases to take its place.
-    pub(super) fn open_evicting_now(
+    /// An open that replaces its device's lease and, at the limit, may end one of the
+    /// user's leases to take its place.
+    pub(super) fn open_with_now(
         &self,
         user: &str,
         limit: u32,
         id: Option<StreamId>,
-        at: &AtLimit,
+        with: &OpenWith,
     ) -> Result<Opened, StoreError> {
         let limit = match self.ruled(user, limit) {
             Ok(l) => l,
@@ -127,11 +129,19 @@ impl MemoryStore {
                 l.holds += 1;
                 return Opened::Renewed(new);
             }
+            let device = with.device.map_or(0, |d| d.max(1));
             let fresh = Lease {
                 id: new,
                 expires_at: now + ttl,
                 holds: 1,
+                device,
             };
+            if device != 0 {
+                if let Some(l) = leases.iter_mut().find(|l| l.device == device) {
+                    let replaced = std::mem::replace(l, fresh).id;
+                    return Opened::Replaced { id: new, replaced };
+                }
+            }
             if leases.len() < limit as usize {
                 leases.reserve_exact(1);
                 leases.push(fresh);
@@ -139,6 +149,9 @@ impl MemoryStore {
             }
             // Over the limit (a downgraded plan) is refused as without eviction: one
             // eviction would not bring the user within it.
+            let Some(at) = with.at_limit.as_ref() else {
+                return rejected(leases, now, ttl);
+            };
             if leases.len() > limit as usize {
                 return rejected(leases, now, ttl);
             }

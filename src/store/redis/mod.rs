@@ -39,8 +39,8 @@ pub use self::conn::Target;
 use self::scripts::Scripts;
 
 use super::{
-    AtLimit, CutReason, Evict, Gone, GoneReason, LeaseCounters, LeaseInfo, OnEnd, Opened, RuleKind,
-    StoreError, StreamStore, Tuning, UserRule, UserRules,
+    CutReason, Evict, Gone, GoneReason, LeaseCounters, LeaseInfo, OnEnd, OpenWith, Opened,
+    RuleKind, StoreError, StreamStore, Tuning, UserRule, UserRules,
 };
 use crate::identity::StreamId;
 
@@ -130,6 +130,16 @@ impl RedisStore {
     /// Where evictions are published (apart from ends, so the cut is counted by reason).
     fn evictions_channel(&self) -> String {
         format!("{}:evicted", self.prefix)
+    }
+
+    /// Where replacements (a device's new stream in its old one's place) are published.
+    fn replacements_channel(&self) -> String {
+        format!("{}:replaced", self.prefix)
+    }
+
+    /// The user's devices: device hash -> the stream it opened last.
+    pub fn devices_key(&self, user: &str) -> String {
+        format!("{}:{{{}}}:devices", self.prefix, user)
     }
 
     /// The user's ids remembered as gone (evicted, ended for good): id -> "reason at until".
@@ -349,39 +359,49 @@ impl StreamStore for RedisStore {
         self.remove(user, id, None).await
     }
 
-    async fn open_evicting(
+    async fn open_with(
         &self,
         user: &str,
         limit: u32,
         id: Option<StreamId>,
-        at: &AtLimit,
+        with: &OpenWith,
     ) -> Result<Opened, StoreError> {
         let new = id.unwrap_or_else(Uuid::new_v4);
-        let (mode, idle) = match at.evict {
-            Evict::Oldest => (1, 0),
-            Evict::Idle(after) => (2, millis(after)),
+        let (mode, idle, cooldown, tombstone) = match &with.at_limit {
+            None => (0, 0, 0, 0),
+            Some(at) => {
+                let (mode, idle) = match at.evict {
+                    Evict::Oldest => (1, 0),
+                    Evict::Idle(after) => (2, millis(after)),
+                };
+                (mode, idle, millis(at.cooldown), millis(at.tombstone_ttl))
+            }
         };
-        let mut inv = self.scripts.open_evicting.prepare_invoke();
+        let device = with.device.map(|d| format!("{d:016x}")).unwrap_or_default();
+        let mut inv = self.scripts.open_with.prepare_invoke();
         inv.key(self.key(user))
             .key(self.ended_key(user))
             .key(self.gone_key(user))
             .key(self.cooldown_key(user))
             .key(self.rules_key(user))
+            .key(self.devices_key(user))
             .arg(limit)
             .arg(self.tuning.ttl_ms())
             .arg(new.to_string())
             .arg(u8::from(id.is_some()))
             .arg(mode)
             .arg(idle)
-            .arg(millis(at.cooldown))
-            .arg(millis(at.tombstone_ttl))
+            .arg(cooldown)
+            .arg(tombstone)
             .arg(self.evictions_channel())
-            .arg(user);
+            .arg(user)
+            .arg(device)
+            .arg(self.replacements_channel());
         let reply: Result<(i64, i64, i64, i64, String), _> = self.invoke(inv).await;
         if id.is_none() && matches!(reply, Err(StoreError::Timeout)) {
             self.abandon(user, new);
         }
-        let (outcome, active, retry_ms, expired, evicted) = reply?;
+        let (outcome, active, retry_ms, expired, other) = reply?;
         self.count_expired(expired);
         let active = u32::try_from(active).unwrap_or(u32::MAX);
         let retry_after = Duration::from_millis(u64::try_from(retry_ms).unwrap_or(0));
@@ -396,10 +416,20 @@ impl StreamStore for RedisStore {
                 active,
                 retry_after,
             }),
-            4 => {
-                let evicted = Uuid::parse_str(&evicted)
+            4 | 6 => {
+                let other = Uuid::parse_str(&other)
                     .map_err(|_| StoreError::Protocol("evicted id is not a UUID".into()))?;
-                Ok(Opened::Evicted { id: new, evicted })
+                Ok(if outcome == 4 {
+                    Opened::Evicted {
+                        id: new,
+                        evicted: other,
+                    }
+                } else {
+                    Opened::Replaced {
+                        id: new,
+                        replaced: other,
+                    }
+                })
             }
             5 => Ok(Opened::Blocked { retry_after }),
             n => Err(StoreError::Protocol(format!("open outcome {n}"))),
@@ -524,12 +554,18 @@ impl StreamStore for RedisStore {
             Target::Single(url) => vec![url.clone()],
             Target::Cluster(nodes) => nodes.clone(),
         };
-        let (ends, evictions) = (self.ends_channel(), self.evictions_channel());
+        let (ends, evictions, replacements) = (
+            self.ends_channel(),
+            self.evictions_channel(),
+            self.replacements_channel(),
+        );
         let mut was_up = true;
         for url in urls.iter().cycle() {
             let subscribed = async {
                 let mut pubsub = self.client(url)?.get_async_pubsub().await?;
-                pubsub.subscribe(&[&ends, &evictions]).await?;
+                pubsub
+                    .subscribe(&[&ends, &evictions, &replacements])
+                    .await?;
                 Ok::<_, RedisError>(pubsub)
             };
             match tokio::time::timeout(
@@ -548,8 +584,11 @@ impl StreamStore for RedisStore {
                         let Ok(payload) = msg.get_payload::<String>() else {
                             continue;
                         };
-                        let reason = if msg.get_channel_name() == evictions {
+                        let channel = msg.get_channel_name();
+                        let reason = if channel == evictions {
                             CutReason::Evicted
+                        } else if channel == replacements {
+                            CutReason::Replaced
                         } else {
                             CutReason::Ended
                         };

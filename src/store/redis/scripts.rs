@@ -64,14 +64,15 @@ touch()
 return {1, n + 1, 0, expired}
 "#;
 
-/// KEYS: streams, ended, gone, cooldown, rules. ARGV: limit, ttl_ms, new id, given (1: the
-/// client named the id), mode (1 oldest, 2 idle), idle_ms, cooldown_ms, tombstone_ms,
-/// channel, user. An open that at the limit may end the user's least recently renewed
-/// lease (score = last renewal or hold refresh + TTL; a hold refreshes often enough that
-/// it never looks idle) and take its place. Returns {0 refused | 1 admitted | 2 renewed |
-/// 3 cooling down | 4 admitted by eviction | 5 blocked, active, retry_after_ms, expired,
-/// evicted id}.
-const OPEN_EVICTING: &str = r#"
+/// KEYS: streams, ended, gone, cooldown, rules, devices. ARGV: limit, ttl_ms, new id, given
+/// (1: the client named the id), mode (0 refuse, 1 evict oldest, 2 evict idle), idle_ms,
+/// cooldown_ms, tombstone_ms, evictions channel, user, device ('' none), replacements
+/// channel. An open that replaces the lease its device holds and, at the limit, may end the
+/// user's least recently renewed lease (score = last renewal or hold refresh + TTL; a hold
+/// refreshes often enough that it never looks idle) and take its place. Returns {0 refused |
+/// 1 admitted | 2 renewed | 3 cooling down | 4 admitted by eviction | 5 blocked | 6
+/// admitted in its device's place, active, retry_after_ms, expired, evicted or replaced id}.
+const OPEN_WITH: &str = r#"
 local limit, blocked = ruled(KEYS[5], tonumber(ARGV[1]))
 if not limit then
   return {5, 0, blocked, expired, ''}
@@ -83,10 +84,31 @@ if ARGV[4] == '1' and redis.call('ZSCORE', KEYS[1], ARGV[3]) then
   return {2, redis.call('ZCARD', KEYS[1]), 0, expired, ''}
 end
 local n = redis.call('ZCARD', KEYS[1])
+local dev = ARGV[11]
 local function admit()
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[3])
   redis.call('ZREM', KEYS[2], ARGV[3])
+  if dev ~= '' then
+    redis.call('HSET', KEYS[6], dev, ARGV[3])
+    redis.call('PEXPIRE', KEYS[6], 86400000)
+  end
   touch()
+end
+-- Ended on purpose: a hold still refreshing it on another instance must not write it back.
+local function drop(id)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  redis.call('ZADD', KEYS[2], now + ttl, id)
+  redis.call('PEXPIRE', KEYS[2], ttl + 1000)
+end
+if dev ~= '' then
+  local old = redis.call('HGET', KEYS[6], dev)
+  if old and old ~= ARGV[3] and redis.call('ZSCORE', KEYS[1], old) then
+    drop(old)
+    admit()
+    redis.call('PUBLISH', ARGV[12], old .. ' ' .. ARGV[10])
+    return {6, n, 0, expired, old}
+  end
 end
 if n < limit then
   admit()
@@ -94,7 +116,7 @@ if n < limit then
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local retry = math.floor(tonumber(first[2])) - now
-if n > limit then
+if n > limit or ARGV[5] == '0' then
   return {0, n, retry, expired, ''}
 end
 local cool = redis.call('PTTL', KEYS[4])
@@ -111,11 +133,7 @@ end
 if not victim then
   return {0, n, retry, expired, ''}
 end
-redis.call('ZREM', KEYS[1], victim)
--- Ended on purpose: a hold still refreshing it on another instance must not write it back.
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-redis.call('ZADD', KEYS[2], now + ttl, victim)
-redis.call('PEXPIRE', KEYS[2], ttl + 1000)
+drop(victim)
 bury(KEYS[3], victim, 'evicted', tonumber(ARGV[8]))
 if tonumber(ARGV[7]) > 0 then
   redis.call('SET', KEYS[4], '1', 'PX', ARGV[7])
@@ -229,7 +247,7 @@ return out
 
 pub(super) struct Scripts {
     pub(super) open: Script,
-    pub(super) open_evicting: Script,
+    pub(super) open_with: Script,
     pub(super) gone: Script,
     pub(super) set_rule: Script,
     pub(super) rules: Script,
@@ -249,7 +267,7 @@ impl Scripts {
         let script = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
         Self {
             open: script(OPEN),
-            open_evicting: script(OPEN_EVICTING),
+            open_with: script(OPEN_WITH),
             gone: Script::new(GONE),
             set_rule: Script::new(SET_RULE),
             rules: Script::new(RULES),
