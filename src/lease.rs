@@ -13,6 +13,7 @@ use prometheus::IntGauge;
 use tokio::task::JoinHandle;
 
 use crate::identity::StreamId;
+use crate::inflight::StreamInflight;
 use crate::store::StreamStore;
 
 /// How a request came to hold its stream.
@@ -42,13 +43,16 @@ pub struct LeaseHold {
 }
 
 impl LeaseHold {
-    /// Take ownership of a hold the store has already granted.
+    /// Take ownership of a hold the store has already granted. A refresh that finds the
+    /// stream ended on purpose cuts its requests in flight in `table` (the backstop when
+    /// the end's message to this instance was lost).
     pub fn new(
         store: Arc<dyn StreamStore>,
         user: Arc<str>,
         id: StreamId,
         kind: HoldKind,
         inflight: IntGauge,
+        table: Option<Arc<StreamInflight>>,
     ) -> Self {
         inflight.inc();
         let refresher = store.hold_refresh_interval().and_then(|_| {
@@ -59,8 +63,15 @@ impl LeaseHold {
                 // long-held stream.
                 while let Some(every) = store.hold_refresh_interval() {
                     tokio::time::sleep(every).await;
-                    if let Err(e) = store.refresh(&user, id).await {
-                        warn!("could not refresh held stream {id}: {e}");
+                    match store.refresh(&user, id).await {
+                        Ok(None) => {}
+                        Ok(Some(why)) => {
+                            if let Some(t) = &table {
+                                t.cut(&user, id, why);
+                            }
+                            return;
+                        }
+                        Err(e) => warn!("could not refresh held stream {id}: {e}"),
                     }
                 }
             }))
@@ -157,6 +168,7 @@ mod tests {
             id,
             HoldKind::Opened,
             inflight.clone(),
+            None,
         );
         assert_eq!(inflight.get(), 1);
         drop(hold);
@@ -181,6 +193,7 @@ mod tests {
             id,
             HoldKind::Opened,
             inflight.clone(),
+            None,
         )
         .release(false)
         .await;
@@ -193,6 +206,7 @@ mod tests {
             id,
             HoldKind::Renewed,
             inflight.clone(),
+            None,
         )
         .release(true)
         .await;

@@ -395,3 +395,45 @@ async fn a_device_replaces_its_own_stream_across_instances() {
     })
     .await;
 }
+
+/// The backstop for a lost message: a stream evicted while the instance serving it missed
+/// the `PUBLISH` (here the eviction is written into Redis by hand, with no message at all)
+/// is cut at its hold's next refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_streams_refresh_cuts_it_when_the_eviction_message_was_lost() {
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let cfg = TestConfig::new(&origin)
+        .ttl("1500ms")
+        .redis(&redis.url(), "lost", "deny");
+    let proxy = Proxy::start(&cfg).await;
+    let slow = proxy.watch(SLOW, "quiet", None).await;
+    assert_eq!(slow.status(), 200);
+    let id = stream_id(&slow);
+    let mut conn = redis.connection();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let removed: i64 = redis::cmd("ZREM")
+        .arg("lost:{quiet}:streams")
+        .arg(&id)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(removed, 1);
+    let _: i64 = redis::cmd("HSET")
+        .arg("lost:{quiet}:gone")
+        .arg(&id)
+        .arg(format!("evicted {now_ms} {}", now_ms + 60_000))
+        .query(&mut conn)
+        .unwrap();
+    let started = Instant::now();
+    assert!(was_cut(slow).await, "cut by the refresh, with no message");
+    // The refresh comes every third of the TTL (500 ms).
+    assert!(started.elapsed() < Duration::from_secs(5));
+    proxy
+        .counted("streamgate_streams_cut_total{reason=\"evicted\"}", 1.0)
+        .await;
+    let r = proxy.watch("/watch/next", "quiet", Some(&id)).await;
+    assert_eq!(r.status(), 410);
+}

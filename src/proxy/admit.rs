@@ -38,6 +38,7 @@ impl StreamGate {
             id,
             kind,
             self.metrics.inflight_gauge(),
+            Some(self.inflight.clone()),
         ));
     }
 

@@ -330,8 +330,10 @@ pub trait StreamStore: Send + Sync + 'static {
     }
 
     /// Push a held lease's expiry out by one TTL (see [`Self::hold_refresh_interval`]).
-    async fn refresh(&self, _user: &str, _id: StreamId) -> Result<(), StoreError> {
-        Ok(())
+    /// `Some(why)` when the lease was ended on purpose meanwhile: the holder stops serving
+    /// it (the backstop for an end whose message to this instance was lost).
+    async fn refresh(&self, _user: &str, _id: StreamId) -> Result<Option<CutReason>, StoreError> {
+        Ok(None)
     }
 
     /// Streams ended through other instances sharing this store, as they end: `on_end(user,

@@ -240,7 +240,7 @@ impl StreamStore for RefusalCache {
         self.inner.retune(lease_ttl, timeout);
     }
 
-    async fn refresh(&self, user: &str, id: StreamId) -> Result<(), StoreError> {
+    async fn refresh(&self, user: &str, id: StreamId) -> Result<Option<CutReason>, StoreError> {
         self.inner.refresh(user, id).await
     }
 

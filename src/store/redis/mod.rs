@@ -207,7 +207,11 @@ impl RedisStore {
 
     /// A hold's refresh (and its release with `keep`): the lease written back if it went
     /// missing without being ended.
-    async fn refresh_held(&self, user: &str, id: StreamId) -> Result<(), StoreError> {
+    async fn refresh_held(
+        &self,
+        user: &str,
+        id: StreamId,
+    ) -> Result<Option<CutReason>, StoreError> {
         let mut inv = self.scripts.refresh.prepare_invoke();
         inv.key(self.key(user))
             .key(self.ended_key(user))
@@ -216,10 +220,15 @@ impl RedisStore {
             .arg(self.tuning.ttl_ms());
         let (outcome, expired): (i64, i64) = self.invoke(inv).await?;
         self.count_expired(expired);
-        if outcome == 2 {
-            log::warn!("held stream {id} was missing from Redis (flushed, restarted or failed over?): written back");
-        }
-        Ok(())
+        Ok(match outcome {
+            0 => Some(CutReason::Ended),
+            2 => {
+                log::warn!("held stream {id} was missing from Redis (flushed, restarted or failed over?): written back");
+                None
+            }
+            3 => Some(CutReason::Evicted),
+            _ => None,
+        })
     }
 
     /// An open the proxy gave up on (it timed out, so the client got `503`) may still run
@@ -349,7 +358,7 @@ impl StreamStore for RedisStore {
 
     async fn release(&self, user: &str, id: StreamId, keep: bool) -> Result<(), StoreError> {
         if keep {
-            self.refresh_held(user, id).await
+            self.refresh_held(user, id).await.map(|_| ())
         } else {
             self.remove(user, id, None).await.map(|_| ())
         }
@@ -614,7 +623,7 @@ impl StreamStore for RedisStore {
         }
     }
 
-    async fn refresh(&self, user: &str, id: StreamId) -> Result<(), StoreError> {
+    async fn refresh(&self, user: &str, id: StreamId) -> Result<Option<CutReason>, StoreError> {
         self.refresh_held(user, id).await
     }
 }

@@ -156,16 +156,20 @@ return {1, expired}
 "#;
 
 /// ARGV: id, ttl_ms. A held lease's refresh: pushes its expiry out, and writes it back if
-/// it is missing without having been ended (a tombstone in KEYS[2], or KEYS[3] `gone`). Returns {0 ended |
-/// 1 refreshed | 2 written back, expired}.
+/// it is missing without having been ended (a tombstone in KEYS[2], or KEYS[3] `gone`).
+/// Returns {0 ended | 1 refreshed | 2 written back | 3 evicted, expired}.
 const REFRESH: &str = r#"
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
   touch()
   return {1, expired}
 end
+local gone = redis.call('HGET', KEYS[3], ARGV[1])
+if gone and string.sub(gone, 1, 8) == 'evicted ' then
+  return {3, expired}
+end
 local ended = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if (ended and tonumber(ended) > now) or redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
+if (ended and tonumber(ended) > now) or gone then
   return {0, expired}
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
