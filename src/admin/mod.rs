@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use log::info;
 use pingora::apps::http_app::ServeHttp;
@@ -34,14 +33,15 @@ use pingora::protocols::http::ServerSession;
 use prometheus::{IntCounterVec, IntGauge};
 use serde::Serialize;
 
+mod reply;
 mod rules;
 mod tokens;
 
+use self::reply::{not_allowed, not_found, read_body, store_failed, Reply};
 use self::tokens::Scope;
 pub use self::tokens::Tokens;
 use crate::identity::{StreamId, UserTags};
 use crate::inflight::StreamInflight;
-use crate::proxy::respond::error_body;
 use crate::store::RuleKind;
 use crate::store::{GoneReason, StoreError, StreamStore};
 
@@ -65,49 +65,6 @@ pub struct AdminApp {
     stats: Stats,
     /// How long an ended stream's id is remembered (`streams.tombstone_ttl`).
     tombstone_ttl: Duration,
-}
-
-/// One answer: status, JSON body, extra headers.
-struct Reply {
-    status: StatusCode,
-    body: Bytes,
-    headers: Vec<(header::HeaderName, HeaderValue)>,
-}
-
-impl Reply {
-    fn json(status: StatusCode, body: impl Serialize) -> Self {
-        let body = serde_json::to_vec(&body)
-            .map(Bytes::from)
-            .unwrap_or_else(|_| {
-                Bytes::from_static(br#"{"error":"internal","message":"unserializable"}"#)
-            });
-        Self {
-            status,
-            body,
-            headers: Vec::new(),
-        }
-    }
-
-    fn error(status: StatusCode, code: &str, message: &str) -> Self {
-        Self {
-            status,
-            body: error_body(code, message),
-            headers: Vec::new(),
-        }
-    }
-
-    fn no_content() -> Self {
-        Self {
-            status: StatusCode::NO_CONTENT,
-            body: Bytes::new(),
-            headers: Vec::new(),
-        }
-    }
-
-    fn with(mut self, name: header::HeaderName, value: &'static str) -> Self {
-        self.headers.push((name, HeaderValue::from_static(value)));
-        self
-    }
 }
 
 #[derive(Serialize)]
@@ -349,31 +306,6 @@ impl AdminApp {
     }
 }
 
-fn not_found() -> Reply {
-    Reply::error(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "admin paths are /admin/v1/users/{user}/streams[/{id}], /admin/v1/users/{user}/limit, /admin/v1/users/{user}/block and /admin/v1/stats",
-    )
-}
-
-fn not_allowed(allow: &'static str) -> Reply {
-    Reply::error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this admin path does not take that method",
-    )
-    .with(header::ALLOW, allow)
-}
-
-fn store_failed(e: &StoreError) -> Reply {
-    Reply::error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        &e.to_string(),
-    )
-}
-
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -394,54 +326,5 @@ impl ServeHttp for AdminApp {
             .with_label_values(&[action, reply.status.as_str()])
             .inc();
         reply.into_response()
-    }
-}
-
-/// The request body, at most [`rules::MAX_BODY`] bytes (a rule's JSON).
-async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Reply> {
-    let mut body = Vec::new();
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > rules::MAX_BODY {
-                    return Err(Reply::error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "body_too_large",
-                        "an admin request body is at most 4096 bytes",
-                    ));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(body),
-            Err(_) => {
-                return Err(Reply::error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_body",
-                    "the request body could not be read",
-                ))
-            }
-        }
-    }
-}
-
-impl Reply {
-    fn into_response(self) -> Response<Vec<u8>> {
-        let reply = self;
-        let mut resp = Response::new(reply.body.to_vec());
-        *resp.status_mut() = reply.status;
-        let len = resp.body().len();
-        let headers = resp.headers_mut();
-        if reply.status != StatusCode::NO_CONTENT {
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        }
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        for (name, value) in reply.headers {
-            headers.insert(name, value);
-        }
-        resp
     }
 }

@@ -17,6 +17,7 @@ mod identity;
 mod pingora;
 mod schema;
 mod store;
+mod streams;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -26,6 +27,7 @@ pub use header::Header;
 pub use identity::*;
 pub use schema::*;
 pub use store::*;
+pub use streams::*;
 
 /// Why a config file was refused. `Display` is one line: `FILE: KEY: what is wrong`.
 #[derive(Debug, thiserror::Error)]

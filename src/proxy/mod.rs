@@ -9,6 +9,7 @@
 mod admit;
 pub mod answer;
 mod build;
+mod ctx;
 mod decide;
 mod ending;
 pub mod failure;
@@ -28,17 +29,17 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use self::answer::Answer;
+pub use self::ctx::RequestCtx;
 use self::ending::hold_failed;
 use crate::access_log::AccessLog;
 use crate::config::{Config, OtherPaths};
-use crate::drain::{Drain, InFlight};
+use crate::drain::Drain;
 use crate::framing;
 use crate::head_limits;
-use crate::identity::{IdentityRules, StreamId, UserTags, Via};
-use crate::inflight::{Slot, StreamInflight};
-use crate::lease::LeaseHold;
-use crate::manifest::{Kind, Tagger};
-use crate::metrics::{Decision, Metrics, StoreOp};
+use crate::identity::{IdentityRules, UserTags};
+use crate::inflight::StreamInflight;
+use crate::manifest::Tagger;
+use crate::metrics::{Metrics, StoreOp};
 use crate::reload;
 use crate::routing::{self, AmbiguousPath, Route};
 use crate::store::{CutReason, StoreError, StreamStore};
@@ -110,89 +111,12 @@ pub(super) const LIMIT_STATUS: &str = "Stream-Limit-Status";
 /// The error of a response cut because its stream was evicted.
 const STREAM_EVICTED: &str = "StreamEvicted";
 
-/// Per-request state, from `new_ctx` to `logging`.
-pub struct RequestCtx {
-    start: Instant,
-    route: Route,
-    /// Shared with the request's lease hold.
-    user: Option<Arc<str>>,
-    stream_id: Option<StreamId>,
-    decision: Option<Decision>,
-    /// The `plan` label of the decision (`None`: `default`).
-    plan: Option<Arc<str>>,
-    hold: Option<LeaseHold>,
-    upstream_status: Option<u16>,
-    /// Upstream connection attempts so far (for trying the next upstream).
-    tries: usize,
-    /// Which way the request named its stream.
-    via: Via,
-    /// The query carries the stream parameter: remove it before going upstream.
-    strip_param: bool,
-    /// JWT identity: the token is removed (header, parameter, cookie) before going upstream.
-    strip_token: bool,
-    /// The client is one of `identity.trusted_proxies` (its plan header is believed).
-    trusted_client: bool,
-    /// Claims forwarded upstream as headers (`identity.jwt.claim_to_headers`).
-    forward: Option<Arc<[(HeaderName, HeaderValue)]>>,
-    /// This request's place among its stream's requests in flight.
-    slot: Option<Slot>,
-    /// Its stream was ended or evicted while the response was being served.
-    cut: Option<CutReason>,
-    /// The stream this open evicted (`Stream-Evicted` on the response).
-    evicted: Option<StreamId>,
-    /// This open took the place of its device's previous stream.
-    replaced: bool,
-    /// The opening device (`streams.device_header`), hashed.
-    device: Option<crate::store::DeviceKey>,
-    /// The user's limit is in dry run: store failures fail open.
-    dry_run: bool,
-    /// Dry run: what the limit would have done with this open (admitted all the same).
-    would: Option<Decision>,
-    /// Dry run: `Stream-Limit-Status`, sent to the client and the upstream.
-    limit_status: Option<HeaderValue>,
-    /// `streams.shadow_limit` would have refused this open.
-    shadow_refused: bool,
-    /// A manifest being buffered for rewriting.
-    manifest: Option<manifests::ManifestBody>,
-    /// A manifest left unchanged at its header (too large, unknown encoding).
-    manifest_skipped: Option<(Kind, manifests::Outcome)>,
-    /// Counts the request in while it is served, so a stop waits for it.
-    _in_flight: InFlight,
-}
-
 #[async_trait]
 impl ProxyHttp for StreamGate {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            start: Instant::now(),
-            route: Route::Other,
-            user: None,
-            stream_id: None,
-            decision: None,
-            plan: None,
-            hold: None,
-            upstream_status: None,
-            tries: 0,
-            via: Via::None,
-            strip_param: false,
-            strip_token: false,
-            trusted_client: false,
-            forward: None,
-            cut: None,
-            evicted: None,
-            replaced: false,
-            device: None,
-            dry_run: false,
-            would: None,
-            limit_status: None,
-            shadow_refused: false,
-            slot: None,
-            manifest: None,
-            manifest_skipped: None,
-            _in_flight: self.drain.enter(),
-        }
+        RequestCtx::new(self.drain.enter())
     }
 
     /// Per-connection settings, before anything reads the request (as Pingora's own

@@ -67,29 +67,6 @@ impl StreamGate {
         Err(self.store_failed(e))
     }
 
-    /// The opening device (`streams.device_header`, or its parameter), as the store keys
-    /// it: the first 8 bytes of SHA-256 over the user and the device id, so the raw id is
-    /// never stored, and one device id under two users is two devices.
-    fn device_of(&self, req: &RequestHeader, user: &str) -> Option<DeviceKey> {
-        let (header, param) = self.device.as_ref()?;
-        let from_header = req.headers.get(header).map(|v| v.as_bytes());
-        let from_param = || {
-            req.uri
-                .query()
-                .and_then(|q| crate::identity::param_value(q, param))
-                .map(str::as_bytes)
-        };
-        let id = from_header.or_else(from_param).filter(|d| !d.is_empty())?;
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        ctx.update(user.as_bytes());
-        ctx.update(&[0]);
-        ctx.update(id);
-        let digest = ctx.finish();
-        let mut key = [0u8; 8];
-        key.copy_from_slice(&digest.as_ref()[..8]);
-        Some(u64::from_be_bytes(key))
-    }
-
     /// Header identity: the plan a trusted gateway named (`identity.plan_header` from
     /// `identity.trusted_proxies`); anyone else's is ignored (and removed upstream).
     fn plan_from_header(&self, req: &RequestHeader, ctx: &RequestCtx) -> Option<Arc<str>> {
@@ -277,54 +254,6 @@ impl StreamGate {
         }
     }
 
-    /// Open a stream under the user's allowance. With `streams.shadow_limit` below the
-    /// limit, the shadow limit is tried first and a refusal by it only counted. In a dry
-    /// run an open the limit refuses is opened all the same (without evicting), and what
-    /// the limit would have done is recorded for the answer, both ways, and the count.
-    async fn open_under(
-        &self,
-        ctx: &mut RequestCtx,
-        user: &str,
-        allowance: &Allowance,
-        shadow: Option<u32>,
-        stream: Option<StreamId>,
-    ) -> Result<Opened, StoreError> {
-        let device = ctx.device;
-        let open = |limit: u32, at_limit: Option<AtLimit>| async move {
-            let with = OpenWith { at_limit, device };
-            let opening = match (with == OpenWith::default(), stream) {
-                (false, _) => self.store.open_with(user, limit, stream, &with),
-                (true, Some(id)) => self.store.open_as(user, limit, id),
-                (true, None) => self.store.open(user, limit),
-            };
-            self.timed(StoreOp::Open, opening).await
-        };
-        let limit = allowance.limit;
-        if let Some(shadow) = shadow.filter(|&s| s < limit) {
-            match open(shadow, None).await? {
-                Opened::Rejected { .. } => ctx.shadow_refused = true,
-                // Within the lower limit, so within the limit: this is the open.
-                within => return Ok(within),
-            }
-        }
-        if !allowance.dry_run {
-            return open(limit, allowance.at_limit).await;
-        }
-        match open(limit, None).await? {
-            Opened::Rejected { active, .. } => {
-                let (would, label) = match allowance.at_limit {
-                    Some(_) => (Decision::WouldEvict, "would_evict"),
-                    None => (Decision::WouldRefuse, "would_refuse"),
-                };
-                let status = format!("{label}; limit={limit}; active={}", active + 1);
-                ctx.limit_status = HeaderValue::from_str(&status).ok();
-                ctx.would = Some(would);
-                open(u32::MAX, None).await
-            }
-            within => Ok(within),
-        }
-    }
-
     /// Where a manifest request that opened a stream without naming one is sent: the same
     /// URL with the stream parameter. A player reloads a live playlist from the URL it was
     /// given, which has no stream id; after the redirect that URL is the one it holds (the
@@ -400,122 +329,6 @@ impl StreamGate {
     }
 }
 
+mod open;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-    use crate::metrics::Metrics;
-    use crate::store::MemoryStore;
-    use pingora::proxy::ProxyHttp;
-
-    fn gate(extra: &str) -> StreamGate {
-        let config = Config::from_toml(&format!(
-            "[upstream]\naddrs = [\"127.0.0.1:9\"]\n[streams]\nlimit = 1\n{extra}"
-        ))
-        .unwrap();
-        let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
-        let store = Arc::new(MemoryStore::new(
-            config.streams.lease_ttl,
-            100,
-            metrics.lease_counters(),
-        ));
-        StreamGate::new(
-            &config,
-            store,
-            metrics,
-            crate::drain::Drain::new(Duration::ZERO, Duration::ZERO),
-            crate::access_log::AccessLog::off(prometheus::IntCounter::new("d", "d").unwrap()),
-            crate::reload::shared(&config, &crate::jwt::Runtime::default()).unwrap(),
-        )
-        .unwrap()
-    }
-
-    fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build(method, path.as_bytes(), None).unwrap();
-        for (k, v) in headers {
-            r.append_header(k.to_string(), *v).unwrap();
-        }
-        r
-    }
-
-    #[tokio::test]
-    async fn opens_renews_refuses_and_ends_without_a_socket() {
-        let g = gate("");
-        let mut ctx = g.new_ctx();
-        let r = req("GET", "/watch/a.ts", &[("Session-Id", "u")]);
-        assert!(matches!(g.admit(&r, &mut ctx).await, Ok(Forward)));
-        let id = ctx.stream_id.unwrap();
-        assert_eq!(ctx.decision, Some(Decision::Admitted));
-        drop(ctx);
-
-        let mut ctx = g.new_ctx();
-        let r = req(
-            "GET",
-            &format!("/watch/b.ts?sg_stream={id}"),
-            &[("Session-Id", "u")],
-        );
-        assert!(matches!(g.admit(&r, &mut ctx).await, Ok(Forward)));
-        assert_eq!(ctx.decision, Some(Decision::Renewed));
-
-        let mut other = g.new_ctx();
-        let r = req("GET", "/watch/c.ts", &[("Session-Id", "u")]);
-        match g.admit(&r, &mut other).await {
-            Err(Answer::LimitExceeded {
-                limit: 1,
-                active: 1,
-                ..
-            }) => {}
-            a => panic!("{a:?}"),
-        }
-        drop(ctx);
-
-        let mut ctx = g.new_ctx();
-        let r = req(
-            "DELETE",
-            "/watch",
-            &[("Session-Id", "u"), ("Stream-Id", &id.to_string())],
-        );
-        assert!(matches!(g.admit(&r, &mut ctx).await, Err(Answer::Ended)));
-        let mut ctx = g.new_ctx();
-        assert!(matches!(
-            g.admit(&r, &mut ctx).await,
-            Err(Answer::StreamNotFound)
-        ));
-    }
-
-    #[tokio::test]
-    async fn bad_identity_busy_streams_and_manifest_redirects() {
-        let g = gate("max_inflight_per_stream = 1");
-        let mut ctx = g.new_ctx();
-        let r = req("GET", "/watch", &[]);
-        match g.admit(&r, &mut ctx).await {
-            Err(a @ Answer::Identity(_)) => assert_eq!(a.code(), Some("session_id_required")),
-            a => panic!("{a:?}"),
-        }
-        // A manifest that opens a stream is redirected to the stream's own URL.
-        let mut ctx = g.new_ctx();
-        let r = req("GET", "/watch/v/index.m3u8?x=1", &[("Session-Id", "u")]);
-        let id = match g.admit(&r, &mut ctx).await {
-            Err(Answer::Redirect { location, .. }) => {
-                let l = location.to_str().unwrap().to_string();
-                assert!(l.starts_with("/watch/v/index.m3u8?x=1&sg_stream="), "{l}");
-                l.rsplit('=').next().unwrap().to_string()
-            }
-            a => panic!("{a:?}"),
-        };
-        assert!(
-            ctx.hold.is_none(),
-            "the lease is kept for the redirected request"
-        );
-        // One request of that stream in flight (cap 1): the next one is busy.
-        let mut first = g.new_ctx();
-        let r = req(
-            "GET",
-            &format!("/watch/s.ts?sg_stream={id}"),
-            &[("Session-Id", "u")],
-        );
-        assert!(matches!(g.admit(&r, &mut first).await, Ok(Forward)));
-        let mut second = g.new_ctx();
-        assert!(matches!(g.admit(&r, &mut second).await, Err(Answer::Busy)));
-    }
-}
+mod tests;
