@@ -140,6 +140,9 @@ async fn support_lists_and_ends_a_users_streams_with_the_right_token() {
     assert!(streams
         .iter()
         .all(|s| s["in_flight"] == false && s["expires_in_ms"].as_u64().is_some()));
+    assert!(streams.iter().all(|s| s["opened"].as_str().is_some()
+        && s["last_renewed"].as_str().is_some()
+        && s["device"].is_null()));
 
     // End one: 204, and the user has a slot again.
     let r = admin.send(Method::DELETE, &one, Some(WRITE)).await;
@@ -228,16 +231,44 @@ async fn an_end_through_one_instances_admin_api_cuts_the_stream_on_the_other() {
     let redis = RedisServer::start();
     let origin = Origin::start().await;
     let (admin, table) = Admin::table();
-    let base = TestConfig::new(&origin).redis(&redis.url(), "admin", "deny");
-    let a = Proxy::start(&base.clone().table(&table)).await;
-    let b = Proxy::start(&base).await;
+    let base = TestConfig::new(&origin)
+        .redis(&redis.url(), "admin", "deny")
+        .streams("device_header = \"Device-Id\"");
+    let a = Proxy::start(
+        &base
+            .clone()
+            .table(&table)
+            .server("instance_name = \"edge-a\""),
+    )
+    .await;
+    let b = Proxy::start(&base.clone().server("instance_name = \"edge-b\"")).await;
 
-    let slow = b.watch("/watch/slow?chunks=100&ms=100", "bob", None).await;
+    let slow = b
+        .client
+        .get(b.url("/watch/slow?chunks=100&ms=100"))
+        .header("Session-Id", "bob")
+        .header("Device-Id", "living-room-tv")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(slow.status(), 200);
     let id = stream_id(&slow);
     let streams = admin.streams("bob").await;
     assert_eq!(streams.len(), 1);
-    assert_eq!(streams[0]["id"], id.as_str());
+    let lease = &streams[0];
+    assert_eq!(lease["id"], id.as_str());
+    // Listed through a, served by b: when it opened, when renewed, which device (a hash,
+    // never the id), and which instance.
+    assert_eq!(lease["served_by"], "edge-b");
+    for at in ["opened", "last_renewed"] {
+        assert!(
+            lease[at].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{lease}"
+        );
+    }
+    let device = lease["device"].as_str().unwrap();
+    assert!(device.len() == 8 && device.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert!(!lease.to_string().contains("living-room"));
 
     let started = Instant::now();
     let r = admin

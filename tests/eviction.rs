@@ -437,3 +437,45 @@ async fn a_held_streams_refresh_cuts_it_when_the_eviction_message_was_lost() {
     let r = proxy.watch("/watch/next", "quiet", Some(&id)).await;
     assert_eq!(r.status(), 410);
 }
+
+/// Contended, through two instances on one Redis: 200 concurrent opens of one user with
+/// `evict_oldest` leave exactly the limit of streams, and every other id answers 410.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_evicting_opens_leave_exactly_the_limit() {
+    let redis = RedisServer::start();
+    let origin = Origin::start().await;
+    let cfg = config(&origin, "evict_oldest")
+        .limit(3)
+        .redis(&redis.url(), "crowd", "deny");
+    let (a, b) = (Proxy::start(&cfg).await, Proxy::start(&cfg).await);
+    let opens = (0..200).map(|n| {
+        let proxy = if n % 2 == 0 { &a } else { &b };
+        async move {
+            let r = proxy.watch(&format!("/watch/{n}"), "crowd", None).await;
+            let status = r.status().as_u16();
+            // Admitted by eviction; or evicted in turn before its own answer began.
+            assert!(status == 200 || status == 410, "open {n}: {status}");
+            (status == 200).then(|| stream_id(&r))
+        }
+    });
+    let ids: Vec<String> = futures_util::future::join_all(opens)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let (mut live, mut gone) = (0, 0);
+    for id in &ids {
+        match a
+            .watch("/watch/next", "crowd", Some(id))
+            .await
+            .status()
+            .as_u16()
+        {
+            200 => live += 1,
+            410 => gone += 1,
+            other => panic!("{id}: {other}"),
+        }
+    }
+    assert_eq!(live, 3, "exactly the limit is left ({gone} evicted)");
+    assert_eq!(live + gone, ids.len());
+}

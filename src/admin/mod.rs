@@ -70,9 +70,23 @@ pub struct AdminApp {
 #[derive(Serialize)]
 struct Lease {
     id: String,
+    /// When it was opened (RFC 3339).
+    opened: Option<String>,
+    /// Its last renewal (RFC 3339); `None` while in flight in the memory store.
+    last_renewed: Option<String>,
     in_flight: bool,
     /// `None` while in flight (a lease cannot expire then).
     expires_in_ms: Option<u64>,
+    /// The first 8 hex digits of the opening device's hash (`streams.device_header`).
+    device: Option<String>,
+    /// Redis: the instance that opened it or, while a request holds it, refreshed it last.
+    served_by: Option<String>,
+}
+
+/// Unix milliseconds as RFC 3339.
+fn rfc3339(unix_ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(unix_ms);
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 #[derive(Serialize)]
@@ -251,11 +265,15 @@ impl AdminApp {
                         .into_iter()
                         .map(|l| Lease {
                             id: l.id.to_string(),
+                            opened: l.opened_unix_ms.map(rfc3339),
+                            last_renewed: l.renewed_unix_ms.map(rfc3339),
                             in_flight: l.expires_in.is_none()
                                 || self.inflight.count(user, l.id) > 0,
                             expires_in_ms: l
                                 .expires_in
                                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                            device: l.device,
+                            served_by: l.served_by,
                         })
                         .collect(),
                     rules: user_rules,

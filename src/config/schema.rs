@@ -193,6 +193,9 @@ pub struct ServerSection {
     /// Unix socket a new process (`--upgrade`) takes the listening sockets over on, when
     /// this one gets `SIGQUIT`: Pingora's zero-downtime upgrade. One per instance.
     pub upgrade_sock: String,
+    /// This instance's name where others must tell it apart (the admin listing's
+    /// `served_by` on Redis). Unset: `<host name>:<pid>`.
+    pub instance_name: Option<String>,
 }
 
 /// Client read buffer: none. Pingora's default is a zero-filled 64 KiB per connection; the
@@ -233,6 +236,7 @@ impl Default for ServerSection {
             request_head_timeout: Duration::from_secs(10),
             pipelining: true,
             upgrade_sock: UPGRADE_SOCK_DEFAULT.into(),
+            instance_name: None,
         }
     }
 }

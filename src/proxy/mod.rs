@@ -42,7 +42,7 @@ use crate::manifest::Tagger;
 use crate::metrics::{Metrics, StoreOp};
 use crate::reload;
 use crate::routing::{self, AmbiguousPath, Route};
-use crate::store::{CutReason, StoreError, StreamStore};
+use crate::store::{CutReason, Gone, GoneReason, StoreError, StreamStore};
 
 /// Methods a watch route serves: fetches, heartbeats, `DELETE` to end a stream, and
 /// `HEAD` and `OPTIONS` (a probe and a browser's CORS preflight: forwarded without
@@ -338,6 +338,25 @@ impl ProxyHttp for StreamGate {
         if let Some(hold) = ctx.hold.take() {
             hold.release(hold_failed(Some(e), ctx.upstream_status))
                 .await;
+        }
+        // A stream cut before its response began (evicted, replaced or ended while its
+        // first request waited for the origin): the client is told so, not a 500.
+        if let (true, Some(why), None) = (ended, ctx.cut, session.response_written()) {
+            let reason = match why {
+                CutReason::Evicted => GoneReason::Evicted,
+                CutReason::Ended | CutReason::Replaced => GoneReason::Ended,
+            };
+            let gone = Answer::Gone(Gone {
+                reason,
+                at_unix_ms: crate::store::unix_ms(),
+            });
+            if let Err(we) = gone.write(session, &self.cors).await {
+                warn!("could not send the 410 response: {we}");
+            }
+            return FailToProxy {
+                error_code: 410,
+                can_reuse_downstream: false,
+            };
         }
         // Once the response header is out, the only honest signal left is closing.
         let can_write = session.response_written().is_none() && f.status != 0;

@@ -90,6 +90,17 @@ fn check_listeners(config: &Config, launch: &Launch) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// This instance's name in the admin listing: the host name and the process id.
+fn instance_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "streamgate".into());
+    format!("{host}:{}", std::process::id())
+}
+
 /// Build the store the config asks for.
 pub fn build_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn StreamStore>, BuildError> {
     let st = &config.store;
@@ -101,7 +112,14 @@ pub fn build_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn StreamS
             st.timeout,
             metrics.lease_counters(),
         )
-        .with_idle_window(config.streams.evict_idle_after);
+        .with_idle_window(config.streams.evict_idle_after)
+        .with_instance(
+            &config
+                .server
+                .instance_name
+                .clone()
+                .unwrap_or_else(instance_name),
+        );
         let store: Arc<dyn StreamStore> = match &st.tls_ca_file {
             Some(file) => {
                 Arc::new(store.with_tls_ca(std::fs::read(file).map_err(BuildError::TlsCa)?))

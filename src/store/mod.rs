@@ -149,11 +149,19 @@ pub(crate) fn unix_ms() -> u64 {
 }
 
 /// One live lease, as listed for a user.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseInfo {
     pub id: StreamId,
     /// `None` while a request of the stream is in flight (it cannot expire then).
     pub expires_in: Option<Duration>,
+    /// When it was opened (Unix ms), where the store knows.
+    pub opened_unix_ms: Option<u64>,
+    /// Its last renewal (Unix ms); `None` while in flight in the memory store (renewed now).
+    pub renewed_unix_ms: Option<u64>,
+    /// The first 8 hex digits of the hash of the device that opened it.
+    pub device: Option<String>,
+    /// The instance that opened it or, while a request holds it, refreshed it last.
+    pub served_by: Option<String>,
 }
 
 /// Why a store could not decide.

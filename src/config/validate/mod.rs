@@ -56,6 +56,14 @@ impl ServerSection {
             }
             super::tls::check(tls)?;
         }
+        if let Some(name) = &s.instance_name {
+            if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(KeyError::new(
+                    "server.instance_name",
+                    "must be 1 to 64 visible ASCII characters, no spaces",
+                ));
+            }
+        }
         if s.threads == 0 || s.threads > MAX_THREADS {
             return Err(KeyError::new(
                 "server.threads",

@@ -84,13 +84,22 @@ impl StreamStore for MemoryStore {
     }
 
     async fn list(&self, user: &str) -> Result<Vec<LeaseInfo>, StoreError> {
+        let ttl = self.tuning.ttl_ms();
+        let unix_now = crate::store::unix_ms();
         self.with_user(user, false, Reach::Within, |leases, now| {
+            // Store milliseconds to Unix milliseconds.
+            let unix = |at: u64| unix_now.saturating_sub(now.saturating_sub(at));
             leases
                 .iter()
                 .map(|l| LeaseInfo {
                     id: l.id,
                     expires_in: (l.holds == 0)
                         .then(|| Duration::from_millis(l.expires_at.saturating_sub(now))),
+                    opened_unix_ms: Some(unix(l.opened_at)),
+                    // Released at `expires_at - ttl`; held: renewed now.
+                    renewed_unix_ms: (l.holds == 0).then(|| unix(l.expires_at.saturating_sub(ttl))),
+                    device: (l.device != 0).then(|| format!("{:08x}", l.device >> 32)),
+                    served_by: None,
                 })
                 .collect()
         })

@@ -19,6 +19,8 @@ pub(super) struct Lease {
     pub(super) holds: u32,
     /// The device that opened it ([`crate::store::DeviceKey`]); 0: none named.
     pub(super) device: u64,
+    /// When it was opened, in store milliseconds (for the admin listing).
+    pub(super) opened_at: u64,
 }
 
 impl Lease {

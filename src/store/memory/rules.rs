@@ -97,6 +97,7 @@ impl MemoryStore {
                 expires_at: now + ttl,
                 holds: 1,
                 device: 0,
+                opened_at: now,
             });
             Opened::Admitted(id)
         })?;
@@ -135,6 +136,7 @@ impl MemoryStore {
                 expires_at: now + ttl,
                 holds: 1,
                 device,
+                opened_at: now,
             };
             if device != 0 {
                 if let Some(l) = leases.iter_mut().find(|l| l.device == device) {

@@ -57,6 +57,7 @@ impl StreamStore for RedisStore {
             .key(self.cooldown_key(user))
             .key(self.rules_key(user))
             .key(self.devices_key(user))
+            .key(self.meta_key(user))
             .arg(limit)
             .arg(self.tuning.ttl_ms())
             .arg(new.to_string())
@@ -68,7 +69,8 @@ impl StreamStore for RedisStore {
             .arg(self.evictions_channel())
             .arg(user)
             .arg(device)
-            .arg(self.replacements_channel());
+            .arg(self.replacements_channel())
+            .arg(&self.instance);
         let reply: Result<(i64, i64, i64, i64, String), _> = self.invoke(inv).await;
         if id.is_none() && matches!(reply, Err(StoreError::Timeout)) {
             self.abandon(user, new);
@@ -175,7 +177,9 @@ impl StreamStore for RedisStore {
 
     async fn list(&self, user: &str) -> Result<Vec<LeaseInfo>, StoreError> {
         let mut inv = self.scripts.list.prepare_invoke();
-        inv.key(self.key(user));
+        inv.key(self.key(user))
+            .key(self.meta_key(user))
+            .key(self.devices_key(user));
         let raw: Vec<String> = self.invoke(inv).await?;
         let num = |s: &String| {
             s.parse::<f64>()
@@ -187,13 +191,26 @@ impl StreamStore for RedisStore {
         };
         self.count_expired(num(expired)? as i64);
         let now = num(now)?;
-        rest.chunks(2)
-            .map(|pair| match pair {
-                [id, score] => Ok(LeaseInfo {
-                    id: Uuid::parse_str(id)
-                        .map_err(|_| StoreError::Protocol(format!("bad stream id {id}")))?,
-                    expires_in: Some(Duration::from_millis((num(score)? - now).max(0.0) as u64)),
-                }),
+        let ttl = self.tuning.ttl_ms() as f64;
+        rest.chunks(4)
+            .map(|lease| match lease {
+                [id, score, meta, device] => {
+                    let score = num(score)?;
+                    let (opened, served_by) = match meta.split_once(' ') {
+                        Some((o, i)) => (o.parse::<u64>().ok(), Some(i.to_owned())),
+                        None => (None, None),
+                    };
+                    Ok(LeaseInfo {
+                        id: Uuid::parse_str(id)
+                            .map_err(|_| StoreError::Protocol(format!("bad stream id {id}")))?,
+                        expires_in: Some(Duration::from_millis((score - now).max(0.0) as u64)),
+                        opened_unix_ms: opened,
+                        // The score is the last renewal (or hold refresh) plus the TTL.
+                        renewed_unix_ms: Some((score - ttl).max(0.0) as u64),
+                        device: (!device.is_empty()).then(|| device.chars().take(8).collect()),
+                        served_by,
+                    })
+                }
                 _ => Err(StoreError::Protocol("odd LIST reply".into())),
             })
             .collect()

@@ -65,6 +65,8 @@ pub struct RedisStore {
     /// `streams.evict_idle_after`: a held lease is refreshed more often than this, so it
     /// never looks idle to an eviction.
     idle_window: Duration,
+    /// This instance, as the admin listing names the one that served a stream last.
+    instance: String,
 }
 
 /// Whole milliseconds, as the scripts take them.
@@ -109,6 +111,7 @@ impl RedisStore {
             tuning: Tuning::new(lease_ttl, timeout),
             counters,
             idle_window: Duration::MAX,
+            instance: "streamgate".into(),
         }
     }
 
@@ -158,6 +161,17 @@ impl RedisStore {
         format!("{}:{{{}}}:cooldown", self.prefix, user)
     }
 
+    /// The user's streams: id -> "<opened ms> <instance that served it last>".
+    pub fn meta_key(&self, user: &str) -> String {
+        format!("{}:{{{}}}:meta", self.prefix, user)
+    }
+
+    /// Name this instance in the admin listing (`host:pid` by default at build).
+    pub fn with_instance(mut self, instance: &str) -> Self {
+        self.instance = instance.replace(' ', "_");
+        self
+    }
+
     /// Refresh held leases often enough that none looks idle for `streams.evict_idle_after`.
     pub fn with_idle_window(mut self, window: Duration) -> Self {
         self.idle_window = window;
@@ -199,6 +213,8 @@ impl RedisStore {
         let mut inv = self.scripts.renew.prepare_invoke();
         inv.key(self.key(user))
             .key(self.rules_key(user))
+            .key(self.meta_key(user))
+            .key(self.devices_key(user))
             .arg(id.to_string())
             .arg(self.tuning.ttl_ms());
         let (ok, expired): (i64, i64) = self.invoke(inv).await?;
@@ -217,8 +233,10 @@ impl RedisStore {
         inv.key(self.key(user))
             .key(self.ended_key(user))
             .key(self.gone_key(user))
+            .key(self.meta_key(user))
             .arg(id.to_string())
-            .arg(self.tuning.ttl_ms());
+            .arg(self.tuning.ttl_ms())
+            .arg(&self.instance);
         let (outcome, expired): (i64, i64) = self.invoke(inv).await?;
         self.count_expired(expired);
         Ok(match outcome {
@@ -254,10 +272,11 @@ impl RedisStore {
         // after the client's next open instead of right behind the abandoned one.
         let mut end = redis::cmd("EVAL");
         end.arg(scripts::end_source())
-            .arg(3)
+            .arg(4)
             .arg(self.key(user))
             .arg(self.ended_key(user))
             .arg(self.gone_key(user))
+            .arg(self.meta_key(user))
             .arg(id.to_string())
             .arg(self.tuning.ttl_ms())
             .arg(self.ends_channel())
@@ -290,6 +309,7 @@ impl RedisStore {
         inv.key(self.key(user))
             .key(self.ended_key(user))
             .key(self.gone_key(user))
+            .key(self.meta_key(user))
             .arg(id.to_string())
             .arg(self.tuning.ttl_ms())
             .arg(self.ends_channel())
@@ -316,9 +336,11 @@ impl RedisStore {
         inv.key(self.key(user))
             .key(self.ended_key(user))
             .key(self.rules_key(user))
+            .key(self.meta_key(user))
             .arg(limit)
             .arg(self.tuning.ttl_ms())
-            .arg(id.to_string());
+            .arg(id.to_string())
+            .arg(&self.instance);
         let reply: Result<(i64, i64, i64, i64), _> = self.invoke(inv).await;
         if fresh && matches!(reply, Err(StoreError::Timeout)) {
             self.abandon(user, id);

@@ -32,18 +32,30 @@ local function ruled(key, limit)
   end
   return limit, 0
 end
+-- Note when a stream opened and which instance served it last (for the admin listing),
+-- in the user's `meta` hash, which lives a day past its last write.
+local function note(key, id, opened, instance)
+  redis.call('HSET', key, id, opened .. ' ' .. instance)
+end
+-- The keys that describe the user's leases (set by the scripts that have them) live
+-- exactly as long as the leases: an idle user costs nothing.
+local META, DEVICES = nil, nil
 local function touch()
   local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
   if last[2] then
-    redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(last[2])) + 1000)
+    local at = math.floor(tonumber(last[2])) + 1000
+    redis.call('PEXPIREAT', KEYS[1], at)
+    if META then redis.call('PEXPIREAT', META, at) end
+    if DEVICES then redis.call('PEXPIREAT', DEVICES, at) end
   end
 end
 "#;
 
-/// KEYS: streams, ended, rules. ARGV: limit, ttl_ms, new id. Returns {admitted 0|1|2|5,
+/// KEYS: streams, ended, rules, meta. ARGV: limit, ttl_ms, new id, instance. Returns {admitted 0|1|2|5,
 /// active, retry_after_ms, expired}: 2 when the id was live already (renewed, not counted
 /// again), 5 when the user is blocked (retry_after: the block's time left).
 const OPEN: &str = r#"
+META = KEYS[4]
 local limit, blocked = ruled(KEYS[3], tonumber(ARGV[1]))
 if not limit then
   return {5, 0, blocked, expired}
@@ -60,19 +72,21 @@ if n >= limit then
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[3])
+note(KEYS[4], ARGV[3], now, ARGV[4])
 touch()
 return {1, n + 1, 0, expired}
 "#;
 
-/// KEYS: streams, ended, gone, cooldown, rules, devices. ARGV: limit, ttl_ms, new id, given
-/// (1: the client named the id), mode (0 refuse, 1 evict oldest, 2 evict idle), idle_ms,
-/// cooldown_ms, tombstone_ms, evictions channel, user, device ('' none), replacements
-/// channel. An open that replaces the lease its device holds and, at the limit, may end the
+/// KEYS: streams, ended, gone, cooldown, rules, devices, meta. ARGV: limit, ttl_ms, new id,
+/// given (1: the client named the id), mode (0 refuse, 1 evict oldest, 2 evict idle),
+/// idle_ms, cooldown_ms, tombstone_ms, evictions channel, user, device ('' none),
+/// replacements channel, instance. An open that replaces the lease its device holds and, at the limit, may end the
 /// user's least recently renewed lease (score = last renewal or hold refresh + TTL; a hold
 /// refreshes often enough that it never looks idle) and take its place. Returns {0 refused |
 /// 1 admitted | 2 renewed | 3 cooling down | 4 admitted by eviction | 5 blocked | 6
 /// admitted in its device's place, active, retry_after_ms, expired, evicted or replaced id}.
 const OPEN_WITH: &str = r#"
+META, DEVICES = KEYS[7], KEYS[6]
 local limit, blocked = ruled(KEYS[5], tonumber(ARGV[1]))
 if not limit then
   return {5, 0, blocked, expired, ''}
@@ -88,15 +102,16 @@ local dev = ARGV[11]
 local function admit()
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[3])
   redis.call('ZREM', KEYS[2], ARGV[3])
+  note(KEYS[7], ARGV[3], now, ARGV[13])
   if dev ~= '' then
     redis.call('HSET', KEYS[6], dev, ARGV[3])
-    redis.call('PEXPIRE', KEYS[6], 86400000)
   end
   touch()
 end
 -- Ended on purpose: a hold still refreshing it on another instance must not write it back.
 local function drop(id)
   redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[7], id)
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
   redis.call('ZADD', KEYS[2], now + ttl, id)
   redis.call('PEXPIRE', KEYS[2], ttl + 1000)
@@ -143,9 +158,10 @@ redis.call('PUBLISH', ARGV[9], victim .. ' ' .. ARGV[10])
 return {4, n, 0, expired, victim}
 "#;
 
-/// KEYS: streams, rules. ARGV: id, ttl_ms. Pushes a live lease's expiry out, unless the
-/// user is blocked. Returns {renewed 0|1, expired}.
+/// KEYS: streams, rules, meta, devices. ARGV: id, ttl_ms. Pushes a live lease's expiry
+/// out, unless the user is blocked. Returns {renewed 0|1, expired}.
 const RENEW: &str = r#"
+META, DEVICES = KEYS[3], KEYS[4]
 -- Existence, not ZADD's change count: a renewal in the same millisecond changes nothing.
 if not ruled(KEYS[2], 0) or not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   return {0, expired}
@@ -155,12 +171,20 @@ touch()
 return {1, expired}
 "#;
 
-/// ARGV: id, ttl_ms. A held lease's refresh: pushes its expiry out, and writes it back if
+/// KEYS: streams, ended, gone, meta. ARGV: id, ttl_ms, instance. A held lease's refresh
+/// (noting the instance that holds it): pushes its expiry out, and writes it back if
 /// it is missing without having been ended (a tombstone in KEYS[2], or KEYS[3] `gone`).
 /// Returns {0 ended | 1 refreshed | 2 written back | 3 evicted, expired}.
 const REFRESH: &str = r#"
+META = KEYS[4]
+local function served()
+  local m = redis.call('HGET', KEYS[4], ARGV[1])
+  local opened = (m and string.match(m, '^(%d+) ')) or now
+  note(KEYS[4], ARGV[1], opened, ARGV[3])
+end
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+  served()
   touch()
   return {1, expired}
 end
@@ -173,16 +197,18 @@ if (ended and tonumber(ended) > now) or gone then
   return {0, expired}
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+served()
 touch()
 return {2, expired}
 "#;
 
-/// KEYS: streams, ended, gone. ARGV: id, ttl_ms, channel, user, gone_ms, reason. Removes
+/// KEYS: streams, ended, gone, meta. ARGV: id, ttl_ms, channel, user, gone_ms, reason. Removes
 /// a lease, leaves a tombstone for one TTL (and, with `gone_ms`, remembers the id as gone
 /// for that long), and tells every instance (`PUBLISH "<id> <user>"`) so they cut its
 /// requests in flight. Returns {removed 0|1, expired}.
 const END: &str = r#"
 local ok = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + 1000)
@@ -241,11 +267,27 @@ end
 return out
 "#;
 
-/// Returns {expired, now, id1, expiry1, id2, expiry2, ...}.
+/// KEYS: streams, meta, devices. Returns {expired, now, then per lease: id, expiry,
+/// "<opened> <instance>" or '', device hash or ''}; meta entries of leases gone are dropped.
 const LIST: &str = r#"
 local out = {expired, now}
+local devices = {}
+local d = redis.call('HGETALL', KEYS[3])
+for i = 1, #d, 2 do devices[d[i + 1]] = d[i] end
+local live = {}
 local all = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-for i = 1, #all do out[#out + 1] = all[i] end
+for i = 1, #all, 2 do
+  local id = all[i]
+  live[id] = true
+  out[#out + 1] = id
+  out[#out + 1] = all[i + 1]
+  out[#out + 1] = redis.call('HGET', KEYS[2], id) or ''
+  out[#out + 1] = devices[id] or ''
+end
+local m = redis.call('HKEYS', KEYS[2])
+for i = 1, #m do
+  if not live[m[i]] then redis.call('HDEL', KEYS[2], m[i]) end
+end
 return out
 "#;
 
