@@ -89,16 +89,10 @@ impl Admin {
     }
 
     async fn streams(&self, user: &str) -> Vec<Value> {
-        let r = self
-            .send(
-                reqwest::Method::GET,
-                &format!("/admin/v1/users/{user}/streams"),
-                Some(READ),
-            )
-            .await;
-        assert_eq!(r.status(), 200);
-        let body = json_body(r).await;
-        body["streams"].as_array().unwrap().clone()
+        self.listing(user).await["streams"]
+            .as_array()
+            .unwrap()
+            .clone()
     }
 }
 
