@@ -350,6 +350,9 @@ impl ProxyHttp for StreamGate {
                 reason,
                 at_unix_ms: crate::store::unix_ms(),
             });
+            // As after any failed proxying the connection is not reused: say so in the
+            // answer, or a keep-alive client sends its next request into a closing socket.
+            session.set_keepalive(None);
             if let Err(we) = gone.write(session, &self.cors).await {
                 warn!("could not send the 410 response: {we}");
             }

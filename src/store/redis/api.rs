@@ -23,12 +23,12 @@ impl StreamStore for RedisStore {
         if keep {
             self.refresh_held(user, id).await.map(|_| ())
         } else {
-            self.remove(user, id, None).await.map(|_| ())
+            self.remove(user, id, None, false).await.map(|_| ())
         }
     }
 
     async fn end(&self, user: &str, id: StreamId) -> Result<bool, StoreError> {
-        self.remove(user, id, None).await
+        self.remove(user, id, None, true).await
     }
 
     async fn open_with(
@@ -117,7 +117,7 @@ impl StreamStore for RedisStore {
         reason: GoneReason,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        self.remove(user, id, Some((reason, ttl))).await
+        self.remove(user, id, Some((reason, ttl)), true).await
     }
 
     async fn set_rule(&self, user: &str, rule: UserRule, ttl: Duration) -> Result<(), StoreError> {

@@ -282,7 +282,8 @@ impl RedisStore {
             .arg(self.ends_channel())
             .arg(user)
             .arg(0)
-            .arg("");
+            .arg("")
+            .arg("0");
         let (ttl_ms, timeout) = (self.tuning.ttl_ms(), self.tuning.timeout());
         rt.spawn(async move {
             let _permit = permit;
@@ -297,12 +298,15 @@ impl RedisStore {
         });
     }
 
-    /// End a lease; with `gone`, remember its id as gone for that long.
+    /// End a lease; with `gone`, remember its id as gone for that long. `tell`: publish the
+    /// end so other instances cut its requests (not for a failed open giving its own slot
+    /// back: its one request is the caller, and a cut would replace the origin's answer).
     async fn remove(
         &self,
         user: &str,
         id: StreamId,
         gone: Option<(GoneReason, Duration)>,
+        tell: bool,
     ) -> Result<bool, StoreError> {
         let (reason, ms) = gone.map_or(("", 0), |(r, d)| (r.label(), millis(d)));
         let mut inv = self.scripts.end.prepare_invoke();
@@ -315,7 +319,8 @@ impl RedisStore {
             .arg(self.ends_channel())
             .arg(user)
             .arg(ms)
-            .arg(reason);
+            .arg(reason)
+            .arg(if tell { "1" } else { "0" });
         let (ok, expired): (i64, i64) = self.invoke(inv).await?;
         self.count_expired(expired);
         Ok(ok == 1)

@@ -202,7 +202,8 @@ touch()
 return {2, expired}
 "#;
 
-/// KEYS: streams, ended, gone, meta. ARGV: id, ttl_ms, channel, user, gone_ms, reason. Removes
+/// KEYS: streams, ended, gone, meta. ARGV: id, ttl_ms, channel, user, gone_ms, reason,
+/// publish (1: an end others must cut; 0: a failed open giving its own slot back). Removes
 /// a lease, leaves a tombstone for one TTL (and, with `gone_ms`, remembers the id as gone
 /// for that long), and tells every instance (`PUBLISH "<id> <user>"`) so they cut its
 /// requests in flight. Returns {removed 0|1, expired}.
@@ -214,7 +215,9 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + 1000)
 if ok == 1 then
   bury(KEYS[3], ARGV[1], ARGV[6], tonumber(ARGV[5]))
-  redis.call('PUBLISH', ARGV[3], ARGV[1] .. ' ' .. ARGV[4])
+  if ARGV[7] == '1' then
+    redis.call('PUBLISH', ARGV[3], ARGV[1] .. ' ' .. ARGV[4])
+  end
 end
 return {ok, expired}
 "#;
