@@ -25,3 +25,4 @@ pub mod routing;
 pub mod server;
 pub mod store;
 mod tls;
+mod upstream;

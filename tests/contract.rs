@@ -219,7 +219,7 @@ async fn other_paths_can_be_refused_with_404_json() {
 async fn unreachable_upstream_is_502_json() {
     let origin = Origin::start().await;
     let mut cfg = TestConfig::new(&origin);
-    cfg.config.upstream.addrs = vec![format!("127.0.0.1:{}", free_port())];
+    cfg.config.upstream.addrs = vec![format!("127.0.0.1:{}", free_port()).into()];
     let proxy = Proxy::start(&cfg).await;
     let r = proxy.watch("/watch", "abc", None).await;
     assert_eq!(r.status(), 502);
@@ -242,8 +242,8 @@ async fn a_refused_upstream_is_skipped_for_the_next_one() {
     let origin = Origin::start().await;
     let mut cfg = TestConfig::new(&origin);
     cfg.config.upstream.addrs = vec![
-        format!("127.0.0.1:{}", free_port()),
-        origin.addr.to_string(),
+        format!("127.0.0.1:{}", free_port()).into(),
+        origin.addr.to_string().into(),
     ];
     let proxy = Proxy::start(&cfg).await;
     for i in 0..4 {

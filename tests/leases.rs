@@ -327,7 +327,7 @@ async fn an_open_that_is_not_a_success_gives_the_slot_back() {
 async fn an_unreachable_upstream_never_blocks_the_user() {
     let origin = Origin::start().await;
     let mut cfg = TestConfig::new(&origin).limit(1);
-    cfg.config.upstream.addrs = vec![format!("127.0.0.1:{}", free_port())];
+    cfg.config.upstream.addrs = vec![format!("127.0.0.1:{}", free_port()).into()];
     let proxy = Proxy::start(&cfg).await;
     for _ in 0..3 {
         assert_eq!(proxy.watch("/watch", "abc", None).await.status(), 502);

@@ -21,6 +21,7 @@ mod streams;
 #[cfg(test)]
 mod tests;
 mod tls;
+mod upstream;
 mod validate;
 
 pub use header::Header;
@@ -28,6 +29,7 @@ pub use identity::*;
 pub use schema::*;
 pub use store::*;
 pub use streams::*;
+pub use upstream::*;
 
 /// Why a config file was refused. `Display` is one line: `FILE: KEY: what is wrong`.
 #[derive(Debug, thiserror::Error)]
@@ -163,7 +165,7 @@ impl Config {
             self.server.listen = o.listen.clone();
         }
         if !o.upstream.is_empty() {
-            self.upstream.addrs = o.upstream.clone();
+            self.upstream.addrs = o.upstream.iter().map(|a| a.as_str().into()).collect();
         }
         if let Some(limit) = o.limit {
             self.streams.limit = limit;

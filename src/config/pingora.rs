@@ -15,6 +15,12 @@ impl Config {
             work_stealing: self.server.work_stealing && self.server.threads > 1,
             upstream_keepalive_pool_size: self.upstream.keepalive_pool_size,
             upgrade_sock: self.server.upgrade_sock.clone(),
+            // Upstream TLS trusts these CAs instead of the system's.
+            ca_file: self
+                .upstream
+                .ca_file
+                .as_ref()
+                .map(|p| p.display().to_string()),
             // Pingora's "grace period" is its fixed wait between closing the listeners and
             // dropping every task: our longest drain. Our `grace_period` (accepting on after
             // SIGTERM) and the early exit once drained are `drain`'s (src/drain.rs).

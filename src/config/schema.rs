@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::identity::{IdentitySection, PlanSection};
 use super::store::StoreSection;
 use super::streams::StreamsSection;
+use super::upstream::UpstreamSection;
 
 /// The whole configuration file. `Config::default()` is every default, with no upstream
 /// (which the file must name): what `demo` starts from.
@@ -239,62 +240,6 @@ impl Default for ServerSection {
             instance_name: None,
         }
     }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamSection {
-    /// Content servers (`host:port`), chosen round-robin; a refused connection tries the next.
-    pub addrs: Vec<String>,
-    #[serde(default = "d_connect_timeout", with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Longest silence while waiting for upstream response bytes.
-    #[serde(default = "d_io_timeout", with = "humantime_serde")]
-    pub read_timeout: Duration,
-    #[serde(default = "d_io_timeout", with = "humantime_serde")]
-    pub write_timeout: Duration,
-    /// How long an idle upstream connection is kept for reuse.
-    #[serde(default = "d_idle_timeout", with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    /// Idle upstream connections kept for reuse, per process.
-    #[serde(default = "d_keepalive_pool")]
-    pub keepalive_pool_size: usize,
-    /// Append the client's address to `X-Forwarded-For` on forwarded requests (as Envoy
-    /// does, and nginx with `$proxy_add_x_forwarded_for`): an origin that checks the
-    /// viewer's region or binds tokens to an address needs it.
-    #[serde(default = "d_forwarded_for")]
-    pub forwarded_for: bool,
-}
-
-/// Every default, and no address (the file must name at least one).
-impl Default for UpstreamSection {
-    fn default() -> Self {
-        Self {
-            addrs: Vec::new(),
-            connect_timeout: d_connect_timeout(),
-            read_timeout: d_io_timeout(),
-            write_timeout: d_io_timeout(),
-            idle_timeout: d_idle_timeout(),
-            keepalive_pool_size: d_keepalive_pool(),
-            forwarded_for: d_forwarded_for(),
-        }
-    }
-}
-
-fn d_connect_timeout() -> Duration {
-    Duration::from_secs(2)
-}
-fn d_io_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn d_idle_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-fn d_keepalive_pool() -> usize {
-    256
-}
-fn d_forwarded_for() -> bool {
-    true
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

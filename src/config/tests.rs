@@ -208,7 +208,7 @@ fn overrides_win_over_the_file() {
         .validate()
         .unwrap();
     assert_eq!(c.server.listen, vec![addr("127.0.0.1:4000")]);
-    assert_eq!(c.upstream.addrs, vec!["127.0.0.1:9000"]);
+    assert_eq!(c.upstream.addrs, vec![UpstreamAddr::from("127.0.0.1:9000")]);
     assert_eq!(c.streams.limit, 5);
     assert_eq!(c.metrics.listen, Some(addr("127.0.0.1:9999")));
 }
@@ -233,4 +233,72 @@ fn shipped_config_is_the_defaults_plus_its_upstream() {
 
 fn addr(a: &str) -> std::net::SocketAddr {
     a.parse().unwrap()
+}
+
+#[test]
+fn upstream_selection_weights_checks_and_tls_are_read_and_checked() {
+    let c = Config::from_toml(
+        "[upstream]\naddrs = [\"a.internal:80\", { addr = \"b.internal:80\", weight = 2 }]\n\
+         selection = \"consistent\"\nhash_key = \"stream\"\nhost = \"media.example.com\"\n\
+         [upstream.health_check]\nkind = \"http\"\npath = \"/healthz\"\n",
+    )
+    .expect("valid");
+    let u = &c.upstream;
+    assert_eq!(u.selection, Selection::Consistent);
+    assert_eq!(u.hash_key, HashKey::Stream);
+    assert_eq!(u.addrs[1].weight(), 2);
+    let hc = u.health_check.as_ref().unwrap();
+    assert_eq!(
+        (hc.kind, hc.path.as_str(), hc.expect_status),
+        (CheckKind::Http, "/healthz", 200)
+    );
+    assert_eq!(
+        (hc.interval, hc.healthy_after, hc.unhealthy_after),
+        (Duration::from_secs(5), 2, 3)
+    );
+    assert_eq!(
+        (u.unhealthy_after, u.eject_for),
+        (3, Duration::from_secs(10))
+    );
+    assert_eq!(u.connect_tries(2), 2);
+    for (text, key) in [
+        (
+            "addrs = [{ addr = \"a:80\", weight = 0 }]",
+            "upstream.addrs",
+        ),
+        ("addrs = [\"a:80\", \"a:80\"]", "upstream.addrs"),
+        (
+            "addrs = [\"a:80\"]\nmax_connect_tries = 0",
+            "upstream.max_connect_tries",
+        ),
+        ("addrs = [\"a:80\"]\nhost = \"a b\"", "upstream.host"),
+        ("addrs = [\"a:80\"]\nca_file = \"/x\"", "upstream.ca_file"),
+        (
+            "addrs = [\"a:80\"]\n[upstream.health_check]\npath = \"x\"",
+            "upstream.health_check.path",
+        ),
+        (
+            "addrs = [\"a:80\"]\n[upstream.health_check]\nexpect_status = 42",
+            "upstream.health_check.expect_status",
+        ),
+        (
+            "addrs = [\"a:80\"]\n[upstream.health_check]\nhealthy_after = 0",
+            "upstream.health_check.healthy_after",
+        ),
+        (
+            "addrs = [\"a:80\"]\n[upstream.health_check]\ninterval = \"0s\"",
+            "upstream.health_check.interval",
+        ),
+    ] {
+        assert_eq!(err(&format!("[upstream]\n{text}\n")).key, key, "{text}");
+    }
+    let tls = "[upstream]\naddrs = [\"10.0.0.1:443\"]\ntls = true\n";
+    if cfg!(feature = "tls") {
+        // An address gives no name to verify: asked for, not connected to unverified.
+        assert_eq!(err(tls).key, "upstream.sni");
+        assert!(Config::from_toml(&format!("{tls}sni = \"origin.example.com\"\n")).is_ok());
+        assert!(Config::from_toml(&format!("{tls}verify = false\n")).is_ok());
+    } else {
+        assert_eq!(err(tls).key, "upstream.tls");
+    }
 }

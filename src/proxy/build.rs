@@ -22,10 +22,9 @@ impl StreamGate {
         drain: Arc<Drain>,
         access_log: AccessLog,
         live: reload::Shared,
-    ) -> std::io::Result<Self> {
-        let upstreams =
-            LoadBalancer::try_from_iter(config.upstream.addrs.iter().map(String::as_str))?;
-        Ok(Self {
+        upstreams: Arc<crate::upstream::Upstreams>,
+    ) -> Self {
+        Self {
             live,
             identity: IdentityRules {
                 session_header: config.identity.header.name().clone(),
@@ -40,7 +39,6 @@ impl StreamGate {
             store,
             metrics,
             upstreams,
-            upstream_count: config.upstream.addrs.len(),
             timeouts: UpstreamTimeouts {
                 connect: config.upstream.connect_timeout,
                 read: config.upstream.read_timeout,
@@ -83,6 +81,6 @@ impl StreamGate {
                 .as_ref()
                 .map(|h| h.name().clone()),
             trusted_proxies: config.identity.trusted_proxies.clone(),
-        })
+        }
     }
 }

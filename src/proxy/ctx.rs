@@ -28,8 +28,10 @@ pub struct RequestCtx {
     pub(super) plan: Option<Arc<str>>,
     pub(super) hold: Option<LeaseHold>,
     pub(super) upstream_status: Option<u16>,
-    /// Upstream connection attempts so far (for trying the next upstream).
-    pub(super) tries: usize,
+    /// The content server of the current attempt (held: `least_conn` counts it).
+    pub(super) chosen: Option<crate::upstream::Chosen>,
+    /// Servers whose connection failed, never tried again by this request.
+    pub(super) tried: Vec<usize>,
     /// Which way the request named its stream.
     pub(super) via: Via,
     /// The query carries the stream parameter: remove it before going upstream.
@@ -77,7 +79,8 @@ impl RequestCtx {
             plan: None,
             hold: None,
             upstream_status: None,
-            tries: 0,
+            chosen: None,
+            tried: Vec::new(),
             via: Via::None,
             strip_param: false,
             strip_token: false,

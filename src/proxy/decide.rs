@@ -61,6 +61,7 @@ impl StreamGate {
         match ctx.route {
             Route::Health => Err(Answer::Health),
             Route::Ready if self.drain.draining() => Err(Answer::Draining),
+            Route::Ready if !self.upstreams.ready() => Err(Answer::NoUpstream),
             Route::Ready => match self.timed(StoreOp::Ping, self.store.ping()).await {
                 Ok(()) => Err(Answer::Ready),
                 Err(e) => {

@@ -24,7 +24,6 @@ use async_trait::async_trait;
 use http::{HeaderName, HeaderValue, Method};
 use log::warn;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::lb::{selection::RoundRobin, LoadBalancer};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
@@ -74,8 +73,7 @@ pub struct StreamGate {
     stream_header_case: bytes::Bytes,
     store: Arc<dyn StreamStore>,
     metrics: Metrics,
-    upstreams: LoadBalancer<RoundRobin>,
-    upstream_count: usize,
+    upstreams: Arc<crate::upstream::Upstreams>,
     timeouts: UpstreamTimeouts,
     other_paths: OtherPaths,
     downstream_read_timeout: Duration,
@@ -150,10 +148,10 @@ impl ProxyHttp for StreamGate {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        self.peer(ctx)
+        self.peer(session, ctx)
     }
 
     fn fail_to_connect(
@@ -163,8 +161,13 @@ impl ProxyHttp for StreamGate {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // Like nginx's proxy_next_upstream error: try each upstream once before failing.
-        if ctx.tries < self.upstream_count {
+        // Like nginx's proxy_next_upstream error: the next server, never one tried
+        // already, up to `max_connect_tries`. Nothing of the request went upstream yet.
+        if let Some(chosen) = ctx.chosen.take() {
+            chosen.connect_failed();
+            ctx.tried.push(chosen.index());
+        }
+        if ctx.tried.len() < self.upstreams.tries() {
             e.set_retry(true);
         }
         e
@@ -188,6 +191,9 @@ impl ProxyHttp for StreamGate {
         let status = upstream_response.status.as_u16();
         if !upstream_response.status.is_informational() {
             ctx.upstream_status = Some(status);
+            if let Some(chosen) = &ctx.chosen {
+                chosen.answered(status);
+            }
         }
         // A stream whose opening request the upstream failed is given back before the
         // client sees the answer, so an immediate retry is admitted.

@@ -8,6 +8,7 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 
 use super::{RequestCtx, StreamGate};
+use crate::config::HashKey;
 
 const X_FORWARDED_FOR: &str = "X-Forwarded-For";
 
@@ -32,13 +33,34 @@ fn forwarded_for<'a>(
 impl StreamGate {
     /// The next content server for this request, with every timeout set: no request may
     /// hold a slot forever on a silent upstream.
-    pub(super) fn peer(&self, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        ctx.tries += 1;
-        let backend = self
+    pub(super) fn peer(&self, session: &Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let path = session.req_header().uri.path().as_bytes();
+        let user = ctx.user.as_deref().map(str::as_bytes);
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let stream = ctx
+            .stream_id
+            .map(|s| s.hyphenated().encode_lower(&mut id).as_bytes());
+        let key = match self.upstreams.hash_key() {
+            HashKey::User => user.unwrap_or(path),
+            HashKey::Stream => stream.or(user).unwrap_or(path),
+            HashKey::Path => path,
+        };
+        // Every server is out (checked dead, ejected, or tried): refused at once, with no
+        // connection to a server known dead.
+        let chosen = self
             .upstreams
-            .select(b"", 256)
+            .select(key, &ctx.tried)
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no upstream available"))?;
-        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        let mut peer = match &self.upstreams.tls {
+            Some(tls) => {
+                let mut p = HttpPeer::new(chosen.addr(), true, chosen.sni());
+                p.options.verify_cert = tls.verify;
+                p.options.verify_hostname = tls.verify;
+                p
+            }
+            None => HttpPeer::new(chosen.addr(), false, String::new()),
+        };
+        ctx.chosen = Some(chosen);
         let o = &mut peer.options;
         o.connection_timeout = Some(self.timeouts.connect);
         o.total_connection_timeout = Some(self.timeouts.connect);
@@ -134,6 +156,9 @@ impl StreamGate {
         }
         if let Some(status) = &ctx.limit_status {
             upstream_request.insert_header(super::LIMIT_STATUS, status.clone())?;
+        }
+        if let Some(host) = &self.upstreams.host {
+            upstream_request.insert_header(http::header::HOST, host.clone())?;
         }
         Ok(())
     }

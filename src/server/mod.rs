@@ -26,6 +26,7 @@ use crate::metrics::{Metrics, MetricsApp};
 use crate::proxy::StreamGate;
 use crate::reload::{self, Reloader};
 use crate::store::{MemoryStore, RedisStore, RefusalCache, StreamStore, Target};
+use crate::upstream::{HealthChecks, Upstreams};
 
 /// Why a server could not be assembled from a valid config.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +34,7 @@ pub enum BuildError {
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("upstream.addrs: {0}")]
-    Upstream(std::io::Error),
+    Upstream(crate::upstream::UpstreamError),
     #[error("store.tls_ca_file: {0}")]
     TlsCa(std::io::Error),
     #[cfg(feature = "tls")]
@@ -238,6 +239,7 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
         }
         None => None,
     };
+    let upstreams = Upstreams::new(&config.upstream, registry).map_err(BuildError::Upstream)?;
     let gate = StreamGate::new(
         config,
         store.clone(),
@@ -245,8 +247,8 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
         drain.clone(),
         access_log.clone(),
         live,
-    )
-    .map_err(BuildError::Upstream)?;
+        upstreams.clone(),
+    );
     let inflight = gate.inflight();
     if let Some((addr, tokens, (requests, stats))) = admin {
         let app = crate::admin::AdminApp::new(
@@ -319,6 +321,10 @@ pub fn build(config: &Config, registry: &Registry, launch: &Launch) -> Result<Bu
                 reloader: reloader.clone(),
             },
         ));
+    }
+
+    if let Some(checks) = HealthChecks::new(&upstreams) {
+        server.add_service(background_service("upstream health checks", checks));
     }
 
     if let Some(remote) = remote {

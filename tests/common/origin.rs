@@ -48,7 +48,13 @@ pub struct Origin {
 
 impl Origin {
     pub async fn start() -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        Self::start_at("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// An origin on `addr`: the address of one that was stopped, to bring it back.
+    /// Dropping an origin stops it whole: its listener and every connection it holds.
+    pub async fn start_at(addr: SocketAddr) -> Origin {
+        let listener = TcpListener::bind(addr).await.expect("bind origin");
         let addr = listener.local_addr().expect("origin addr");
         let state = Arc::new(OriginState {
             seen: Mutex::default(),
@@ -60,11 +66,14 @@ impl Origin {
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
+            // Owned here, so aborting this task closes every connection too.
+            let mut conns = tokio::task::JoinSet::new();
             while let Ok((sock, _)) = listener.accept().await {
                 let st = st.clone();
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     let _ = serve_conn(sock, st).await;
                 });
+                while conns.try_join_next().is_some() {}
             }
         });
         Origin { addr, state, task }

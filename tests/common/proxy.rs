@@ -55,7 +55,7 @@ impl TestConfig {
         c.server.threads = 2;
         c.server.grace_period = Duration::ZERO;
         c.server.graceful_shutdown_timeout = Duration::from_secs(1);
-        c.upstream.addrs = vec![addr.to_string()];
+        c.upstream.addrs = vec![addr.to_string().into()];
         // Generous: a loaded test machine can be slow to accept, and a connect timeout
         // here would show up as a 504 the test did not ask for.
         c.upstream.connect_timeout = Duration::from_secs(5);

@@ -112,8 +112,21 @@ impl UpstreamSection {
                 "needs at least one address",
             ));
         }
+        let mut seen = std::collections::HashSet::new();
         for a in &u.addrs {
-            check_host_port("upstream.addrs", a)?;
+            check_host_port("upstream.addrs", a.addr())?;
+            if a.weight() == 0 {
+                return Err(KeyError::new(
+                    "upstream.addrs",
+                    "a weight must be at least 1",
+                ));
+            }
+            if !seen.insert(a.addr()) {
+                return Err(KeyError::new(
+                    "upstream.addrs",
+                    "an address is listed twice",
+                ));
+            }
         }
         for (key, d) in [
             ("upstream.connect_timeout", u.connect_timeout),
@@ -123,8 +136,109 @@ impl UpstreamSection {
         ] {
             check_positive(key, d)?;
         }
+        if u.unhealthy_after > 0 {
+            check_positive("upstream.eject_for", u.eject_for)?;
+        }
+        if u.max_connect_tries == Some(0) {
+            return Err(KeyError::new(
+                "upstream.max_connect_tries",
+                "must be at least 1",
+            ));
+        }
+        if let Some(hc) = &u.health_check {
+            hc.validate()?;
+        }
+        if let Some(host) = &u.host {
+            if host.is_empty()
+                || http::HeaderValue::from_str(host).is_err()
+                || host.contains(['/', ' '])
+            {
+                return Err(KeyError::new("upstream.host", "not a host name"));
+            }
+        }
+        if let Some(sni) = &u.sni {
+            if sni.is_empty() || sni.contains([':', '/', ' ']) {
+                return Err(KeyError::new("upstream.sni", "not a server name"));
+            }
+        }
+        if u.tls {
+            if !cfg!(feature = "tls") {
+                return Err(KeyError::new(
+                    "upstream.tls",
+                    "this build has no TLS (build with --features tls)",
+                ));
+            }
+            // Pingora turns verification off for a handshake without a server name (as
+            // nginx does): refuse that instead of connecting unverified.
+            let named = u.sni.is_some()
+                || u.host.is_some()
+                || u.addrs.iter().all(|a| {
+                    a.addr().rsplit_once(':').is_some_and(|(h, _)| {
+                        h.parse::<std::net::IpAddr>().is_err() && !h.starts_with('[')
+                    })
+                });
+            if u.verify && !named {
+                return Err(KeyError::new(
+                    "upstream.sni",
+                    "needed to verify servers named by IP address (or set verify = false)",
+                ));
+            }
+            if let Some(ca) = &u.ca_file {
+                check_pem_certificates("upstream.ca_file", ca)?;
+            }
+        } else if u.ca_file.is_some() {
+            return Err(KeyError::new(
+                "upstream.ca_file",
+                "needs upstream.tls = true",
+            ));
+        }
         Ok(())
     }
+}
+
+impl HealthCheckSection {
+    fn validate(&self) -> Result<(), KeyError> {
+        check_positive("upstream.health_check.interval", self.interval)?;
+        check_positive("upstream.health_check.timeout", self.timeout)?;
+        if self.healthy_after == 0 {
+            return Err(KeyError::new(
+                "upstream.health_check.healthy_after",
+                "must be at least 1",
+            ));
+        }
+        if self.unhealthy_after == 0 {
+            return Err(KeyError::new(
+                "upstream.health_check.unhealthy_after",
+                "must be at least 1",
+            ));
+        }
+        if !(100..=599).contains(&self.expect_status) {
+            return Err(KeyError::new(
+                "upstream.health_check.expect_status",
+                "not an HTTP status (100 to 599)",
+            ));
+        }
+        if !self.path.starts_with('/')
+            || http::uri::PathAndQuery::try_from(self.path.as_str()).is_err()
+        {
+            return Err(KeyError::new(
+                "upstream.health_check.path",
+                "must be a path starting with /",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A file of PEM certificates, read now so that a typo fails at start, not at the first
+/// connection.
+fn check_pem_certificates(key: &str, file: &std::path::Path) -> Result<(), KeyError> {
+    let pem =
+        std::fs::read(file).map_err(|e| KeyError::new(key, format!("cannot read it: {e}")))?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(KeyError::new(key, "holds no PEM certificate"));
+    }
+    Ok(())
 }
 
 impl StoreSection {
@@ -154,14 +268,7 @@ impl StoreSection {
             ));
         }
         if let Some(ca) = &store.tls_ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| KeyError::new("store.tls_ca_file", format!("cannot read it: {e}")))?;
-            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-                return Err(KeyError::new(
-                    "store.tls_ca_file",
-                    "holds no PEM certificate",
-                ));
-            }
+            check_pem_certificates("store.tls_ca_file", ca)?;
         }
         store.backend()
     }

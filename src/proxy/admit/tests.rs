@@ -22,8 +22,8 @@ fn gate(extra: &str) -> StreamGate {
         crate::drain::Drain::new(Duration::ZERO, Duration::ZERO),
         crate::access_log::AccessLog::off(prometheus::IntCounter::new("d", "d").unwrap()),
         crate::reload::shared(&config, &crate::jwt::Runtime::default()).unwrap(),
+        crate::upstream::Upstreams::new(&config.upstream, &prometheus::Registry::new()).unwrap(),
     )
-    .unwrap()
 }
 
 fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestHeader {

@@ -33,6 +33,9 @@ pub enum Answer {
     Ready,
     /// `GET /ready` while a `SIGTERM` drains the instance.
     Draining,
+    /// `GET /ready` while no content server is usable (or before the first round of
+    /// health checks), with `upstream.ready_requires_upstream`.
+    NoUpstream,
     /// `DELETE` ended the stream: `204`.
     Ended,
     /// A manifest request that opened a stream, sent to the stream's own URL; `echo` are
@@ -128,7 +131,7 @@ impl Answer {
             Answer::HeadTimeout => 408,
             Answer::HeadTooLarge => 431,
             Answer::Busy => 429,
-            Answer::Store(_) | Answer::Draining => 503,
+            Answer::Store(_) | Answer::Draining | Answer::NoUpstream => 503,
             Answer::Upstream(f) => f.status,
         }
     }
@@ -176,6 +179,7 @@ impl Answer {
                 GoneReason::Ended => "stream_ended",
             },
             Answer::Draining => "draining",
+            Answer::NoUpstream => "upstream_unavailable",
             Answer::Store(StoreError::Full) => "store_full",
             Answer::Store(_) => "store_unavailable",
             Answer::Upstream(f) => f.code,
@@ -246,6 +250,7 @@ impl Answer {
             }
             Answer::Upstream(f) => f.message,
             Answer::Draining => "this instance is stopping; send new requests elsewhere",
+            Answer::NoUpstream => "no content server is usable",
             Answer::HeadTooLarge => {
                 "the request line and headers are longer than this proxy accepts"
             }
