@@ -23,12 +23,12 @@ RUN apt-get update \
  && useradd --system --uid 10001 --no-create-home streamgate
 COPY --from=build /src/target/release/streamgate /usr/local/bin/streamgate
 COPY conf /etc/streamgate
-USER streamgate
+USER 10001:10001
 # 3001: the proxy. 3443: HTTPS when [tls] is set up (mount the certificate and key).
 # 9091: Prometheus metrics (conf sets metrics.listen to loopback; use
 # --metrics 0.0.0.0:9091 to scrape from outside the container).
 EXPOSE 3001 3443 9091
 HEALTHCHECK --interval=10s --timeout=2s --start-period=5s --retries=3 \
-  CMD curl -fsS http://127.0.0.1:3001/health || exit 1
+  CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:3001/health"]
 ENTRYPOINT ["/usr/local/bin/streamgate"]
 CMD ["--config", "/etc/streamgate/streamgate.toml"]

@@ -14,7 +14,7 @@ use prometheus::{
 use crate::manifest::Kind;
 use crate::proxy::manifests::Outcome;
 use crate::routing::Route;
-use crate::store::LeaseCounters;
+use crate::store::{CutReason, LeaseCounters};
 
 mod labels;
 mod serve;
@@ -260,6 +260,20 @@ impl Metrics {
         registry.register(Box::new(m.shadow_refusals.clone()))?;
         registry.register(Box::new(m.manifests.clone()))?;
         registry.register(Box::new(m.admin.clone()))?;
+        // Every series an alert or a dashboard rates exists from the start, at 0: a
+        // series that appears with its first error hides that error from `rate()`.
+        for kind in ["full", "timeout", "unavailable", "protocol", "auth"] {
+            m.store_errors.with_label_values(&[kind]);
+        }
+        for kind in ["connect", "connect_timeout", "timeout", "closed", "other", "status_5xx"] {
+            m.upstream_errors.with_label_values(&[kind]);
+        }
+        for reason in ["too_large", "timeout", "malformed", "connect"] {
+            m.refused_heads.with_label_values(&[reason]);
+        }
+        for why in [CutReason::Ended, CutReason::Evicted, CutReason::Replaced] {
+            m.streams_cut.with_label_values(&[why.label()]);
+        }
         Ok(m)
     }
 
