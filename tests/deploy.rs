@@ -74,8 +74,14 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported() {
     ));
     let proxy = Proxy::start(&cfg).await;
     proxy.until_ready(std::time::Duration::from_secs(5)).await;
-    assert_eq!(proxy.watch("/watch/a.m3u8", "alice", None).await.status(), 200);
-    assert_eq!(proxy.watch("/watch/a.ts", "alice", None).await.status(), 401);
+    assert_eq!(
+        proxy.watch("/watch/a.m3u8", "alice", None).await.status(),
+        200
+    );
+    assert_eq!(
+        proxy.watch("/watch/a.ts", "alice", None).await.status(),
+        401
+    );
     let r = proxy
         .client
         .get(format!("http://{admin}/admin/v1/stats"))
@@ -102,7 +108,9 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported() {
 
 /// The config inside a YAML block scalar (`streamgate.toml: |`), unindented.
 fn embedded_toml(yaml: &str) -> String {
-    let mut lines = yaml.lines().skip_while(|l| !l.trim_end().ends_with("streamgate.toml: |"));
+    let mut lines = yaml
+        .lines()
+        .skip_while(|l| !l.trim_end().ends_with("streamgate.toml: |"));
     lines.next().expect("a streamgate.toml block");
     let body: Vec<&str> = lines
         .take_while(|l| l.is_empty() || l.starts_with("    "))

@@ -265,7 +265,14 @@ impl Metrics {
         for kind in ["full", "timeout", "unavailable", "protocol", "auth"] {
             m.store_errors.with_label_values(&[kind]);
         }
-        for kind in ["connect", "connect_timeout", "timeout", "closed", "other", "status_5xx"] {
+        for kind in [
+            "connect",
+            "connect_timeout",
+            "timeout",
+            "closed",
+            "other",
+            "status_5xx",
+        ] {
             m.upstream_errors.with_label_values(&[kind]);
         }
         for reason in ["too_large", "timeout", "malformed", "connect"] {
