@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,6 +170,13 @@ async fn ready_waits_for_the_first_round_of_checks() {
 
 /// An origin that answers every request with `status`, counting them.
 async fn answering(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
+    let (addr, count) = answering_checked(status, Arc::new(AtomicU16::new(status))).await;
+    (addr, count)
+}
+
+/// An origin answering `status`, but `GET /health` with whatever `check` holds (what an
+/// operator draining it flips), counting the requests that are not checks.
+async fn answering_checked(status: u16, check: Arc<AtomicU16>) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let count = Arc::new(AtomicUsize::new(0));
@@ -177,6 +184,7 @@ async fn answering(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
             let c = c.clone();
+            let check = check.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
                 let mut have = Vec::new();
@@ -189,8 +197,14 @@ async fn answering(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
                     }
                     have.extend_from_slice(&buf[..n]);
                     while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let is_check = have.starts_with(b"GET /health ");
                         have.drain(..end + 4);
-                        c.fetch_add(1, Ordering::SeqCst);
+                        let status = if is_check {
+                            check.load(Ordering::SeqCst)
+                        } else {
+                            c.fetch_add(1, Ordering::SeqCst);
+                            status
+                        };
                         let body = format!("status {status}");
                         let resp = format!(
                             "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}",
@@ -205,6 +219,43 @@ async fn answering(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
         }
     });
     (addr, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_check_drains_a_server_that_asks_for_it() {
+    // The operator's drain: the server's check path stops answering 200. New requests go
+    // elsewhere once the checks see it; it comes back when the check passes again.
+    let b = Origin::start().await;
+    let check = Arc::new(AtomicU16::new(200));
+    let (a, a_count) = answering_checked(200, check.clone()).await;
+    let cfg = config(&[a, b.addr], &b).table(
+        "[upstream.health_check]\nkind = \"http\"\npath = \"/health\"\nexpect_status = 200\n\
+         interval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_after = 2\nunhealthy_after = 2\n",
+    );
+    let proxy = Proxy::start(&cfg).await;
+    proxy.until_ready(Duration::from_secs(5)).await;
+    assert_eq!(proxy.metric(&healthy(a)).await, 1.0);
+    check.store(503, Ordering::SeqCst);
+    proxy
+        .eventually(Duration::from_secs(5), "A is drained", || async {
+            proxy.metric(&healthy(a)).await == 0.0
+        })
+        .await;
+    let before = a_count.load(Ordering::SeqCst);
+    for i in 0..20 {
+        assert_eq!(proxy.watch("/watch/a", &format!("u{i}"), None).await.status(), 200);
+    }
+    assert_eq!(a_count.load(Ordering::SeqCst), before, "a drained server gets no request");
+    check.store(200, Ordering::SeqCst);
+    proxy
+        .eventually(Duration::from_secs(5), "A is back", || async {
+            proxy.metric(&healthy(a)).await == 1.0
+        })
+        .await;
+    for i in 0..20 {
+        assert_eq!(proxy.watch("/watch/a", &format!("v{i}"), None).await.status(), 200);
+    }
+    assert_eq!(a_count.load(Ordering::SeqCst), before + 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
