@@ -174,6 +174,37 @@ async fn answering(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, count)
 }
 
+/// Answer each request head read off `sock` with the status and body `answer` gives for
+/// it (the head as text), until the client closes.
+async fn serve_heads<S>(mut sock: S, answer: impl Fn(&str) -> (u16, String))
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 8192];
+    let mut have = Vec::new();
+    loop {
+        let Ok(n) = sock.read(&mut buf).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        have.extend_from_slice(&buf[..n]);
+        while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&have[..end]).into_owned();
+            have.drain(..end + 4);
+            let (status, body) = answer(&head);
+            let resp = format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if sock.write_all(resp.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// An origin answering `status`, but `GET /health` with whatever `check` holds (what an
 /// operator draining it flips), counting the requests that are not checks.
 async fn answering_checked(status: u16, check: Arc<AtomicU16>) -> (SocketAddr, Arc<AtomicUsize>) {
@@ -182,40 +213,16 @@ async fn answering_checked(status: u16, check: Arc<AtomicU16>) -> (SocketAddr, A
     let count = Arc::new(AtomicUsize::new(0));
     let c = count.clone();
     tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let c = c.clone();
-            let check = check.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut have = Vec::new();
-                loop {
-                    let Ok(n) = sock.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    have.extend_from_slice(&buf[..n]);
-                    while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let is_check = have.starts_with(b"GET /health ");
-                        have.drain(..end + 4);
-                        let status = if is_check {
-                            check.load(Ordering::SeqCst)
-                        } else {
-                            c.fetch_add(1, Ordering::SeqCst);
-                            status
-                        };
-                        let body = format!("status {status}");
-                        let resp = format!(
-                            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if sock.write_all(resp.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
+        while let Ok((sock, _)) = listener.accept().await {
+            let (c, check) = (c.clone(), check.clone());
+            tokio::spawn(serve_heads(sock, move |head| {
+                if head.starts_with("GET /health ") {
+                    let s = check.load(Ordering::SeqCst);
+                    return (s, format!("status {s}"));
                 }
-            });
+                c.fetch_add(1, Ordering::SeqCst);
+                (status, format!("status {status}"))
+            }));
         }
     });
     (addr, count)
@@ -243,9 +250,19 @@ async fn an_http_check_drains_a_server_that_asks_for_it() {
         .await;
     let before = a_count.load(Ordering::SeqCst);
     for i in 0..20 {
-        assert_eq!(proxy.watch("/watch/a", &format!("u{i}"), None).await.status(), 200);
+        assert_eq!(
+            proxy
+                .watch("/watch/a", &format!("u{i}"), None)
+                .await
+                .status(),
+            200
+        );
     }
-    assert_eq!(a_count.load(Ordering::SeqCst), before, "a drained server gets no request");
+    assert_eq!(
+        a_count.load(Ordering::SeqCst),
+        before,
+        "a drained server gets no request"
+    );
     check.store(200, Ordering::SeqCst);
     proxy
         .eventually(Duration::from_secs(5), "A is back", || async {
@@ -253,7 +270,13 @@ async fn an_http_check_drains_a_server_that_asks_for_it() {
         })
         .await;
     for i in 0..20 {
-        assert_eq!(proxy.watch("/watch/a", &format!("v{i}"), None).await.status(), 200);
+        assert_eq!(
+            proxy
+                .watch("/watch/a", &format!("v{i}"), None)
+                .await
+                .status(),
+            200
+        );
     }
     assert_eq!(a_count.load(Ordering::SeqCst), before + 10);
 }
@@ -446,67 +469,9 @@ async fn weights_share_round_robin_traffic_and_host_is_overridden() {
 #[cfg(feature = "tls")]
 mod tls {
     use super::*;
-    use common::certs::openssl;
+    use common::certs::make_certs_for;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    /// A CA, and a certificate for `origin.test` it signs.
-    fn make_origin_certs(dir: &std::path::Path) {
-        openssl(
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.crt",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=streamgate-origin-ca",
-            ],
-            dir,
-        );
-        openssl(
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "origin.key",
-                "-out",
-                "origin.csr",
-                "-subj",
-                "/CN=origin.test",
-            ],
-            dir,
-        );
-        std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:origin.test\n").unwrap();
-        openssl(
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "origin.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "origin.crt",
-                "-days",
-                "2",
-                "-extfile",
-                "san.ext",
-            ],
-            dir,
-        );
-    }
 
     /// An HTTPS origin answering `tls <Host header>` to every request.
     async fn https_origin(dir: &std::path::Path) -> (SocketAddr, Arc<AtomicUsize>) {
@@ -530,41 +495,18 @@ mod tls {
         let c = count.clone();
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
-                let c = c.clone();
+                let (acceptor, c) = (acceptor.clone(), c.clone());
                 tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(sock).await else {
+                    let Ok(tls) = acceptor.accept(sock).await else {
                         return;
                     };
-                    let mut have = Vec::new();
-                    let mut buf = vec![0u8; 8192];
-                    loop {
-                        let Ok(n) = tls.read(&mut buf).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        have.extend_from_slice(&buf[..n]);
-                        while let Some(end) = have.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&have[..end]).to_lowercase();
-                            have.drain(..end + 4);
-                            c.fetch_add(1, Ordering::SeqCst);
-                            let host = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("host: "))
-                                .unwrap_or("")
-                                .to_string();
-                            let body = format!("tls {host}");
-                            let resp = format!(
-                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                                body.len()
-                            );
-                            if tls.write_all(resp.as_bytes()).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
+                    serve_heads(tls, move |head| {
+                        c.fetch_add(1, Ordering::SeqCst);
+                        let head = head.to_lowercase();
+                        let host = head.lines().find_map(|l| l.strip_prefix("host: "));
+                        (200, format!("tls {}", host.unwrap_or("")))
+                    })
+                    .await
                 });
             }
         });
@@ -574,7 +516,7 @@ mod tls {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_https_origin_is_verified_against_its_ca_and_named_by_host() {
         let dir = tempfile::tempdir().unwrap();
-        make_origin_certs(dir.path());
+        make_certs_for(dir.path(), "origin", "origin.test", "DNS:origin.test");
         let (addr, count) = https_origin(dir.path()).await;
         let origin = Origin::start().await;
         let mut cfg = config(&[addr], &origin)

@@ -15,6 +15,17 @@ pub fn openssl(args: &[&str], dir: &std::path::Path) {
 
 /// A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI.
 pub fn make_certs(dir: &std::path::Path) {
+    make_certs_for(dir, "server", "127.0.0.1", "IP:127.0.0.1");
+}
+
+/// A throwaway CA (`ca.crt`/`ca.key`) and `<name>.crt`/`<name>.key` for `cn`, with the
+/// subject alternative name `san` (`IP:127.0.0.1`, `DNS:origin.test`), signed by it.
+pub fn make_certs_for(dir: &std::path::Path, name: &str, cn: &str, san: &str) {
+    let (key, csr, crt) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.crt"),
+    );
     openssl(
         &[
             "req",
@@ -33,35 +44,28 @@ pub fn make_certs(dir: &std::path::Path) {
         ],
         dir,
     );
+    let subject = format!("/CN={cn}");
     openssl(
         &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
+            &subject,
         ],
         dir,
     );
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    std::fs::write(dir.join("san.ext"), format!("subjectAltName={san}\n")).unwrap();
     openssl(
         &[
             "x509",
             "-req",
             "-in",
-            "server.csr",
+            &csr,
             "-CA",
             "ca.crt",
             "-CAkey",
             "ca.key",
             "-CAcreateserial",
             "-out",
-            "server.crt",
+            &crt,
             "-days",
             "2",
             "-extfile",
