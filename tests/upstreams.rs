@@ -27,6 +27,14 @@ fn config(addrs: &[SocketAddr], first: &Origin) -> TestConfig {
     cfg
 }
 
+/// `n` requests of as many users (`<prefix>0`, `<prefix>1`...), each answered 200.
+async fn all_served(proxy: &Proxy, path: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        let r = proxy.watch(path, &format!("{prefix}{i}"), None).await;
+        assert_eq!(r.status(), 200, "{prefix}{i}");
+    }
+}
+
 fn healthy(addr: SocketAddr) -> String {
     format!("streamgate_upstream_healthy{{upstream=\"{addr}\"}}")
 }
@@ -58,18 +66,12 @@ async fn a_stopped_origin_is_retried_around_then_checked_out_and_back_in() {
     cfg.config.upstream.unhealthy_after = 0;
     let proxy = Proxy::start(&cfg).await;
     proxy.until_ready(Duration::from_secs(5)).await;
-    for i in 0..20 {
-        let r = proxy.watch("/watch/seg.ts", &format!("u{i}"), None).await;
-        assert_eq!(r.status(), 200);
-    }
+    all_served(&proxy, "/watch/seg.ts", "u", 20).await;
     assert!(a.served() > 0 && b.served() > 0, "round robin uses both");
 
     // Stopped: before the checks notice, a refused connection is retried on B.
     drop(a);
-    for i in 0..20 {
-        let r = proxy.watch("/watch/seg.ts", &format!("v{i}"), None).await;
-        assert_eq!(r.status(), 200, "request {i} after the stop");
-    }
+    all_served(&proxy, "/watch/seg.ts", "v", 20).await;
     proxy
         .eventually(Duration::from_secs(5), "A is checked out", || async {
             proxy.metric(&healthy(a_addr)).await == 0.0
@@ -78,10 +80,7 @@ async fn a_stopped_origin_is_retried_around_then_checked_out_and_back_in() {
     // Known dead: not one attempt goes to it, and no viewer sees an error.
     let attempts = proxy.metric(&sent_to(a_addr)).await;
     let before = b.served();
-    for i in 0..20 {
-        let r = proxy.watch("/watch/seg.ts", &format!("w{i}"), None).await;
-        assert_eq!(r.status(), 200);
-    }
+    all_served(&proxy, "/watch/seg.ts", "w", 20).await;
     assert_eq!(proxy.metric(&sent_to(a_addr)).await, attempts);
     assert_eq!(b.served(), before + 20);
     assert_eq!(
@@ -98,10 +97,7 @@ async fn a_stopped_origin_is_retried_around_then_checked_out_and_back_in() {
             proxy.metric(&healthy(a_addr)).await == 1.0
         })
         .await;
-    for i in 0..20 {
-        let r = proxy.watch("/watch/seg.ts", &format!("x{i}"), None).await;
-        assert_eq!(r.status(), 200);
-    }
+    all_served(&proxy, "/watch/seg.ts", "x", 20).await;
     assert!(a.served() >= 5, "A takes traffic again: {}", a.served());
 }
 
@@ -155,15 +151,7 @@ async fn ready_waits_for_the_first_round_of_checks() {
     let proxy = Proxy::start(&cfg).await;
     proxy.until_ready(Duration::from_secs(5)).await;
     assert_eq!(proxy.metric(&healthy(dead)).await, 0.0);
-    for i in 0..10 {
-        assert_eq!(
-            proxy
-                .watch("/watch/a", &format!("u{i}"), None)
-                .await
-                .status(),
-            200
-        );
-    }
+    all_served(&proxy, "/watch/a", "u", 10).await;
     assert_eq!(proxy.metric(&sent_to(dead)).await, 0.0);
     assert_eq!(a.served(), 10);
 }
@@ -249,15 +237,7 @@ async fn an_http_check_drains_a_server_that_asks_for_it() {
         })
         .await;
     let before = a_count.load(Ordering::SeqCst);
-    for i in 0..20 {
-        assert_eq!(
-            proxy
-                .watch("/watch/a", &format!("u{i}"), None)
-                .await
-                .status(),
-            200
-        );
-    }
+    all_served(&proxy, "/watch/a", "u", 20).await;
     assert_eq!(
         a_count.load(Ordering::SeqCst),
         before,
@@ -269,15 +249,7 @@ async fn an_http_check_drains_a_server_that_asks_for_it() {
             proxy.metric(&healthy(a)).await == 1.0
         })
         .await;
-    for i in 0..20 {
-        assert_eq!(
-            proxy
-                .watch("/watch/a", &format!("v{i}"), None)
-                .await
-                .status(),
-            200
-        );
-    }
+    all_served(&proxy, "/watch/a", "v", 20).await;
     assert_eq!(a_count.load(Ordering::SeqCst), before + 10);
 }
 
@@ -450,15 +422,7 @@ async fn weights_share_round_robin_traffic_and_host_is_overridden() {
     ];
     cfg.config.upstream.host = Some("media.example.com".into());
     let proxy = Proxy::start(&cfg).await;
-    for i in 0..400 {
-        assert_eq!(
-            proxy
-                .watch("/watch/a", &format!("u{i}"), None)
-                .await
-                .status(),
-            200
-        );
-    }
+    all_served(&proxy, "/watch/a", "u", 400).await;
     assert_eq!((a.served(), b.served()), (300, 100));
     assert!(a
         .seen()
