@@ -11,7 +11,12 @@ Starts, on loopback only:
     the origin), streamgate with JWT identity (ES256 tokens made with the openssl CLI; on
     the JWT players shape only), and an nginx peer configured for the same job (limit_conn_zone
     $http_session_id, limit_conn 3, limit_conn_status 401, 400 without the header, /health
-    answered locally);
+    answered locally) and tuned for segments as an operator would (64 KiB proxy buffers;
+    the untuned peer, 4-8 KiB, is the extra row `nginx-untuned`);
+  - over HTTPS (TLS 1.3, AES-256-GCM, one P-256 certificate for both): the same nginx peer
+    (`nginx-https`, also HTTP/2) and a `--features tls` streamgate (`streamgate-https`,
+    built into target/tls), on the HTTPS shapes, the HTTP/2 segment shape (h2load) and
+    the held streams;
   - wrk (pinned with the origin to the other core) with the same bounded load for each.
 
 Prints a table of medians (with min..max over rounds) and streamgate/nginx ratios, and
@@ -21,8 +26,11 @@ writes it as Markdown to bench/results.md.
     python3 bench/run.py --rounds 5 --duration 10 --held 5000
     python3 bench/run.py --held-only --held 9000   # held streams only; 2 files per stream
     python3 bench/run.py --shapes 3 --conns 3000 --store-timeout 100ms --held 0   # overload
+    python3 bench/run.py --shapes 4,9,10,11 --only nginx,nginx-untuned,streamgate,nginx-https,streamgate-https
+    python3 bench/run.py --shapes 4,10 --held 0 --strace   # syscalls per 1 MiB segment too
 
-Needs: nginx, wrk (Debian packages), cargo; optional redis-server. Every process it starts
+Needs: nginx, wrk, nghttp2-client (h2load), openssl (Debian packages), cargo; optional
+redis-server, strace (--strace). Every process it starts
 is stopped by PID at the end; the load is bounded by --duration and --rounds.
 """
 
@@ -35,6 +43,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -55,10 +64,21 @@ PORTS = {
     "access-log": 18006,
     "jwt": 18007,
     "nginx": 18002,
+    "nginx-untuned": 18008,
+    "nginx-https": 18009,
+    "streamgate-https": 18010,
     "redis": 18379,
 }
 METRICS = {"streamgate": 19001, "passthrough": 19003, "redis-store": 19004, "access-log": 19006,
-           "jwt": 19007}
+           "jwt": 19007, "streamgate-https": 19010}
+# Targets served over HTTPS (TLS 1.3, the same certificate and cipher on both); the others
+# are plain HTTP. Each shape runs on the targets of its own scheme, and its ratios are
+# against the nginx of that scheme.
+HTTPS_TARGETS = ("nginx-https", "streamgate-https")
+BASE = {"http": "nginx", "https": "nginx-https", "h2": "nginx-https"}
+# nginx tuned for segments, as an operator serving video would set it (issue #17): 64 KiB
+# reads from the origin instead of the 4-8 KiB defaults. The untuned peer is kept as a row.
+NGINX_TUNED = "proxy_buffer_size 64k; proxy_buffers 8 64k; proxy_busy_buffers_size 128k;"
 # The jwt target verifies ES256 tokens signed with this key (made in main's directory).
 JWT_KEY = None
 
@@ -87,14 +107,18 @@ def stop_all():
                 p.wait()
 
 
-def wait_port(port, path="/health", timeout=20):
+def wait_port(port, path="/health", timeout=20, scheme="http"):
     deadline = time.time() + timeout
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
     while time.time() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 if path is None:
                     return
-                urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).read()
+                urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}{path}", timeout=1,
+                                       context=insecure if scheme == "https" else None).read()
                 return
         except Exception:
             time.sleep(0.05)
@@ -143,6 +167,7 @@ ORIGIN_CONF = NGINX_PRELUDE.format(name="origin") + """  server {{
     location = /watch/live.m3u8 {{ types {{ }} default_type application/vnd.apple.mpegurl; try_files /live.m3u8 =404; }}
     location = /watch/live.bin {{ types {{ }} default_type application/octet-stream; try_files /live.m3u8 =404; }}
     location = /watch/slow {{ limit_rate 512; try_files /seg.bin =404; }}
+    location = /h2/seg {{ try_files /seg.bin =404; }}
     # For the bare Pingora reference, which forwards everything, /health included.
     location = /health {{ default_type application/json; return 200 '{{"status":"UP"}}'; }}
   }}
@@ -152,8 +177,17 @@ ORIGIN_CONF = NGINX_PRELUDE.format(name="origin") + """  server {{
 NGINX_PEER_CONF = NGINX_PRELUDE.format(name="peer") + """  limit_conn_zone $http_session_id zone=streams:64m;
   upstream origin {{ server 127.0.0.1:{origin}; keepalive 256; }}
   server {{
-    listen 127.0.0.1:{port} reuseport backlog=4096;
+    listen 127.0.0.1:{port} {listen_extra} reuseport backlog=4096;
+    {tls}
     location = /health {{ default_type application/json; return 200 '{{"status":"UP"}}'; }}
+    # HTTP/2 segments without the limiter (h2load sends one Session-Id on every stream).
+    location /h2/ {{
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      {buffers}
+    }}
     location /watch {{
       if ($http_session_id = "") {{
         return 400 '{{"error":"session_id_required","message":"the Session-Id header is required"}}';
@@ -165,6 +199,7 @@ NGINX_PEER_CONF = NGINX_PRELUDE.format(name="peer") + """  limit_conn_zone $http
       proxy_set_header Connection "";
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_buffering off;
+      {buffers}
     }}
   }}
 }}
@@ -194,6 +229,7 @@ lease_ttl = "60s"
 listen = "127.0.0.1:{metrics}"
 [log]
 access = "{access}"
+{tls_extra}
 """
 
 LUA_RANDOM_USERS = """
@@ -290,7 +326,76 @@ def es256_tokens(subs):
     return tokens
 
 
-def wrk(port, path, users, conns, duration, threads=1):
+def h2load(port, path, conns, duration):
+    """HTTP/2 over TLS (ALPN h2), one stream per connection at a time; h2load reports the
+    mean latency, not percentiles (the mean goes in the p50 column, p99 is left out)."""
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CORE, "h2load", "-D", str(duration), "-c", str(conns), "-m", "1",
+         "-t", "1", "-H", "Session-Id: h2bench", f"https://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, timeout=duration + 60,
+    ).stdout
+    r = {"rps": 0.0, "p50": 0.0, "p99": None, "mbs": 0.0, "non2xx": 0, "errors": 0, "requests": 0}
+    if m := re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s, ([\d.]+)(\w+)/s", out):
+        r["rps"] = float(m.group(1))
+        r["mbs"] = to_mb(m.group(2) + m.group(3))
+    if m := re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out):
+        r["requests"] = int(m.group(2))
+        r["errors"] = int(m.group(3)) + int(m.group(4))
+    if m := re.search(r"status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out):
+        r["non2xx"] = sum(int(x) for x in m.groups())
+    if m := re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+\w+)", out):
+        r["p50"] = to_ms(m.group(1))
+    return r
+
+
+READS = ("read", "readv", "recvfrom", "recvmsg")
+WRITES = ("write", "writev", "sendto", "sendmsg")
+
+
+def strace_per_request(pid, load):
+    """Run `load()` (returns wrk's result) with strace counting the syscalls of process
+    `pid` (all its threads and children); returns calls per request by syscall family, and
+    bytes per read/write call (the segment bytes over the calls that moved them: one
+    read and one write per request are the request itself). strace slows the proxy; the
+    counts, not the speed, are the figure."""
+    out = tempfile.NamedTemporaryFile("w", suffix=".strace", delete=False).name
+    pids = [str(pid)]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids += f.read().split()
+    except OSError:
+        pass
+    tracer = subprocess.Popen(["strace", "-c", "-f", "-o", out] + sum((["-p", p] for p in pids), []),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    r = load()
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(timeout=30)
+    calls = {}
+    with open(out) as f:
+        for line in f:
+            m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$", line)
+            if m and m.group(2) != "total":
+                calls[m.group(2)] = int(m.group(1))
+    os.unlink(out)
+    n = max(r["requests"], 1)
+    reads = sum(calls.get(c, 0) for c in READS)
+    writes = sum(calls.get(c, 0) for c in WRITES)
+    seg = 1 << 20
+    return {
+        "requests": r["requests"],
+        "total": sum(calls.values()) / n,
+        "reads": reads / n,
+        "writes": writes / n,
+        "epoll": sum(v for c, v in calls.items() if c.startswith("epoll")) / n,
+        "futex": calls.get("futex", 0) / n,
+        "kib_per_read": seg / 1024 / max(reads / n - 1, 1e-9),
+        "kib_per_write": seg / 1024 / max(writes / n - 1, 1e-9),
+        "top": sorted(calls.items(), key=lambda kv: -kv[1])[:6],
+    }
+
+
+def wrk(port, path, users, conns, duration, threads=1, scheme="http"):
     if users == -2:
         base = f"jwtplayer{os.getpid()}-{time.monotonic_ns()}-"
         tokens = es256_tokens([f"{base}{n}" for n in range(1, conns + 1)])
@@ -307,7 +412,7 @@ def wrk(port, path, users, conns, duration, threads=1):
         script = f.name
     out = subprocess.run(
         ["taskset", "-c", LOAD_CORE, "wrk", "--latency", "-t", str(threads), "-c", str(conns),
-         "-d", f"{duration}s", "--timeout", "10s", "-s", script, f"http://127.0.0.1:{port}"],
+         "-d", f"{duration}s", "--timeout", "10s", "-s", script, f"{scheme}://127.0.0.1:{port}"],
         capture_output=True, text=True, timeout=duration + 60,
     ).stdout
     os.unlink(script)
@@ -380,7 +485,7 @@ def raise_fd_limit(held):
         sys.exit(f"--held {held} needs {need} open files per process; the limit is {soft}/{hard}")
 
 
-def held_streams(name, pid, port, n, duration):
+def held_streams(name, pid, port, n, duration, scheme="http"):
     """Hold n slow streams open; measure RSS per stream and /health latency meanwhile.
 
     The streams count as held once the proxy has n connections open to the origin (each is
@@ -392,7 +497,7 @@ def held_streams(name, pid, port, n, duration):
         script = f.name
     load = subprocess.Popen(
         ["taskset", "-c", LOAD_CORE, "wrk", "-t", "1", "-c", str(n), "-d", f"{duration + 8}s",
-         "--timeout", "60s", "-s", script, f"http://127.0.0.1:{port}"],
+         "--timeout", "60s", "-s", script, f"{scheme}://127.0.0.1:{port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     started.append(load)
@@ -404,7 +509,7 @@ def held_streams(name, pid, port, n, duration):
     time.sleep(1)  # the last streams' first body bytes
     held = upstream_conns(PORTS["origin"])
     during = rss_kib(pid)
-    health = wrk_health(port, duration=3)
+    health = wrk_health(port, duration=3, scheme=scheme)
     load.send_signal(signal.SIGINT)
     load.wait()
     os.unlink(script)
@@ -412,10 +517,10 @@ def held_streams(name, pid, port, n, duration):
             "health_p99": health["p99"], "health_p50": health["p50"]}
 
 
-def wrk_health(port, duration):
+def wrk_health(port, duration, scheme="http"):
     out = subprocess.run(
         ["taskset", "-c", LOAD_CORE, "wrk", "--latency", "-t", "1", "-c", "1", "-d", f"{duration}s",
-         f"http://127.0.0.1:{port}/health"],
+         f"{scheme}://127.0.0.1:{port}/health"],
         capture_output=True, text=True, timeout=duration + 30,
     ).stdout
     return parse_wrk(out)
@@ -451,7 +556,7 @@ def store_latency(metrics_port):
     return out
 
 
-def streamgate_conf(d, name, port, origin, store, routes, args, access="off", identity_extra=""):
+def streamgate_conf(d, name, port, origin, store, routes, args, access="off", identity_extra="", tls_extra=""):
     """Write the config of one streamgate target; server settings come from the options.
     The access log is off (as the nginx peer's is) except on the `access-log` target."""
     server_extra = "" if args.read_buffer is None else f"read_buffer = {args.read_buffer}"
@@ -459,12 +564,16 @@ def streamgate_conf(d, name, port, origin, store, routes, args, access="off", id
     with open(path, "w") as f:
         f.write(STREAMGATE_CONF.format(port=port, origin=origin, store=store, routes=routes,
                                        metrics=METRICS[name], threads=args.threads, server_extra=server_extra,
-                                       access=access, identity_extra=identity_extra,
+                                       access=access, identity_extra=identity_extra, tls_extra=tls_extra,
                                        stealing=str(not args.no_stealing).lower()))
     return path
 
 
 JWT_SHAPE = "small, one stream renewed (JWT players)"
+
+
+def scheme_of(name):
+    return "https" if name in HTTPS_TARGETS else "http"
 
 
 def med(xs):
@@ -495,19 +604,26 @@ def main():
     ap.add_argument("--read-buffer", type=int, default=None,
                     help="streamgate server.read_buffer in bytes (default: the config default)")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/streamgate"))
+    ap.add_argument("--tls-binary", default=os.path.join(ROOT, "target/tls/release/streamgate"),
+                    help="a --features tls build, for the HTTPS rows (built into target/tls if missing)")
     ap.add_argument("--bare", default=os.path.join(ROOT, "target/release/examples/bare_pingora"),
                     help="bare Pingora passthrough (examples/bare_pingora.rs), the reference row")
     ap.add_argument("--only", default="", help="comma-separated targets")
-    ap.add_argument("--shapes", default="", help="comma-separated shape numbers (1-8) to run")
+    ap.add_argument("--strace", action="store_true",
+                    help="after the rounds, count each target's syscalls per 1 MiB segment (strace -c)")
+    ap.add_argument("--shapes", default="", help="comma-separated shape numbers (1-11) to run")
     args = ap.parse_args()
 
     if not os.path.exists(args.binary):
         subprocess.run(["cargo", "build", "--release", "--bin", "streamgate"], cwd=ROOT, check=True)
+    if not os.path.exists(args.tls_binary) and (not args.only or "streamgate-https" in args.only):
+        subprocess.run(["cargo", "build", "--release", "--features", "tls", "--target-dir",
+                        os.path.join(ROOT, "target/tls"), "--bin", "streamgate"], cwd=ROOT, check=True)
     if not os.path.exists(args.bare):
         subprocess.run(["cargo", "build", "--release", "--example", "bare_pingora"], cwd=ROOT, check=True)
-    for tool in ("nginx", "wrk", "taskset"):
+    for tool in ("nginx", "wrk", "taskset", "h2load", "openssl"):
         if not shutil.which(tool):
-            sys.exit(f"{tool} is required (apt-get install -y nginx wrk util-linux)")
+            sys.exit(f"{tool} is required (apt-get install -y nginx wrk util-linux nghttp2-client openssl)")
 
     raise_fd_limit(args.held)
     conns = max(20000, 3 * args.held + 100)  # a held stream is two connections on the peer
@@ -533,9 +649,29 @@ def main():
         env = dict(os.environ, RUST_LOG="error")
         mem = 'kind = "memory"'
         commands = {}
-        with open(os.path.join(d, "peer.conf"), "w") as f:
-            f.write(NGINX_PEER_CONF.format(dir=d, port=PORTS["nginx"], origin=PORTS["origin"], **nginx_limits))
-        commands["nginx"] = (["nginx", "-p", d, "-c", os.path.join(d, "peer.conf")], None)
+        # One certificate for both HTTPS proxies (P-256), TLS 1.3 with AES-256-GCM on both
+        # (rustls' first choice, and nginx's by ssl_conf_command).
+        cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+        nginx_tls = (f"ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.3; "
+                     "ssl_conf_command Ciphersuites TLS_AES_256_GCM_SHA384; ssl_session_cache shared:SSL:10m;")
+        peers = {"nginx": ("", "", NGINX_TUNED), "nginx-untuned": ("", "", ""),
+                 "nginx-https": ("ssl http2", nginx_tls, NGINX_TUNED)}
+        for name, (listen_extra, tls, buffers) in peers.items():
+            conf = os.path.join(d, f"{name}.conf")
+            with open(conf, "w") as f:
+                f.write(NGINX_PEER_CONF.replace("pid {dir}/peer.pid", f"pid {{dir}}/{name}.pid")
+                        .replace("error_log {dir}/peer-error.log", f"error_log {{dir}}/{name}-error.log")
+                        .format(dir=d, port=PORTS[name], origin=PORTS["origin"], listen_extra=listen_extra,
+                                tls=tls, buffers=buffers, **nginx_limits))
+            commands[name] = (["nginx", "-p", d, "-c", conf], None)
+        https_plain_port = PORTS["streamgate-https"] + 100
+        tls_extra = f'[tls]\nlisten = ["127.0.0.1:{PORTS["streamgate-https"]}"]\ncert_file = "{cert}"\nkey_file = "{key}"'
+        commands["streamgate-https"] = ([args.tls_binary, "--config",
+                                         streamgate_conf(d, "streamgate-https", https_plain_port, PORTS["origin"], mem,
+                                                         '"/watch"', args, tls_extra=tls_extra)], env)
         sg = [args.binary, "--config"]
         commands["streamgate"] = (sg + [streamgate_conf(d, "streamgate", PORTS["streamgate"], PORTS["origin"], mem, '"/watch"', args)], env)
         # The same as `streamgate`, writing an access line per request to a file.
@@ -572,7 +708,7 @@ def main():
         def launch(name):
             cmd, e = commands[name]
             proc = start(cmd, PROXY_CORE, env=e) if e else start(cmd, PROXY_CORE)
-            wait_port(PORTS[name])
+            wait_port(PORTS[name], scheme=scheme_of(name))
             return proc
 
         def halt(proc):
@@ -586,14 +722,17 @@ def main():
         targets = {name: launch(name) for name in commands}
 
         shapes = [
-            ("small, random users", "/watch", 10_000_000),
-            ("small, one stream renewed (players)", "/watch", 0),
-            ("small, 20 users (limit bites)", "/watch", 20),
-            ("1 MiB segments, random users", "/watch/seg", 10_000_000),
-            ("small, one stream renewed by URL", "/watch", -1),
-            ("manifest, 100 segments, rewritten", "/watch/live.m3u8", -1),
-            ("same bytes, not a manifest", "/watch/live.bin", -1),
-            (JWT_SHAPE, "/watch", -2),
+            ("small, random users", "/watch", 10_000_000, "http"),
+            ("small, one stream renewed (players)", "/watch", 0, "http"),
+            ("small, 20 users (limit bites)", "/watch", 20, "http"),
+            ("1 MiB segments, random users", "/watch/seg", 10_000_000, "http"),
+            ("small, one stream renewed by URL", "/watch", -1, "http"),
+            ("manifest, 100 segments, rewritten", "/watch/live.m3u8", -1, "http"),
+            ("same bytes, not a manifest", "/watch/live.bin", -1, "http"),
+            (JWT_SHAPE, "/watch", -2, "http"),
+            ("HTTPS small, random users", "/watch", 10_000_000, "https"),
+            ("HTTPS 1 MiB segments, random users", "/watch/seg", 10_000_000, "https"),
+            ("HTTP/2 1 MiB segments, no limiter (h2load)", "/h2/seg", None, "h2"),
         ]
         if args.held_only:
             shapes = []
@@ -602,23 +741,43 @@ def main():
             shapes = [s for i, s in enumerate(shapes, 1) if i in picked]
         results = {name: {s[0]: [] for s in shapes} for name in targets}
         for rnd in range(args.rounds):
-            for shape, path, users in shapes:
+            for shape, path, users, scheme in shapes:
                 conns = args.conns if "MiB" not in shape else 16
                 for name in targets:
                     # The jwt target answers header-only requests 401 token_required.
                     if name == "jwt" and shape != JWT_SHAPE:
                         continue
+                    if (scheme_of(name) == "https") != (scheme != "http"):
+                        continue
                     errs = store_errors(METRICS[name]) if name in METRICS else 0
                     cpu = cpu_seconds(targets[name].pid)
-                    r = wrk(PORTS[name], path, users, conns, args.duration)
+                    if scheme == "h2":
+                        r = h2load(PORTS[name], path, conns, args.duration)
+                    else:
+                        r = wrk(PORTS[name], path, users, conns, args.duration, scheme=scheme)
                     r["store_errors"] = (store_errors(METRICS[name]) if name in METRICS else 0) - errs
                     # CPU per request: less swayed than req/s by a noisy neighbour's steal.
                     r["cpu_us"] = (cpu_seconds(targets[name].pid) - cpu) / max(r["requests"], 1) * 1e6
                     results[name][shape].append(r)
+                    p99 = "-" if r["p99"] is None else f"{r['p99']:.2f}"
                     print(f"round {rnd + 1} {name:12} {shape:32} {r['rps']:9.0f} req/s "
-                          f"{r['mbs']:8.1f} MB/s p50 {r['p50']:.2f} ms p99 {r['p99']:.2f} ms "
+                          f"{r['mbs']:8.1f} MB/s p50 {r['p50']:.2f} ms p99 {p99} ms "
                           f"non-2xx {r['non2xx']} errors {r['errors']} store errors {r['store_errors']} "
                           f"cpu {r['cpu_us']:.1f} us/req", flush=True)
+        traced = {}
+        for shape, path, users, scheme in (shapes if args.strace else []):
+            if "MiB" not in shape or scheme == "h2":
+                continue
+            for name in targets:
+                if name == "jwt" or (scheme_of(name) == "https") != (scheme == "https"):
+                    continue
+                t = strace_per_request(targets[name].pid, lambda: wrk(PORTS[name], path, users, 16,
+                                                                       args.duration, scheme=scheme))
+                traced[(shape, name)] = t
+                print(f"strace {name:16} {shape:36} per request: {t['total']:.0f} syscalls, "
+                      f"{t['reads']:.1f} reads ({t['kib_per_read']:.1f} KiB each), {t['writes']:.1f} writes "
+                      f"({t['kib_per_write']:.1f} KiB each), {t['epoll']:.1f} epoll, {t['futex']:.1f} futex; "
+                      f"top {t['top']}", flush=True)
         latency = {name: store_latency(METRICS[name]) for name in targets if name in METRICS}
         for proc in targets.values():
             halt(proc)
@@ -631,19 +790,19 @@ def main():
                     continue
                 proc = launch(name)
                 time.sleep(1)
-                h = held_streams(name, proc.pid, PORTS[name], args.held, args.duration)
+                h = held_streams(name, proc.pid, PORTS[name], args.held, args.duration, scheme=scheme_of(name))
                 halt(proc)
                 held[name].append(h)
                 print(f"round {rnd + 1} {name:12} held {h['held']} of {args.held} streams: "
                       f"{h['kib_per_stream']:.1f} KiB/stream, RSS {h['rss_mib']:.1f} MiB, "
                       f"/health p99 {h['health_p99']:.2f} ms", flush=True)
-        report(args, shapes, results, held, latency)
+        report(args, shapes, results, held, latency, traced)
     finally:
         stop_all()
         shutil.rmtree(d, ignore_errors=True)
 
 
-def report(args, shapes, results, held, latency):
+def report(args, shapes, results, held, latency, traced):
     lines = []
     lines.append(f"rounds: {args.rounds} x {args.duration} s, {args.conns} connections "
                  f"(16 for segments), streamgate threads {args.threads}"
@@ -652,20 +811,20 @@ def report(args, shapes, results, held, latency):
                  + "; medians (min..max)\n")
     lines.append("| shape | target | req/s | MB/s | p50 ms | p99 ms | non-2xx | errors | store errors | req/s vs nginx | p99 vs nginx |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
-    for shape, _, _ in shapes:
-        base = results.get("nginx", {}).get(shape, [])
+    for shape, _, _, scheme in shapes:
+        base = results.get(BASE[scheme], {}).get(shape, [])
         base_rps = med([r["rps"] for r in base])
-        base_p99 = med([r["p99"] for r in base])
+        base_p99 = med([r["p99"] for r in base if r["p99"] is not None])
         for name in results:
             rs = results[name][shape]
             if not rs:
                 continue
             rps = [r["rps"] for r in rs]
-            p99 = [r["p99"] for r in rs]
+            p99 = [r["p99"] for r in rs if r["p99"] is not None]
             ratio = f"{med(rps) / base_rps:.2f}x" if base_rps else "-"
-            pratio = f"{med(p99) / base_p99:.2f}x" if base_p99 else "-"
+            pratio = f"{med(p99) / base_p99:.2f}x" if base_p99 and p99 else "-"
             lines.append(f"| {shape} | {name} | {fmt_spread(rps)} | {fmt_spread([r['mbs'] for r in rs], 1)} | "
-                         f"{fmt_spread([r['p50'] for r in rs], 2)} | {fmt_spread(p99, 2)} | "
+                         f"{fmt_spread([r['p50'] for r in rs], 2)} | {fmt_spread(p99, 2) if p99 else '-'} | "
                          f"{int(med([r['non2xx'] for r in rs]))} | {int(med([r['errors'] for r in rs]))} | "
                          f"{int(med([r['store_errors'] for r in rs]))} | {ratio} | {pratio} |")
     jwt = med([r["rps"] for r in results.get("jwt", {}).get(JWT_SHAPE, [])])
@@ -679,12 +838,21 @@ def report(args, shapes, results, held, latency):
         lines.append(f"Held streams ({args.held} concurrent slow streams, distinct users):\n")
         lines.append("| target | held (min) | KiB per held stream | RSS MiB | /health p50 ms | /health p99 ms | memory vs nginx |")
         lines.append("|---|---|---|---|---|---|---|")
-        base_kib = med([h["kib_per_stream"] for h in held.get("nginx", [])])
         for name, hs in held.items():
+            base_kib = med([h["kib_per_stream"] for h in held.get(BASE[scheme_of(name)], [])])
             kib = [h["kib_per_stream"] for h in hs]
             ratio = f"{med(kib) / base_kib:.2f}x" if base_kib else "-"
             lines.append(f"| {name} | {min(h['held'] for h in hs)} | {fmt_spread(kib, 1)} | {fmt_spread([h['rss_mib'] for h in hs], 1)} | "
                          f"{fmt_spread([h['health_p50'] for h in hs], 2)} | {fmt_spread([h['health_p99'] for h in hs], 2)} | {ratio} |")
+        lines.append("")
+    if traced:
+        lines.append("Syscalls per 1 MiB segment (strace -c -f on the proxy, wrk -c 16; the rate under strace is not a figure):\n")
+        lines.append("| shape | target | syscalls | reads | KiB per read | writes | KiB per write | epoll | futex | most called |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        for (shape, name), t in traced.items():
+            top = ", ".join(f"{c} {v / max(t['requests'], 1):.1f}" for c, v in t["top"][:4])
+            lines.append(f"| {shape} | {name} | {t['total']:.1f} | {t['reads']:.1f} | {t['kib_per_read']:.1f} | "
+                         f"{t['writes']:.1f} | {t['kib_per_write']:.1f} | {t['epoll']:.1f} | {t['futex']:.1f} | {top} |")
         lines.append("")
     lines.append("Store operation latency over the whole run, from each proxy's own histogram:\n")
     lines.append("| target | op | count | mean us | p99 us (bucket bound) |")
