@@ -395,6 +395,27 @@ def strace_per_request(pid, load):
     }
 
 
+def perf_top(pid, load, out_path):
+    """Run `load()` with `perf record` sampling process `pid`; write the flat profile
+    (symbols over 1 % of samples) to out_path. Where the proxy's cycles go, not a rate."""
+    data = out_path + ".data"
+    rec = subprocess.Popen(["perf", "record", "-F", "1999", "-g", "-p", str(pid), "-o", data],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    load()
+    rec.send_signal(signal.SIGINT)
+    rec.wait(timeout=60)
+    rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,symbol",
+                          "--percent-limit", "1", "-g", "none"], capture_output=True, text=True).stdout
+    # Who calls the copies: the callers of memmove, three frames deep.
+    calls = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "symbol",
+                            "--symbol-filter", "memmove", "-g", "caller,0.5,callee,function,percent",
+                            "--max-stack", "12"], capture_output=True, text=True).stdout
+    with open(out_path, "w") as f:
+        f.write(rep + "\n\n# callers of memmove\n" + calls)
+    os.unlink(data)
+
+
 def wrk(port, path, users, conns, duration, threads=1, scheme="http"):
     if users == -2:
         base = f"jwtplayer{os.getpid()}-{time.monotonic_ns()}-"
@@ -609,6 +630,8 @@ def main():
     ap.add_argument("--bare", default=os.path.join(ROOT, "target/release/examples/bare_pingora"),
                     help="bare Pingora passthrough (examples/bare_pingora.rs), the reference row")
     ap.add_argument("--only", default="", help="comma-separated targets")
+    ap.add_argument("--perf", action="store_true",
+                    help="after the rounds, profile each target on the segment shapes (perf record; bench/perf-*.txt)")
     ap.add_argument("--strace", action="store_true",
                     help="after the rounds, count each target's syscalls per 1 MiB segment (strace -c)")
     ap.add_argument("--shapes", default="", help="comma-separated shape numbers (1-11) to run")
@@ -778,6 +801,16 @@ def main():
                       f"{t['reads']:.1f} reads ({t['kib_per_read']:.1f} KiB each), {t['writes']:.1f} writes "
                       f"({t['kib_per_write']:.1f} KiB each), {t['epoll']:.1f} epoll, {t['futex']:.1f} futex; "
                       f"top {t['top']}", flush=True)
+        for shape, path, users, scheme in (shapes if args.perf else []):
+            if "MiB" not in shape or scheme == "h2":
+                continue
+            for name in targets:
+                if name == "jwt" or (scheme_of(name) == "https") != (scheme == "https"):
+                    continue
+                out = os.path.join(ROOT, "bench", f"perf-{name}-{scheme}.txt")
+                perf_top(targets[name].pid, lambda: wrk(PORTS[name], path, users, 16, args.duration,
+                                                         scheme=scheme), out)
+                print(f"perf {name:16} {shape}: {out}", flush=True)
         latency = {name: store_latency(METRICS[name]) for name in targets if name in METRICS}
         for proc in targets.values():
             halt(proc)

