@@ -399,7 +399,13 @@ def perf_top(pid, load, out_path):
     """Run `load()` with `perf record` sampling process `pid`; write the flat profile
     (symbols over 1 % of samples) to out_path. Where the proxy's cycles go, not a rate."""
     data = out_path + ".data"
-    rec = subprocess.Popen(["perf", "record", "-F", "1999", "-g", "-p", str(pid), "-o", data],
+    pids = [str(pid)]
+    try:  # nginx: its worker does the work
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids += f.read().split()
+    except OSError:
+        pass
+    rec = subprocess.Popen(["perf", "record", "-F", "1999", "-g", "-p", ",".join(pids), "-o", data],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     load()
