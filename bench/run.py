@@ -67,14 +67,16 @@ PORTS = {
     "nginx-untuned": 18008,
     "nginx-https": 18009,
     "streamgate-https": 18010,
+    "streamgate-ab": 18013,
+    "streamgate-https-ab": 18014,
     "redis": 18379,
 }
 METRICS = {"streamgate": 19001, "passthrough": 19003, "redis-store": 19004, "access-log": 19006,
-           "jwt": 19007, "streamgate-https": 19010}
+           "jwt": 19007, "streamgate-https": 19010, "streamgate-ab": 19013, "streamgate-https-ab": 19014}
 # Targets served over HTTPS (TLS 1.3, the same certificate and cipher on both); the others
 # are plain HTTP. Each shape runs on the targets of its own scheme, and its ratios are
 # against the nginx of that scheme.
-HTTPS_TARGETS = ("nginx-https", "streamgate-https")
+HTTPS_TARGETS = ("nginx-https", "streamgate-https", "streamgate-https-ab")
 BASE = {"http": "nginx", "https": "nginx-https", "h2": "nginx-https"}
 # nginx tuned for segments, as an operator serving video would set it (issue #17): 64 KiB
 # reads from the origin instead of the 4-8 KiB defaults. The untuned peer is kept as a row.
@@ -633,6 +635,9 @@ def main():
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/streamgate"))
     ap.add_argument("--tls-binary", default=os.path.join(ROOT, "target/tls/release/streamgate"),
                     help="a --features tls build, for the HTTPS rows (built into target/tls if missing)")
+    ap.add_argument("--ab", default=None, metavar="BINARY",
+                    help="a --features tls build to compare in the same run: targets streamgate-ab (plain) "
+                         "and streamgate-https-ab")
     ap.add_argument("--bare", default=os.path.join(ROOT, "target/release/examples/bare_pingora"),
                     help="bare Pingora passthrough (examples/bare_pingora.rs), the reference row")
     ap.add_argument("--only", default="", help="comma-separated targets")
@@ -730,8 +735,17 @@ def main():
         # the proxy framework alone does on this machine.
         commands["bare-pingora"] = ([args.bare, f"127.0.0.1:{PORTS['bare-pingora']}",
                                      f"127.0.0.1:{PORTS['origin']}"], None)
+        if args.ab:
+            commands["streamgate-ab"] = ([args.ab, "--config", streamgate_conf(
+                d, "streamgate-ab", PORTS["streamgate-ab"], PORTS["origin"], mem, '"/watch"', args)], env)
+            ab_tls = tls_extra.replace(str(PORTS["streamgate-https"]), str(PORTS["streamgate-https-ab"]))
+            commands["streamgate-https-ab"] = ([args.ab, "--config", streamgate_conf(
+                d, "streamgate-https-ab", PORTS["streamgate-https-ab"] + 100, PORTS["origin"], mem, '"/watch"', args,
+                tls_extra=ab_tls)], env)
         if args.only:
             keep = set(args.only.split(","))
+            if args.ab:
+                keep |= {"streamgate-ab", "streamgate-https-ab"}
             commands = {k: v for k, v in commands.items() if k in keep}
 
         def launch(name):
