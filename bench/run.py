@@ -807,30 +807,31 @@ def main():
                           f"{r['mbs']:8.1f} MB/s p50 {r['p50']:.2f} ms p99 {p99} ms "
                           f"non-2xx {r['non2xx']} errors {r['errors']} store errors {r['store_errors']} "
                           f"cpu {r['cpu_us']:.1f} us/req", flush=True)
+
+        def segment_runs():
+            """(shape, path, users, scheme, target) of every wrk segment run: what --strace
+            and --perf look at."""
+            for shape, path, users, scheme in shapes:
+                if "MiB" not in shape or scheme == "h2":
+                    continue
+                for name in targets:
+                    if name != "jwt" and (scheme_of(name) == "https") == (scheme == "https"):
+                        yield shape, path, users, scheme, name
+
         traced = {}
-        for shape, path, users, scheme in (shapes if args.strace else []):
-            if "MiB" not in shape or scheme == "h2":
-                continue
-            for name in targets:
-                if name == "jwt" or (scheme_of(name) == "https") != (scheme == "https"):
-                    continue
-                t = strace_per_request(targets[name].pid, lambda: wrk(PORTS[name], path, users, 16,
-                                                                       args.duration, scheme=scheme))
-                traced[(shape, name)] = t
-                print(f"strace {name:16} {shape:36} per request: {t['total']:.0f} syscalls, "
-                      f"{t['reads']:.1f} reads ({t['kib_per_read']:.1f} KiB each), {t['writes']:.1f} writes "
-                      f"({t['kib_per_write']:.1f} KiB each), {t['epoll']:.1f} epoll, {t['futex']:.1f} futex; "
-                      f"top {t['top']}", flush=True)
-        for shape, path, users, scheme in (shapes if args.perf else []):
-            if "MiB" not in shape or scheme == "h2":
-                continue
-            for name in targets:
-                if name == "jwt" or (scheme_of(name) == "https") != (scheme == "https"):
-                    continue
-                out = os.path.join(ROOT, "bench", f"perf-{name}-{scheme}.txt")
-                perf_top(targets[name].pid, lambda: wrk(PORTS[name], path, users, 16, args.duration,
-                                                         scheme=scheme), out)
-                print(f"perf {name:16} {shape}: {out}", flush=True)
+        for shape, path, users, scheme, name in (segment_runs() if args.strace else []):
+            t = strace_per_request(targets[name].pid, lambda: wrk(PORTS[name], path, users, 16,
+                                                                   args.duration, scheme=scheme))
+            traced[(shape, name)] = t
+            print(f"strace {name:16} {shape:36} per request: {t['total']:.0f} syscalls, "
+                  f"{t['reads']:.1f} reads ({t['kib_per_read']:.1f} KiB each), {t['writes']:.1f} writes "
+                  f"({t['kib_per_write']:.1f} KiB each), {t['epoll']:.1f} epoll, {t['futex']:.1f} futex; "
+                  f"top {t['top']}", flush=True)
+        for shape, path, users, scheme, name in (segment_runs() if args.perf else []):
+            out = os.path.join(ROOT, "bench", f"perf-{name}-{scheme}.txt")
+            perf_top(targets[name].pid, lambda: wrk(PORTS[name], path, users, 16, args.duration,
+                                                     scheme=scheme), out)
+            print(f"perf {name:16} {shape}: {out}", flush=True)
         latency = {name: store_latency(METRICS[name]) for name in targets if name in METRICS}
         for proc in targets.values():
             halt(proc)

@@ -105,6 +105,16 @@ impl Default for UpstreamSection {
 }
 
 impl UpstreamSection {
+    /// The TLS server name set for every server: `sni`, else `host` without its port;
+    /// `None`: each server's own name from its address.
+    pub fn tls_name(&self) -> Option<String> {
+        self.sni.clone().or_else(|| {
+            self.host
+                .as_ref()
+                .map(|h| h.rsplit_once(':').map_or(h.as_str(), |(n, _)| n).to_owned())
+        })
+    }
+
     /// Servers a request may try: `max_connect_tries`, or the number of servers up to 3.
     pub fn connect_tries(&self, servers: usize) -> usize {
         match self.max_connect_tries {

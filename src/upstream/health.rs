@@ -34,11 +34,7 @@ pub(super) fn probe(
     hc: &HealthCheckSection,
     settled: Arc<AtomicBool>,
 ) -> Box<dyn HealthCheck + Send + Sync> {
-    let sni = c.sni.clone().or_else(|| {
-        c.host
-            .as_ref()
-            .map(|h| h.rsplit_once(':').map_or(h.as_str(), |(n, _)| n).to_owned())
-    });
+    let sni = c.tls_name();
     let inner: Box<dyn HealthCheck + Send + Sync> = match hc.kind {
         CheckKind::Tcp => {
             let mut t = match (&sni, c.tls) {

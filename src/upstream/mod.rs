@@ -248,11 +248,7 @@ impl Upstreams {
             requires_upstream: c.ready_requires_upstream,
             check: c.health_check.clone(),
             tls: c.tls.then(|| UpstreamTls {
-                sni: c.sni.clone().or_else(|| {
-                    c.host
-                        .as_ref()
-                        .map(|h| h.rsplit_once(':').map_or(h.as_str(), |(n, _)| n).to_owned())
-                }),
+                sni: c.tls_name(),
                 verify: c.verify,
             }),
             host: c.host.as_ref().and_then(|h| HeaderValue::from_str(h).ok()),
