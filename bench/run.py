@@ -19,8 +19,13 @@ Starts, on loopback only:
     the held streams;
   - wrk (pinned with the origin to the other core) with the same bounded load for each.
 
-Prints a table of medians (with min..max over rounds) and streamgate/nginx ratios, and
-writes it as Markdown to bench/results.md.
+Every run (one shape on one target) gets a fresh proxy process, so no run pays for what an
+earlier one left (the leases random users open expire a TTL later; --warm keeps one
+process per target for the whole run instead). Rounds alternate the targets.
+
+Prints a table of medians (with min..max over rounds), streamgate/nginx ratios of req/s,
+p99 and CPU per request (the proxy's user + system time, nginx's worker included: less
+swayed by a noisy neighbour than req/s), and writes it as Markdown to bench/results.md.
 
     python3 bench/run.py                 # 3 rounds of 5 s per shape
     python3 bench/run.py --rounds 5 --duration 10 --held 5000
@@ -28,9 +33,12 @@ writes it as Markdown to bench/results.md.
     python3 bench/run.py --shapes 3 --conns 3000 --store-timeout 100ms --held 0   # overload
     python3 bench/run.py --shapes 4,9,10,11 --only nginx,nginx-untuned,streamgate,nginx-https,streamgate-https
     python3 bench/run.py --shapes 4,10 --held 0 --strace   # syscalls per 1 MiB segment too
+    python3 bench/run.py --shapes 4,10 --held 0 --perf     # where the cycles go (bench/perf-*.txt)
+    python3 bench/run.py --shapes 4,10 --held 0 --only nginx,streamgate,nginx-https,streamgate-https \
+        --ab tls=target/tls/release/streamgate --ab patched=PATH   # other builds, same run
 
 Needs: nginx, wrk, nghttp2-client (h2load), openssl (Debian packages), cargo; optional
-redis-server, strace (--strace). Every process it starts
+redis-server, strace (--strace), linux-perf (--perf). Every process it starts
 is stopped by PID at the end; the load is bounded by --duration and --rounds.
 """
 
@@ -67,16 +75,18 @@ PORTS = {
     "nginx-untuned": 18008,
     "nginx-https": 18009,
     "streamgate-https": 18010,
-    "streamgate-ab": 18013,
-    "streamgate-https-ab": 18014,
     "redis": 18379,
 }
 METRICS = {"streamgate": 19001, "passthrough": 19003, "redis-store": 19004, "access-log": 19006,
-           "jwt": 19007, "streamgate-https": 19010, "streamgate-ab": 19013, "streamgate-https-ab": 19014}
+           "jwt": 19007, "streamgate-https": 19010}
+# Builds compared in the same run (--ab LABEL=BINARY): each gets a plain and an HTTPS
+# target, on ports from here up.
+AB_PORTS = 18020
+AB_METRICS = 19020
 # Targets served over HTTPS (TLS 1.3, the same certificate and cipher on both); the others
 # are plain HTTP. Each shape runs on the targets of its own scheme, and its ratios are
 # against the nginx of that scheme.
-HTTPS_TARGETS = ("nginx-https", "streamgate-https", "streamgate-https-ab")
+HTTPS_TARGETS = {"nginx-https", "streamgate-https"}
 BASE = {"http": "nginx", "https": "nginx-https", "h2": "nginx-https"}
 # nginx tuned for segments, as an operator serving video would set it (issue #17): 64 KiB
 # reads from the origin instead of the 4-8 KiB defaults. The untuned peer is kept as a row.
@@ -419,9 +429,20 @@ def perf_top(pid, load, out_path):
     calls = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "symbol",
                             "--symbol-filter", "memmove", "-g", "caller,0.5,callee,function,percent",
                             "--max-stack", "12"], capture_output=True, text=True).stdout
+    # Our own code's share: samples in functions whose path is streamgate's (a Pingora
+    # function monomorphized over our types, `pingora_proxy::...<streamgate::...>`, is Pingora's).
+    flat = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "symbol",
+                           "-g", "none", "--percent-limit", "0"], capture_output=True, text=True).stdout
+    ours = 0.0
+    for line in flat.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+\[\.\]\s+(\S.*)", line)
+        if m and m.group(2).lstrip("<").startswith("streamgate::"):
+            ours += float(m.group(1))
     with open(out_path, "w") as f:
+        f.write(f"# streamgate's own functions: {ours:.2f} % of the samples\n\n")
         f.write(rep + "\n\n# callers of memmove\n" + calls)
     os.unlink(data)
+    return ours
 
 
 def wrk(port, path, users, conns, duration, threads=1, scheme="http"):
@@ -449,10 +470,23 @@ def wrk(port, path, users, conns, duration, threads=1, scheme="http"):
 
 
 def cpu_seconds(pid):
-    """User + system CPU time a process (all its threads) has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time a process (all its threads) and its children (nginx's worker)
+    have used so far."""
+    total = 0
+    pids = [str(pid)]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids += f.read().split()
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def to_ms(v):
@@ -569,6 +603,13 @@ def store_errors(metrics_port):
     return sum(int(float(n)) for n in re.findall(r'^streamgate_store_errors_total\{[^}]*\} (\S+)', text, re.M))
 
 
+def expired_leases(metrics_port):
+    """Leases the proxy's store has expired so far."""
+    m = re.search(r'^streamgate_stream_decisions_total\{outcome="expired"[^}]*\} (\S+)',
+                  metrics_text(metrics_port), re.M)
+    return int(float(m.group(1))) if m else 0
+
+
 def store_latency(metrics_port):
     """Mean and p99 (bucket bound) of each store operation, from a proxy's /metrics."""
     text = metrics_text(metrics_port)
@@ -635,9 +676,17 @@ def main():
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/streamgate"))
     ap.add_argument("--tls-binary", default=os.path.join(ROOT, "target/tls/release/streamgate"),
                     help="a --features tls build, for the HTTPS rows (built into target/tls if missing)")
-    ap.add_argument("--ab", default=None, metavar="BINARY",
-                    help="a --features tls build to compare in the same run: targets streamgate-ab (plain) "
-                         "and streamgate-https-ab")
+    ap.add_argument("--ab", action="append", default=[], metavar="LABEL=BINARY",
+                    help="a --features tls build to compare in the same run (repeatable): targets "
+                         "streamgate-LABEL (plain) and streamgate-https-LABEL")
+    ap.add_argument("--ab-plain", action="append", default=[], metavar="LABEL=BINARY",
+                    help="a default (plain HTTP only) build to compare in the same run (repeatable): "
+                         "target streamgate-LABEL")
+    ap.add_argument("--warm", action="store_true",
+                    help="keep each target running across all runs (the leases one shape opens then "
+                         "expire during a later one); default: a fresh process per run")
+    ap.add_argument("--held-rounds", type=int, default=None,
+                    help="rounds of the held streams (default: --rounds)")
     ap.add_argument("--bare", default=os.path.join(ROOT, "target/release/examples/bare_pingora"),
                     help="bare Pingora passthrough (examples/bare_pingora.rs), the reference row")
     ap.add_argument("--only", default="", help="comma-separated targets")
@@ -735,17 +784,28 @@ def main():
         # the proxy framework alone does on this machine.
         commands["bare-pingora"] = ([args.bare, f"127.0.0.1:{PORTS['bare-pingora']}",
                                      f"127.0.0.1:{PORTS['origin']}"], None)
-        if args.ab:
-            commands["streamgate-ab"] = ([args.ab, "--config", streamgate_conf(
-                d, "streamgate-ab", PORTS["streamgate-ab"], PORTS["origin"], mem, '"/watch"', args)], env)
-            ab_tls = tls_extra.replace(str(PORTS["streamgate-https"]), str(PORTS["streamgate-https-ab"]))
-            commands["streamgate-https-ab"] = ([args.ab, "--config", streamgate_conf(
-                d, "streamgate-https-ab", PORTS["streamgate-https-ab"] + 100, PORTS["origin"], mem, '"/watch"', args,
-                tls_extra=ab_tls)], env)
+        ab_targets = set()
+        builds = [(spec, True) for spec in args.ab] + [(spec, False) for spec in args.ab_plain]
+        for i, (spec, has_tls) in enumerate(builds):
+            label, sep, binary = spec.partition("=")
+            if not sep or not label or not os.path.exists(binary):
+                sys.exit(f"--ab {spec}: expected LABEL=BINARY, an existing build")
+            plain, https = f"streamgate-{label}", f"streamgate-https-{label}"
+            PORTS[plain], METRICS[plain] = AB_PORTS + 2 * i, AB_METRICS + 2 * i
+            ab_targets.add(plain)
+            commands[plain] = ([binary, "--config", streamgate_conf(
+                d, plain, PORTS[plain], PORTS["origin"], mem, '"/watch"', args)], env)
+            if not has_tls:
+                continue
+            PORTS[https], METRICS[https] = AB_PORTS + 2 * i + 1, AB_METRICS + 2 * i + 1
+            HTTPS_TARGETS.add(https)
+            ab_targets.add(https)
+            ab_tls = tls_extra.replace(str(PORTS["streamgate-https"]), str(PORTS[https]))
+            commands[https] = ([binary, "--config", streamgate_conf(
+                d, https, PORTS[https] + 100, PORTS["origin"], mem, '"/watch"', args, tls_extra=ab_tls)], env)
         if args.only:
             keep = set(args.only.split(","))
-            if args.ab:
-                keep |= {"streamgate-ab", "streamgate-https-ab"}
+            keep |= ab_targets
             commands = {k: v for k, v in commands.items() if k in keep}
 
         def launch(name):
@@ -762,7 +822,29 @@ def main():
                 proc.kill()
                 proc.wait()
 
-        targets = {name: launch(name) for name in commands}
+        # Each run gets a fresh process unless --warm: a shape's leases (random users open
+        # one per request) expire a lease TTL later, into whichever run a long-lived target
+        # serves then, and moka's expiry work was billed to that run (issue #17).
+        warm = {name: launch(name) for name in commands} if args.warm else {}
+
+        class Fresh:
+            """A target's process for one measurement: the warm one, or a new one halted after."""
+
+            def __init__(self, name):
+                self.name = name
+
+            def __enter__(self):
+                self.proc = warm.get(self.name) or launch(self.name)
+                return self.proc
+
+            def __exit__(self, *exc):
+                if self.name in METRICS:
+                    latency[self.name] = store_latency(METRICS[self.name])
+                if self.name not in warm:
+                    halt(self.proc)
+
+        targets = list(commands)
+        latency = {}
 
         shapes = [
             ("small, random users", "/watch", 10_000_000, "http"),
@@ -792,21 +874,24 @@ def main():
                         continue
                     if (scheme_of(name) == "https") != (scheme != "http"):
                         continue
-                    errs = store_errors(METRICS[name]) if name in METRICS else 0
-                    cpu = cpu_seconds(targets[name].pid)
-                    if scheme == "h2":
-                        r = h2load(PORTS[name], path, conns, args.duration)
-                    else:
-                        r = wrk(PORTS[name], path, users, conns, args.duration, scheme=scheme)
-                    r["store_errors"] = (store_errors(METRICS[name]) if name in METRICS else 0) - errs
-                    # CPU per request: less swayed than req/s by a noisy neighbour's steal.
-                    r["cpu_us"] = (cpu_seconds(targets[name].pid) - cpu) / max(r["requests"], 1) * 1e6
+                    with Fresh(name) as proc:
+                        errs = store_errors(METRICS[name]) if name in METRICS else 0
+                        expired = expired_leases(METRICS[name]) if name in METRICS else 0
+                        cpu = cpu_seconds(proc.pid)
+                        if scheme == "h2":
+                            r = h2load(PORTS[name], path, conns, args.duration)
+                        else:
+                            r = wrk(PORTS[name], path, users, conns, args.duration, scheme=scheme)
+                        # CPU per request: less swayed than req/s by a noisy neighbour's steal.
+                        r["cpu_us"] = (cpu_seconds(proc.pid) - cpu) / max(r["requests"], 1) * 1e6
+                        r["store_errors"] = (store_errors(METRICS[name]) if name in METRICS else 0) - errs
+                        r["expired"] = (expired_leases(METRICS[name]) if name in METRICS else 0) - expired
                     results[name][shape].append(r)
                     p99 = "-" if r["p99"] is None else f"{r['p99']:.2f}"
                     print(f"round {rnd + 1} {name:12} {shape:32} {r['rps']:9.0f} req/s "
                           f"{r['mbs']:8.1f} MB/s p50 {r['p50']:.2f} ms p99 {p99} ms "
                           f"non-2xx {r['non2xx']} errors {r['errors']} store errors {r['store_errors']} "
-                          f"cpu {r['cpu_us']:.1f} us/req", flush=True)
+                          f"cpu {r['cpu_us']:.1f} us/req leases expired {r['expired']}", flush=True)
 
         def segment_runs():
             """(shape, path, users, scheme, target) of every wrk segment run: what --strace
@@ -820,8 +905,9 @@ def main():
 
         traced = {}
         for shape, path, users, scheme, name in (segment_runs() if args.strace else []):
-            t = strace_per_request(targets[name].pid, lambda: wrk(PORTS[name], path, users, 16,
-                                                                   args.duration, scheme=scheme))
+            with Fresh(name) as proc:
+                t = strace_per_request(proc.pid, lambda: wrk(PORTS[name], path, users, 16,
+                                                              args.duration, scheme=scheme))
             traced[(shape, name)] = t
             print(f"strace {name:16} {shape:36} per request: {t['total']:.0f} syscalls, "
                   f"{t['reads']:.1f} reads ({t['kib_per_read']:.1f} KiB each), {t['writes']:.1f} writes "
@@ -829,16 +915,17 @@ def main():
                   f"top {t['top']}", flush=True)
         for shape, path, users, scheme, name in (segment_runs() if args.perf else []):
             out = os.path.join(ROOT, "bench", f"perf-{name}-{scheme}.txt")
-            perf_top(targets[name].pid, lambda: wrk(PORTS[name], path, users, 16, args.duration,
-                                                     scheme=scheme), out)
-            print(f"perf {name:16} {shape}: {out}", flush=True)
-        latency = {name: store_latency(METRICS[name]) for name in targets if name in METRICS}
-        for proc in targets.values():
+            with Fresh(name) as proc:
+                ours = perf_top(proc.pid, lambda: wrk(PORTS[name], path, users, 16, args.duration,
+                                                       scheme=scheme), out)
+            print(f"perf {name:16} {shape}: {out} (streamgate's own functions {ours:.2f} %)", flush=True)
+        for proc in warm.values():
             halt(proc)
         # Held streams: each target starts fresh, so the figure is the streams' own memory,
         # not what the load shapes left behind.
         held = {name: [] for name in targets}
-        for rnd in range(args.rounds if args.held else 0):
+        held_rounds = args.rounds if args.held_rounds is None else args.held_rounds
+        for rnd in range(held_rounds if args.held else 0):
             for name in commands:
                 if name == "jwt":  # held streams name their user by header
                     continue
@@ -863,12 +950,14 @@ def report(args, shapes, results, held, latency, traced):
                  + (f", redis-store refusal_cache {args.refusal_cache}" if args.refusal_cache else "")
                  + f", redis-store timeout {args.store_timeout}"
                  + "; medians (min..max)\n")
-    lines.append("| shape | target | req/s | MB/s | p50 ms | p99 ms | non-2xx | errors | store errors | req/s vs nginx | p99 vs nginx |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("| shape | target | req/s | MB/s | p50 ms | p99 ms | CPU us/req | non-2xx | errors | store errors "
+                 "| req/s vs nginx | p99 vs nginx | CPU/req vs nginx |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for shape, _, _, scheme in shapes:
         base = results.get(BASE[scheme], {}).get(shape, [])
         base_rps = med([r["rps"] for r in base])
         base_p99 = med([r["p99"] for r in base if r["p99"] is not None])
+        base_cpu = med([r["cpu_us"] for r in base])
         for name in results:
             rs = results[name][shape]
             if not rs:
@@ -877,10 +966,13 @@ def report(args, shapes, results, held, latency, traced):
             p99 = [r["p99"] for r in rs if r["p99"] is not None]
             ratio = f"{med(rps) / base_rps:.2f}x" if base_rps else "-"
             pratio = f"{med(p99) / base_p99:.2f}x" if base_p99 and p99 else "-"
+            cpu = [r["cpu_us"] for r in rs]
+            cratio = f"{med(cpu) / base_cpu:.2f}x" if base_cpu else "-"
             lines.append(f"| {shape} | {name} | {fmt_spread(rps)} | {fmt_spread([r['mbs'] for r in rs], 1)} | "
                          f"{fmt_spread([r['p50'] for r in rs], 2)} | {fmt_spread(p99, 2) if p99 else '-'} | "
+                         f"{fmt_spread(cpu, 0)} | "
                          f"{int(med([r['non2xx'] for r in rs]))} | {int(med([r['errors'] for r in rs]))} | "
-                         f"{int(med([r['store_errors'] for r in rs]))} | {ratio} | {pratio} |")
+                         f"{int(med([r['store_errors'] for r in rs]))} | {ratio} | {pratio} | {cratio} |")
     jwt = med([r["rps"] for r in results.get("jwt", {}).get(JWT_SHAPE, [])])
     header = med([r["rps"] for r in results.get("streamgate", {}).get(JWT_SHAPE, [])])
     if jwt and header:
@@ -908,7 +1000,7 @@ def report(args, shapes, results, held, latency, traced):
             lines.append(f"| {shape} | {name} | {t['total']:.1f} | {t['reads']:.1f} | {t['kib_per_read']:.1f} | "
                          f"{t['writes']:.1f} | {t['kib_per_write']:.1f} | {t['epoll']:.1f} | {t['futex']:.1f} | {top} |")
         lines.append("")
-    lines.append("Store operation latency over the whole run, from each proxy's own histogram:\n")
+    lines.append("Store operation latency, from each proxy's own histogram (its last process):\n")
     lines.append("| target | op | count | mean us | p99 us (bucket bound) |")
     lines.append("|---|---|---|---|---|")
     for name, ops in latency.items():
