@@ -433,16 +433,22 @@ def perf_top(pid, load, out_path):
     # function monomorphized over our types, `pingora_proxy::...<streamgate::...>`, is Pingora's).
     flat = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "symbol",
                            "-g", "none", "--percent-limit", "0"], capture_output=True, text=True).stdout
-    ours = 0.0
+    share = {"user": 0.0, "memmove": 0.0, "ours": 0.0, "moka": 0.0}
     for line in flat.splitlines():
         m = re.match(r"\s*([\d.]+)%\s+\[\.\]\s+(\S.*)", line)
-        if m and m.group(2).lstrip("<").startswith("streamgate::"):
-            ours += float(m.group(1))
+        if not m:
+            continue
+        pct, sym = float(m.group(1)), m.group(2)
+        share["user"] += pct
+        share["memmove"] += pct if "memmove" in sym or "memcpy" in sym else 0.0
+        share["ours"] += pct if sym.lstrip("<").startswith("streamgate::") else 0.0
+        share["moka"] += pct if sym.lstrip("<").startswith("moka::") else 0.0
     with open(out_path, "w") as f:
-        f.write(f"# streamgate's own functions: {ours:.2f} % of the samples\n\n")
+        f.write(f"# userspace {share['user']:.1f} %, memmove/memcpy {share['memmove']:.1f} %, "
+                f"streamgate's own functions {share['ours']:.2f} %, moka {share['moka']:.2f} % of the samples\n\n")
         f.write(rep + "\n\n# callers of memmove\n" + calls)
     os.unlink(data)
-    return ours
+    return share
 
 
 def wrk(port, path, users, conns, duration, threads=1, scheme="http"):
@@ -918,7 +924,9 @@ def main():
             with Fresh(name) as proc:
                 ours = perf_top(proc.pid, lambda: wrk(PORTS[name], path, users, 16, args.duration,
                                                        scheme=scheme), out)
-            print(f"perf {name:16} {shape}: {out} (streamgate's own functions {ours:.2f} %)", flush=True)
+            print(f"perf {name:16} {shape}: {out} (userspace {ours['user']:.1f} %, memmove/memcpy "
+                  f"{ours['memmove']:.1f} %, streamgate's own functions {ours['ours']:.2f} %, "
+                  f"moka {ours['moka']:.2f} %)", flush=True)
         for proc in warm.values():
             halt(proc)
         # Held streams: each target starts fresh, so the figure is the streams' own memory,
