@@ -364,6 +364,17 @@ READS = ("read", "readv", "recvfrom", "recvmsg")
 WRITES = ("write", "writev", "sendto", "sendmsg")
 
 
+def with_children(pid):
+    """A process and its children (nginx's worker does nginx's work), as strings."""
+    pids = [str(pid)]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            pids += f.read().split()
+    except OSError:
+        pass
+    return pids
+
+
 def strace_per_request(pid, load):
     """Run `load()` (returns wrk's result) with strace counting the syscalls of process
     `pid` (all its threads and children); returns calls per request by syscall family, and
@@ -371,12 +382,7 @@ def strace_per_request(pid, load):
     read and one write per request are the request itself). strace slows the proxy; the
     counts, not the speed, are the figure."""
     out = tempfile.NamedTemporaryFile("w", suffix=".strace", delete=False).name
-    pids = [str(pid)]
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            pids += f.read().split()
-    except OSError:
-        pass
+    pids = with_children(pid)
     tracer = subprocess.Popen(["strace", "-c", "-f", "-o", out] + sum((["-p", p] for p in pids), []),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1)
@@ -411,12 +417,7 @@ def perf_top(pid, load, out_path):
     """Run `load()` with `perf record` sampling process `pid`; write the flat profile
     (symbols over 1 % of samples) to out_path. Where the proxy's cycles go, not a rate."""
     data = out_path + ".data"
-    pids = [str(pid)]
-    try:  # nginx: its worker does the work
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            pids += f.read().split()
-    except OSError:
-        pass
+    pids = with_children(pid)  # nginx: its worker does the work
     rec = subprocess.Popen(["perf", "record", "-F", "1999", "-g", "-p", ",".join(pids), "-o", data],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
@@ -479,12 +480,7 @@ def cpu_seconds(pid):
     """User + system CPU time a process (all its threads) and its children (nginx's worker)
     have used so far."""
     total = 0
-    pids = [str(pid)]
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            pids += f.read().split()
-    except OSError:
-        pass
+    pids = with_children(pid)
     for p in pids:
         try:
             with open(f"/proc/{p}/stat") as f:
