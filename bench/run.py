@@ -415,7 +415,8 @@ def strace_per_request(pid, load):
 
 def perf_top(pid, load, out_path):
     """Run `load()` with `perf record` sampling process `pid`; write the flat profile
-    (symbols over 1 % of samples) to out_path. Where the proxy's cycles go, not a rate."""
+    (symbols over 1 % of samples) to out_path and return the shares below. Where the
+    proxy's cycles go, not a rate."""
     data = out_path + ".data"
     pids = with_children(pid)  # nginx: its worker does the work
     rec = subprocess.Popen(["perf", "record", "-F", "1999", "-g", "-p", ",".join(pids), "-o", data],
@@ -430,8 +431,9 @@ def perf_top(pid, load, out_path):
     calls = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "symbol",
                             "--symbol-filter", "memmove", "-g", "caller,0.5,callee,function,percent",
                             "--max-stack", "12"], capture_output=True, text=True).stdout
-    # Our own code's share: samples in functions whose path is streamgate's (a Pingora
-    # function monomorphized over our types, `pingora_proxy::...<streamgate::...>`, is Pingora's).
+    # Shares of the samples: userspace, the copies, our own code (functions whose path is
+    # streamgate's; a Pingora function monomorphized over our types,
+    # `pingora_proxy::...<streamgate::...>`, is Pingora's) and the lease store's moka.
     flat = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "symbol",
                            "-g", "none", "--percent-limit", "0"], capture_output=True, text=True).stdout
     share = {"user": 0.0, "memmove": 0.0, "ours": 0.0, "moka": 0.0}
