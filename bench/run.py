@@ -828,7 +828,7 @@ def main():
 
         # Each run gets a fresh process unless --warm: a shape's leases (random users open
         # one per request) expire a lease TTL later, into whichever run a long-lived target
-        # serves then, and moka's expiry work was billed to that run (issue #17).
+        # serves then, which would pay for their expiry (issue #17).
         warm = {name: launch(name) for name in commands} if args.warm else {}
 
         class Fresh:
@@ -920,11 +920,11 @@ def main():
         for shape, path, users, scheme, name in (segment_runs() if args.perf else []):
             out = os.path.join(ROOT, "bench", f"perf-{name}-{scheme}.txt")
             with Fresh(name) as proc:
-                ours = perf_top(proc.pid, lambda: wrk(PORTS[name], path, users, 16, args.duration,
-                                                       scheme=scheme), out)
-            print(f"perf {name:16} {shape}: {out} (userspace {ours['user']:.1f} %, memmove/memcpy "
-                  f"{ours['memmove']:.1f} %, streamgate's own functions {ours['ours']:.2f} %, "
-                  f"moka {ours['moka']:.2f} %)", flush=True)
+                share = perf_top(proc.pid, lambda: wrk(PORTS[name], path, users, 16, args.duration,
+                                                        scheme=scheme), out)
+            print(f"perf {name:16} {shape}: {out} (userspace {share['user']:.1f} %, memmove/memcpy "
+                  f"{share['memmove']:.1f} %, streamgate's own functions {share['ours']:.2f} %, "
+                  f"moka {share['moka']:.2f} %)", flush=True)
         for proc in warm.values():
             halt(proc)
         # Held streams: each target starts fresh, so the figure is the streams' own memory,
