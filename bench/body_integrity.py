@@ -70,6 +70,8 @@ def free_port():
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
+    if not os.access(sys.argv[1], os.X_OK):
+        sys.exit(f"{sys.argv[1]}: not an executable file (a streamgate build)")
     origin = ThreadingHTTPServer(("127.0.0.1", 0), Origin)
     threading.Thread(target=origin.serve_forever, daemon=True).start()
     port = free_port()

@@ -792,8 +792,11 @@ def main():
         builds = [(spec, True) for spec in args.ab] + [(spec, False) for spec in args.ab_plain]
         for i, (spec, has_tls) in enumerate(builds):
             label, sep, binary = spec.partition("=")
-            if not sep or not label or not os.path.exists(binary):
-                sys.exit(f"--ab {spec}: expected LABEL=BINARY, an existing build")
+            flag = "--ab" if has_tls else "--ab-plain"
+            if not sep or not label:
+                sys.exit(f"{flag} {spec}: expected LABEL=BINARY")
+            if not os.access(binary, os.X_OK):
+                sys.exit(f"{flag} {spec}: {binary} is not an executable file")
             plain, https = f"streamgate-{label}", f"streamgate-https-{label}"
             PORTS[plain], METRICS[plain] = AB_PORTS + 2 * i, AB_METRICS + 2 * i
             ab_targets.add(plain)
